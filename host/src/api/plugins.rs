@@ -1,0 +1,320 @@
+//! Plugin, agent-run and checker-check handlers, and the JSON views they answer with.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState, JsonBody};
+use crate::runtime::bindings::types::{HealthReport, Service, Task};
+use crate::runtime::plugin::LastError;
+use crate::runtime::sandbox::ResolvedDir;
+use crate::runtime::{Description, Limits, LoadFailure, Plugin, PluginKind};
+
+/// A loaded plugin as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct PluginView {
+    pub name: String,
+    pub state: &'static str,
+    pub version: String,
+    pub kind: PluginKind,
+    pub description: String,
+    pub wit_version: String,
+    pub sha256: String,
+    pub sha256_pinned: bool,
+    pub generation: u64,
+    pub dir: String,
+    pub wasm: String,
+    pub loaded_at: DateTime<Utc>,
+    pub aot: crate::runtime::aot::CacheOutcome,
+    pub limits: Limits,
+    pub permissions: PermissionsView,
+    pub calls: CallsView,
+    pub last_error: Option<LastError>,
+    pub info: Option<Description>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PermissionsView {
+    pub http_hosts: Vec<String>,
+    pub env: Vec<String>,
+    pub dirs: Vec<ResolvedDir>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CallsView {
+    pub total: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub overloaded: u64,
+    pub in_flight: u32,
+    pub queued: u32,
+    pub busy_ms: u64,
+}
+
+impl PluginView {
+    pub fn of(plugin: &Plugin) -> PluginView {
+        let stats = &plugin.stats;
+        PluginView {
+            name: plugin.name().to_string(),
+            state: "ready",
+            version: plugin.manifest.version.clone(),
+            kind: plugin.kind(),
+            description: plugin.manifest.description.clone(),
+            wit_version: plugin.wit_version.clone(),
+            sha256: plugin.sha256.clone(),
+            sha256_pinned: plugin.manifest.sha256.is_some(),
+            generation: plugin.generation,
+            dir: plugin.dir.display().to_string(),
+            wasm: plugin.wasm_path.display().to_string(),
+            loaded_at: plugin.loaded_at,
+            aot: plugin.cache,
+            limits: plugin.limits,
+            permissions: PermissionsView {
+                http_hosts: plugin.grants.http_host_patterns.clone(),
+                env: plugin.grants.env_names.clone(),
+                dirs: plugin.grants.dirs.clone(),
+            },
+            calls: CallsView {
+                total: stats.calls.load(Ordering::Relaxed),
+                ok: stats.ok.load(Ordering::Relaxed),
+                failed: stats.failed.load(Ordering::Relaxed),
+                overloaded: stats.overloaded.load(Ordering::Relaxed),
+                in_flight: plugin.in_flight(),
+                queued: plugin.queued(),
+                busy_ms: stats.busy_us.load(Ordering::Relaxed) / 1_000,
+            },
+            last_error: stats.last_error(),
+            info: plugin.description().cloned(),
+        }
+    }
+}
+
+/// A plugin directory that did not load.
+#[derive(Debug, Serialize)]
+pub struct FailedView {
+    pub name: String,
+    pub state: &'static str,
+    pub dir: String,
+    pub last_error: LastError,
+}
+
+impl FailedView {
+    fn of(failure: &LoadFailure) -> FailedView {
+        FailedView {
+            name: failure.name.clone(),
+            state: "failed",
+            dir: failure.dir.display().to_string(),
+            last_error: LastError {
+                at: failure.at,
+                code: failure.code,
+                message: failure.error.clone(),
+            },
+        }
+    }
+}
+
+pub(super) async fn healthz(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.started.elapsed().as_secs(),
+    }))
+}
+
+pub(super) async fn list(State(state): State<ApiState>) -> Json<Value> {
+    let mut plugins: Vec<Value> = state
+        .runtime
+        .plugins()
+        .iter()
+        .map(|p| serde_json::to_value(PluginView::of(p)).unwrap_or(Value::Null))
+        .collect();
+    plugins.extend(
+        state
+            .runtime
+            .failures()
+            .iter()
+            .map(|f| serde_json::to_value(FailedView::of(f)).unwrap_or(Value::Null)),
+    );
+    Json(json!({
+        "plugins": plugins,
+        "aot_cache": state.runtime.cache_stats(),
+    }))
+}
+
+pub(super) async fn show(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(plugin) = state.runtime.get(&name) {
+        return Ok(Json(
+            serde_json::to_value(PluginView::of(&plugin)).unwrap_or(Value::Null),
+        ));
+    }
+    if let Some(failure) = state.runtime.failures().iter().find(|f| f.name == name) {
+        return Ok(Json(
+            serde_json::to_value(FailedView::of(failure)).unwrap_or(Value::Null),
+        ));
+    }
+    Err(ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no plugin named '{name}' is loaded; GET /v1/plugins lists them"),
+    ))
+}
+
+pub(super) async fn runtime(State(state): State<ApiState>) -> Json<Value> {
+    let config = state.runtime.config();
+    Json(json!({
+        "wit_version": crate::runtime::bindings::WIT_VERSION,
+        "pool_instances": config.pool_instances,
+        "pool_in_use": state.runtime.pool_in_use(),
+        "epoch_tick_ms": crate::runtime::engine::EPOCH_TICK.as_millis() as u64,
+        "aot_cache": state.runtime.cache_stats(),
+        "aot_cache_dir": config.cache_dir.display().to_string(),
+        "defaults": config.defaults,
+        "ceilings": config.ceilings,
+    }))
+}
+
+/// `POST /v1/agents/{name}/run` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Task name the agent understands; empty for its default task.
+    #[serde(default)]
+    pub task: String,
+    /// Task input, any JSON value (default `{}`).
+    #[serde(default = "empty_object")]
+    pub input: Value,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+pub(super) async fn run_agent(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<RunRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let task = Task {
+        name: request.task,
+        input: request.input.to_string(),
+    };
+    let report = state.runtime.run_agent(&name, task).await?;
+    let outcome = report
+        .value
+        .map_err(|error| ApiError::plugin(&report.plugin, &error))?;
+    // The runtime checked the output is JSON; parse it so clients get a value, not a string.
+    let output: Value = serde_json::from_str(&outcome.output).unwrap_or(Value::Null);
+    Ok(Json(json!({
+        "plugin": report.plugin,
+        "generation": report.generation,
+        "duration_us": report.duration_us,
+        "logs_dropped": report.logs_dropped,
+        "outcome": {
+            "summary": outcome.summary,
+            "output": output,
+            "artifacts": outcome.artifacts,
+        },
+    })))
+}
+
+pub(super) async fn agent_health(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let report = state.runtime.agent_health(&name).await?;
+    Ok(Json(json!({
+        "plugin": report.plugin,
+        "generation": report.generation,
+        "duration_us": report.duration_us,
+        "report": health_json(&report.value),
+    })))
+}
+
+/// `POST /v1/checkers/{name}/check` body: the service instance to check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub name: String,
+    pub endpoint: String,
+    #[serde(default)]
+    pub service_type: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// Largest weight an instance may have (the WIT contract's range).
+const MAX_WEIGHT: u32 = 1_000;
+
+impl CheckRequest {
+    fn into_service(self) -> Result<Service, ApiError> {
+        if self.name.trim().is_empty() {
+            return Err(ApiError::bad_request("name: must not be empty"));
+        }
+        validate_endpoint(&self.endpoint)?;
+        if self.weight > MAX_WEIGHT {
+            return Err(ApiError::bad_request(format!(
+                "weight: {} is out of range 0-{MAX_WEIGHT}",
+                self.weight
+            )));
+        }
+        Ok(Service {
+            name: self.name,
+            service_type: self.service_type,
+            endpoint: self.endpoint,
+            capabilities: self.capabilities,
+            weight: self.weight,
+            metadata: self.metadata.into_iter().collect(),
+        })
+    }
+}
+
+/// An endpoint is an absolute `http://` or `https://` URL with a host.
+pub fn validate_endpoint(endpoint: &str) -> Result<(), ApiError> {
+    let uri: axum::http::Uri = endpoint.parse().map_err(|e| {
+        ApiError::bad_request(format!("endpoint: \"{endpoint}\" is not a URL ({e})"))
+    })?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(()),
+        _ => Err(ApiError::bad_request(format!(
+            "endpoint: \"{endpoint}\" must be an absolute http:// or https:// URL with a host, e.g. http://127.0.0.1:9000"
+        ))),
+    }
+}
+
+pub(super) async fn check_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<CheckRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let service = request.into_service()?;
+    let report = state.runtime.check_service(&name, service).await?;
+    let health = report
+        .value
+        .map_err(|error| ApiError::plugin(&report.plugin, &error))?;
+    Ok(Json(json!({
+        "plugin": report.plugin,
+        "generation": report.generation,
+        "duration_us": report.duration_us,
+        "report": health_json(&health),
+    })))
+}
+
+fn health_json(report: &HealthReport) -> Value {
+    report.to_json()
+}

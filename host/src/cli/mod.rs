@@ -1,0 +1,152 @@
+//! The `evolve` command line. This is the binary's edge: errors are `anyhow` here, with the
+//! library's typed errors as their sources.
+
+mod client;
+mod commands;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use self::serve::{init_tracing, serve};
+
+/// Warnings only, for one-shot commands.
+pub fn init_quiet_tracing() -> anyhow::Result<()> {
+    init_tracing(&crate::config::LogConfig {
+        level: std::env::var("EVOLVE_LOG").unwrap_or_else(|_| "warn".into()),
+        format: crate::config::LogFormat::Text,
+    })
+}
+
+/// Evolve: runs sandboxed WebAssembly meta agents and health checkers.
+#[derive(Debug, Parser)]
+#[command(name = "evolve", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: load plugins, serve the HTTP API.
+    Serve(ServeArgs),
+    /// Inspect and validate plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Work with meta agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Work with health checkers.
+    #[command(subcommand)]
+    Checker(CheckerCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (TOML); defaults are used for anything it leaves out.
+    #[arg(long, env = "EVOLVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of plugin directories (overrides plugins.dir).
+    #[arg(long)]
+    pub plugins_dir: Option<PathBuf>,
+    /// API listen address (overrides server.listen).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// State directory (overrides data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where the daemon's API is, for commands that talk to a running daemon.
+#[derive(Debug, Args, Clone)]
+pub struct ApiArgs {
+    /// Base URL of the daemon's API.
+    #[arg(
+        long,
+        env = "EVOLVE_API",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub api: String,
+    /// Bearer token for mutating calls.
+    #[arg(long, env = "EVOLVE_AUTH_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List the running daemon's plugins.
+    List(ApiArgs),
+    /// Validate a plugin directory (or a bare component) without a daemon: load, compile, check
+    /// its world and version, and call describe(). Exits non-zero with the reason on failure.
+    Check {
+        /// A plugin directory (with plugin.toml) or a .wasm component.
+        path: PathBuf,
+        /// Host config whose limits and ceilings apply.
+        #[arg(long, env = "EVOLVE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run a task on a meta agent in the running daemon.
+    Run {
+        name: String,
+        /// Task name (the agent's default task when omitted).
+        #[arg(long, default_value = "")]
+        task: String,
+        /// Task input as JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckerCommand {
+    /// Check a service endpoint with a health checker in the running daemon.
+    Check {
+        name: String,
+        /// Base URL of the service instance, e.g. http://127.0.0.1:9000.
+        #[arg(long)]
+        endpoint: String,
+        /// Service name to report.
+        #[arg(long, default_value = "adhoc")]
+        service: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Plugin(PluginCommand::List(api)) => commands::plugin_list(&api).await,
+        Command::Plugin(PluginCommand::Check { path, config, json }) => {
+            commands::plugin_check(&path, config.as_deref(), json).await
+        }
+        Command::Agent(AgentCommand::Run {
+            name,
+            task,
+            input,
+            api,
+        }) => commands::agent_run(&api, &name, &task, &input).await,
+        Command::Checker(CheckerCommand::Check {
+            name,
+            endpoint,
+            service,
+            api,
+        }) => commands::checker_check(&api, &name, &service, &endpoint).await,
+    }
+}

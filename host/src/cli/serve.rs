@@ -1,0 +1,149 @@
+//! `evolve serve`: wires config → runtime → API and runs until SIGTERM / Ctrl-C.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::ServeArgs;
+use crate::api::{self, ApiState};
+use crate::config::{HostConfig, LogConfig, LogFormat};
+use crate::runtime::bindings::inventory::HostSummary;
+use crate::runtime::{Runtime, SystemInventory};
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = HostConfig::load(args.config.as_deref())?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(dir) = args.plugins_dir {
+        config.plugins.dir = Some(dir);
+    }
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    config.validate()?;
+    init_tracing(&config.log)?;
+
+    let plugins_dir = config.plugins_dir();
+    for dir in [&config.data_dir, &plugins_dir] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    // Bind before loading plugins so a port conflict fails in milliseconds, not after compiles.
+    let listener = TcpListener::bind(config.server.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}; is another daemon running? pass --listen or set EVOLVE_LISTEN",
+            config.server.listen
+        )
+    })?;
+    let listen = listener
+        .local_addr()
+        .context("listener has no local address")?;
+
+    let runtime = Runtime::new(config.runtime_config())?;
+    let started = Instant::now();
+    runtime.set_system_inventory(Arc::new(DaemonInventory {
+        listen: listen.to_string(),
+        auth: !config.server.tokens.is_empty(),
+        started,
+    }));
+    let summary = runtime
+        .load_all(&plugins_dir)
+        .await
+        .with_context(|| format!("cannot read plugins dir {}", plugins_dir.display()))?;
+    let cache = runtime.cache_stats();
+    tracing::info!(
+        dir = %plugins_dir.display(),
+        loaded = summary.loaded.len(),
+        failed = summary.failed.len(),
+        aot_hits = cache.hits,
+        aot_misses = cache.misses,
+        ms = started.elapsed().as_millis() as u64,
+        "plugins loaded"
+    );
+
+    let grace = Duration::from_secs(config.server.shutdown_grace_s);
+    let app = api::router(ApiState::new(runtime, Arc::new(config)));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(addr = %listen, "evolve API listening on http://{listen}");
+
+    let mut graceful_rx = stop_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    });
+    tokio::select! {
+        result = server => result.context("API server failed")?,
+        _ = async {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed with requests still in flight");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Installs the global subscriber: text or JSON lines on stderr, filtered by `log.level`.
+pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .with_context(|| format!("log.level = \"{}\" is not a valid filter", log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // Already installed (e.g. by an embedding test): keep the existing one.
+    let _ = result;
+    Ok(())
+}
+
+/// The daemon's own part of the plugin inventory.
+struct DaemonInventory {
+    listen: String,
+    auth: bool,
+    started: Instant,
+}
+
+impl SystemInventory for DaemonInventory {
+    fn host(&self) -> HostSummary {
+        HostSummary {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            api_listen: self.listen.clone(),
+            api_auth: self.auth,
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Daemon configuration: a TOML file, environment overrides for the common keys, then CLI flags.
+//!
+//! Every key, its default and its unit is listed in the README; [`HostConfig::default`] is the
+//! source of truth for the defaults. Relative paths are relative to the daemon's working
+//! directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{LimitValues, RuntimeConfig};
+
+/// Environment variables that override config keys (and the key each overrides).
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("EVOLVE_LISTEN", "server.listen"),
+    ("EVOLVE_AUTH_TOKEN", "server.tokens.env"),
+    ("EVOLVE_DATA_DIR", "data_dir"),
+    ("EVOLVE_PLUGINS_DIR", "plugins.dir"),
+    ("EVOLVE_LOG", "log.level"),
+    ("EVOLVE_LOG_FORMAT", "log.format"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Base directory for state: AOT cache, relative directory grants, stores.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub plugins: PluginsConfig,
+    pub runtime: RuntimeSection,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Named bearer tokens; when any is set, mutating endpoints require one.
+    pub tokens: BTreeMap<String, String>,
+    /// Largest request body accepted, KiB.
+    pub body_limit_kb: u64,
+    /// How long in-flight requests may take to finish after SIGTERM / Ctrl-C, s.
+    pub shutdown_grace_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct PluginsConfig {
+    /// Directory of plugin directories; default `<data_dir>/plugins`.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Component instances alive at once across all plugins.
+    pub pool_instances: u32,
+    /// AOT cache directory; default `<data_dir>/cache/aot`.
+    pub cache_dir: Option<PathBuf>,
+    /// Limits a plugin gets when its manifest is silent.
+    pub defaults: LimitValues,
+    /// Limits no manifest may exceed.
+    pub ceilings: LimitValues,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `info,evolve::plugin=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            data_dir: PathBuf::from("data"),
+            server: ServerConfig::default(),
+            plugins: PluginsConfig::default(),
+            runtime: RuntimeSection::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tokens: BTreeMap::new(),
+            body_limit_kb: 1_024,
+            shutdown_grace_s: 30,
+        }
+    }
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            pool_instances: 128,
+            cache_dir: None,
+            defaults: LimitValues::DEFAULTS,
+            ceilings: LimitValues::CEILINGS,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Reads `path` if given, else the defaults; then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<HostConfig, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                HostConfig::parse(&text, path)?
+            }
+            None => HostConfig::default(),
+        };
+        config.apply_env(|key| std::env::var(key).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<HostConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Applies [`ENV_OVERRIDES`] read through `get` (a parameter so tests need not touch the
+    /// process environment).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(listen) = get("EVOLVE_LISTEN") {
+            self.server.listen = parse_listen(&listen, "EVOLVE_LISTEN")?;
+        }
+        if let Some(token) = get("EVOLVE_AUTH_TOKEN").filter(|t| !t.is_empty()) {
+            self.server.tokens.insert("env".into(), token);
+        }
+        if let Some(dir) = get("EVOLVE_DATA_DIR") {
+            self.data_dir = dir.into();
+        }
+        if let Some(dir) = get("EVOLVE_PLUGINS_DIR") {
+            self.plugins.dir = Some(dir.into());
+        }
+        if let Some(level) = get("EVOLVE_LOG") {
+            self.log.level = level;
+        }
+        if let Some(format) = get("EVOLVE_LOG_FORMAT") {
+            self.log.format = match format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "EVOLVE_LOG_FORMAT".into(),
+                        message: format!("\"{other}\" is not one of \"text\", \"json\""),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.runtime
+            .defaults
+            .check_against(&self.runtime.ceilings)
+            .map_err(|message| ConfigError::Invalid {
+                key: "runtime".into(),
+                message,
+            })?;
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.runtime.pool_instances == 0 || self.runtime.pool_instances > 10_000 {
+            return Err(invalid(
+                "runtime.pool_instances",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.runtime.ceilings.max_concurrency > 10_000
+            || self.runtime.ceilings.max_queue > 1_000_000
+        {
+            return Err(invalid(
+                "runtime.ceilings",
+                "max_concurrency must be at most 10000 and max_queue at most 1000000",
+            ));
+        }
+        if self.server.body_limit_kb == 0 {
+            return Err(invalid("server.body_limit_kb", "must be at least 1"));
+        }
+        for (name, token) in &self.server.tokens {
+            // Short tokens are guessable; a bearer token is the only thing guarding the API.
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    key: format!("server.tokens.{name}"),
+                    message: "a token must be at least 16 characters".into(),
+                });
+            }
+        }
+        if !self.server.listen.ip().is_loopback() && self.server.tokens.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "server.listen".into(),
+                message: format!(
+                    "{} is reachable beyond this machine, so an auth token is required: set EVOLVE_AUTH_TOKEN or [server.tokens], or listen on 127.0.0.1",
+                    self.server.listen
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.plugins
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            pool_instances: self.runtime.pool_instances,
+            defaults: self.runtime.defaults,
+            ceilings: self.runtime.ceilings,
+            cache_dir: self
+                .runtime
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("cache").join("aot")),
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
+/// Parses `host:port`; `what` names the source in the error.
+pub fn parse_listen(text: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid {
+        key: what.into(),
+        message: format!("\"{text}\" is not an address such as 127.0.0.1:7070"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let parsed = HostConfig::parse("", Path::new("e.toml")).expect("empty is valid");
+        assert_eq!(parsed, HostConfig::default());
+        assert_eq!(parsed.plugins_dir(), PathBuf::from("data/plugins"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = HostConfig::parse(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
+            Path::new("c.toml"),
+        )
+        .expect_err("typo");
+        let text = err.to_string();
+        assert!(text.contains("lisen") && text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut config = HostConfig::default();
+        config
+            .apply_env(|k| match k {
+                "EVOLVE_LISTEN" => Some("127.0.0.1:9999".into()),
+                "EVOLVE_DATA_DIR" => Some("/tmp/x".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        assert_eq!(config.server.listen.port(), 9999);
+        assert_eq!(config.plugins_dir(), PathBuf::from("/tmp/x/plugins"));
+    }
+
+    #[test]
+    fn public_listen_without_token_is_refused() {
+        let mut config = HostConfig::default();
+        config.server.listen = "0.0.0.0:7070".parse().expect("addr");
+        let err = config.validate().expect_err("needs a token");
+        assert!(err.to_string().contains("auth token is required"), "{err}");
+        config
+            .server
+            .tokens
+            .insert("ops".into(), "0123456789abcdef0123".into());
+        config.validate().expect("token set");
+    }
+}

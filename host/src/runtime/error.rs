@@ -1,0 +1,207 @@
+//! Typed errors of the plugin runtime.
+//!
+//! Two families, matching the two halves of a plugin's life: [`LoadError`] for load → validate →
+//! prepare, and [`CallError`] for serve. Every variant names the plugin and, where there is one,
+//! the file, and says how to fix it. Callers (the API, the CLI) match on variants to choose a
+//! status code; the `Display` text is written for the person who has to act on it.
+
+use std::path::PathBuf;
+
+/// Why a plugin could not be loaded. The plugin is not served; nothing else is affected.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "plugin dir {dir}: {file} is missing ({source}); a plugin dir holds plugin.toml and the .wasm it names"
+    )]
+    MissingFile {
+        dir: PathBuf,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{file}: {message}")]
+    Manifest { file: PathBuf, message: String },
+
+    #[error(
+        "plugin '{plugin}': {file} is {found}, not a WebAssembly component; build it with `cargo build --target wasm32-wasip2` (or wrap a core module with `wasm-tools component new`)"
+    )]
+    NotAComponent {
+        plugin: String,
+        file: PathBuf,
+        found: &'static str,
+    },
+
+    #[error(
+        "plugin '{plugin}': sha256 of {file} is {actual}, but plugin.toml pins {expected}; rebuild the plugin or update the pin"
+    )]
+    Sha256Mismatch {
+        plugin: String,
+        file: PathBuf,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("plugin '{plugin}': {file} does not compile: {message}")]
+    Compile {
+        plugin: String,
+        file: PathBuf,
+        message: String,
+    },
+
+    #[error(
+        "plugin '{plugin}': {file} was built against evolve:plugin@{plugin_version}, but this host serves evolve:plugin@{host_version}; rebuild it with an SDK for {host_version}"
+    )]
+    VersionMismatch {
+        plugin: String,
+        file: PathBuf,
+        plugin_version: String,
+        host_version: &'static str,
+    },
+
+    #[error("plugin '{plugin}': {file} does not fit the {world} world: {detail}")]
+    WorldMismatch {
+        plugin: String,
+        file: PathBuf,
+        world: &'static str,
+        detail: String,
+    },
+
+    #[error(
+        "plugin '{plugin}': limits.{key} = {value} is above the host ceiling of {ceiling}; lower it in plugin.toml or raise runtime.ceilings.{key} in the host config"
+    )]
+    LimitAboveCeiling {
+        plugin: String,
+        key: &'static str,
+        value: u64,
+        ceiling: u64,
+    },
+
+    #[error("plugin '{plugin}': permission {what} cannot be granted: {reason}")]
+    Permission {
+        plugin: String,
+        what: String,
+        reason: String,
+    },
+
+    #[error(
+        "plugin '{plugin}': name is already used by the plugin loaded from {other_dir}; plugin names must be unique"
+    )]
+    DuplicateName { plugin: String, other_dir: PathBuf },
+
+    #[error("plugin '{plugin}': the canary call to describe() failed: {source}")]
+    Canary {
+        plugin: String,
+        #[source]
+        source: Box<CallError>,
+    },
+
+    #[error("AOT cache at {dir}: {source}")]
+    Cache {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LoadError {
+    /// A short machine-readable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LoadError::MissingFile { .. } => "missing_file",
+            LoadError::Manifest { .. } => "manifest",
+            LoadError::NotAComponent { .. } => "not_a_component",
+            LoadError::Sha256Mismatch { .. } => "sha256_mismatch",
+            LoadError::Compile { .. } => "compile",
+            LoadError::VersionMismatch { .. } => "version_mismatch",
+            LoadError::WorldMismatch { .. } => "world_mismatch",
+            LoadError::LimitAboveCeiling { .. } => "limit_above_ceiling",
+            LoadError::Permission { .. } => "permission",
+            LoadError::DuplicateName { .. } => "duplicate_name",
+            LoadError::Canary { .. } => "canary_failed",
+            LoadError::Cache { .. } => "cache",
+        }
+    }
+}
+
+/// Why one call into a plugin failed. The plugin stays loaded; the next call gets a fresh instance.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no plugin named '{plugin}' is loaded")]
+    NotFound { plugin: String },
+
+    #[error("plugin '{plugin}' is a {actual}, not a {expected}")]
+    WrongKind {
+        plugin: String,
+        expected: &'static str,
+        actual: &'static str,
+    },
+
+    #[error(
+        "plugin '{plugin}' is overloaded: {running} calls running and {queued} waiting (limits max_concurrency / max_queue); retry later"
+    )]
+    Overloaded {
+        plugin: String,
+        running: u32,
+        queued: u32,
+    },
+
+    #[error("plugin '{plugin}' exceeded its deadline of {deadline_ms} ms")]
+    DeadlineExceeded { plugin: String, deadline_ms: u64 },
+
+    #[error(
+        "plugin '{plugin}' hit its memory limit of {limit_bytes} bytes (asked for {requested_bytes}); raise limits.memory_mb or use less memory"
+    )]
+    MemoryLimit {
+        plugin: String,
+        limit_bytes: u64,
+        requested_bytes: u64,
+    },
+
+    #[error("plugin '{plugin}' trapped: {message}")]
+    Trap { plugin: String, message: String },
+
+    #[error(
+        "plugin '{plugin}' returned {size} bytes, more than its max_output_kb limit of {limit} bytes"
+    )]
+    OutputTooLarge {
+        plugin: String,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error("plugin '{plugin}' returned invalid JSON in {field}: {message}")]
+    InvalidOutput {
+        plugin: String,
+        field: &'static str,
+        message: String,
+    },
+
+    #[error("plugin '{plugin}' was refused {refused}: {message}")]
+    PermissionDenied {
+        plugin: String,
+        refused: String,
+        message: String,
+    },
+
+    #[error("plugin '{plugin}' could not be instantiated: {message}")]
+    Instantiate { plugin: String, message: String },
+}
+
+impl CallError {
+    /// A short machine-readable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::NotFound { .. } => "not_found",
+            CallError::WrongKind { .. } => "wrong_kind",
+            CallError::Overloaded { .. } => "overloaded",
+            CallError::DeadlineExceeded { .. } => "deadline_exceeded",
+            CallError::MemoryLimit { .. } => "memory_limit",
+            CallError::Trap { .. } => "trap",
+            CallError::OutputTooLarge { .. } => "output_too_large",
+            CallError::InvalidOutput { .. } => "invalid_output",
+            CallError::PermissionDenied { .. } => "permission_denied",
+            CallError::Instantiate { .. } => "instantiate",
+        }
+    }
+}

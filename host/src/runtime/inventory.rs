@@ -1,0 +1,54 @@
+//! The read-only system view behind the `inventory` import.
+//!
+//! The runtime knows its plugins; the rest (services, models, agents, the host itself) comes from
+//! a [`SystemInventory`] the daemon installs, so the mesh, registry and agents can fill their part
+//! in without the runtime depending on them. A plugin sees one snapshot per call, taken lazily at
+//! its first inventory call so calls that never ask pay nothing.
+
+use super::bindings::inventory::{
+    AgentSummary, HostSummary, ModelChoice, ModelSummary, PluginSummary, ServiceStatus,
+};
+
+/// Parts of the system outside the runtime. Every method answers from memory (no I/O): it runs
+/// inside a guest call.
+pub trait SystemInventory: Send + Sync {
+    fn host(&self) -> HostSummary;
+    fn services(&self) -> Vec<ServiceStatus> {
+        Vec::new()
+    }
+    fn models(&self) -> Vec<ModelSummary> {
+        Vec::new()
+    }
+    fn best_models(&self) -> Vec<ModelChoice> {
+        Vec::new()
+    }
+    fn agents(&self) -> Vec<AgentSummary> {
+        Vec::new()
+    }
+}
+
+/// The inventory before the daemon installs its own: a host with no API.
+#[derive(Debug, Default)]
+pub struct DetachedInventory;
+
+impl SystemInventory for DetachedInventory {
+    fn host(&self) -> HostSummary {
+        HostSummary {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            api_listen: String::new(),
+            api_auth: false,
+            uptime_s: 0,
+        }
+    }
+}
+
+/// One consistent view for the duration of a call.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub host: HostSummary,
+    pub plugins: Vec<PluginSummary>,
+    pub services: Vec<ServiceStatus>,
+    pub models: Vec<ModelSummary>,
+    pub best_models: Vec<ModelChoice>,
+    pub agents: Vec<AgentSummary>,
+}

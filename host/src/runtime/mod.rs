@@ -1,0 +1,470 @@
+//! The plugin runtime: one shared engine, plugins loaded from directories, calls served on fresh
+//! instances under per-plugin limits.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`manifest`] | `plugin.toml` parsing and validation |
+//! | [`plugin`] | lifecycle of one plugin (load → validate → prepare → serve) and its call path |
+//! | [`limits`] | limits, defaults and ceilings; admission (concurrency + queue); memory limiter |
+//! | [`sandbox`] | WASI grants, guest stdio and logs → tracing, outbound-HTTP allow-list |
+//! | [`state`] | the `Store` data and the host side of the plugin imports |
+//! | [`inventory`] | the system view plugins read |
+//! | [`aot`] | compiled-artifact cache |
+//! | [`engine`] | engine configuration and the epoch ticker |
+//! | [`bindings`] | host bindings generated from `wit/` |
+//! | [`error`] | [`LoadError`] and [`CallError`] |
+
+pub mod aot;
+pub mod bindings;
+pub mod engine;
+pub mod error;
+pub mod inventory;
+pub mod limits;
+pub mod manifest;
+pub mod plugin;
+pub mod sandbox;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+pub use self::aot::{AotCache, CacheStats};
+pub use self::error::{CallError, LoadError};
+pub use self::inventory::{DetachedInventory, Snapshot, SystemInventory};
+pub use self::limits::{LimitValues, Limits};
+pub use self::manifest::{Manifest, PluginKind};
+pub use self::plugin::{Answer, Call, CallReport, Description, Plugin};
+
+use self::bindings::health_checker::HealthChecker;
+use self::bindings::inventory as inv;
+use self::bindings::meta_agent::MetaAgent;
+use self::bindings::types::{HealthReport, PluginError, Service, Task, TaskOutcome};
+use self::engine::{EngineSettings, EpochTicker, build_engine};
+use self::plugin::LoadEnv;
+use self::state::{PluginState, SnapshotSource};
+
+/// How the runtime is built (the `[runtime]` config section plus paths).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub pool_instances: u32,
+    pub defaults: LimitValues,
+    pub ceilings: LimitValues,
+    pub cache_dir: PathBuf,
+    /// Base for relative directory grants.
+    pub data_dir: PathBuf,
+}
+
+/// The runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid runtime configuration: {0}")]
+    Config(String),
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+    #[error("cannot link host interfaces: {0}")]
+    Link(String),
+    #[error(transparent)]
+    Cache(#[from] aot::AotError),
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(std::io::Error),
+}
+
+/// A plugin directory that failed to load, kept so operators can see why.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadFailure {
+    /// The plugin's name when the manifest got that far, else the directory name.
+    pub name: String,
+    pub dir: PathBuf,
+    pub code: &'static str,
+    pub error: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What loading a directory of plugins did.
+#[derive(Debug, Default)]
+pub struct LoadSummary {
+    pub loaded: Vec<String>,
+    pub failed: Vec<LoadFailure>,
+}
+
+/// The runtime (state); build it from a [`RuntimeConfig`].
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    engine: Engine,
+    meta_linker: Linker<PluginState>,
+    checker_linker: Linker<PluginState>,
+    aot: AotCache,
+    config: RuntimeConfig,
+    plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    failures: RwLock<BTreeMap<PathBuf, LoadFailure>>,
+    pool: Arc<Semaphore>,
+    system: RwLock<Arc<dyn SystemInventory>>,
+    generation: AtomicU64,
+    _ticker: EpochTicker,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Writers never panic while holding these locks (plain map inserts), so a poisoned lock
+    // still holds consistent data.
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        config
+            .defaults
+            .check_against(&config.ceilings)
+            .map_err(RuntimeError::Config)?;
+        if config.pool_instances == 0 {
+            return Err(RuntimeError::Config(
+                "runtime.pool_instances must be at least 1".into(),
+            ));
+        }
+        let engine = build_engine(EngineSettings {
+            pool_instances: config.pool_instances,
+            max_memory_bytes: config.ceilings.memory_mb << 20,
+        })
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let link = |e: wasmtime::Error| RuntimeError::Link(format!("{e:#}"));
+
+        let mut meta_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut meta_linker).map_err(link)?;
+        MetaAgent::add_to_linker::<_, HasSelf<_>>(&mut meta_linker, |s| s).map_err(link)?;
+
+        let mut checker_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut checker_linker).map_err(link)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut checker_linker).map_err(link)?;
+        HealthChecker::add_to_linker::<_, HasSelf<_>>(&mut checker_linker, |s| s).map_err(link)?;
+
+        let aot = AotCache::new(config.cache_dir.clone(), &engine)?;
+        let ticker = EpochTicker::start(&engine).map_err(RuntimeError::Ticker)?;
+        Ok(Runtime {
+            shared: Arc::new(Shared {
+                pool: Arc::new(Semaphore::new(config.pool_instances as usize)),
+                engine,
+                meta_linker,
+                checker_linker,
+                aot,
+                config,
+                plugins: RwLock::default(),
+                failures: RwLock::default(),
+                system: RwLock::new(Arc::new(DetachedInventory)),
+                generation: AtomicU64::new(0),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// Installs the view of the rest of the system that plugins read through `inventory`.
+    pub fn set_system_inventory(&self, system: Arc<dyn SystemInventory>) {
+        *write(&self.shared.system) = system;
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.aot.stats()
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.shared.config
+    }
+
+    /// Pool slots in use now.
+    pub fn pool_in_use(&self) -> u32 {
+        self.shared.config.pool_instances
+            - u32::try_from(self.shared.pool.available_permits()).unwrap_or(0)
+    }
+
+    /// Loads every plugin directory under `dir`. A failure is recorded and logged; it never
+    /// stops the others.
+    pub async fn load_all(&self, dir: &Path) -> std::io::Result<LoadSummary> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.path())
+            .filter(|path| path.join(manifest::MANIFEST_FILE).is_file())
+            .collect();
+        dirs.sort();
+        let mut summary = LoadSummary::default();
+        for plugin_dir in dirs {
+            match self.load(&plugin_dir).await {
+                Ok(plugin) => summary.loaded.push(plugin.name().to_string()),
+                Err(_) => {
+                    if let Some(failure) = read(&self.shared.failures).get(&plugin_dir) {
+                        summary.failed.push(failure.clone());
+                    }
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Loads (or replaces) the plugin in `dir`: load → validate → prepare → canary → serve.
+    pub async fn load(&self, dir: &Path) -> Result<Arc<Plugin>, LoadError> {
+        match self.open_checked(dir).await {
+            Ok(plugin) => {
+                let plugin = Arc::new(plugin);
+                write(&self.shared.failures).remove(dir);
+                let mut plugins = write(&self.shared.plugins);
+                if let Some(other) = plugins.get(plugin.name())
+                    && other.dir != plugin.dir
+                {
+                    let error = LoadError::DuplicateName {
+                        plugin: plugin.name().to_string(),
+                        other_dir: other.dir.clone(),
+                    };
+                    drop(plugins);
+                    self.record_failure(dir, &error);
+                    return Err(error);
+                }
+                plugins.insert(plugin.name().to_string(), Arc::clone(&plugin));
+                drop(plugins);
+                tracing::info!(
+                    plugin = plugin.name(),
+                    version = %plugin.manifest.version,
+                    kind = %plugin.kind(),
+                    generation = plugin.generation,
+                    sha256 = %&plugin.sha256[..12],
+                    aot = ?plugin.cache,
+                    "plugin serving"
+                );
+                Ok(plugin)
+            }
+            Err(error) => {
+                self.record_failure(dir, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Load → validate → prepare → canary without serving: what `evolve plugin check` runs.
+    pub async fn open_checked(&self, dir: &Path) -> Result<Plugin, LoadError> {
+        let shared = &self.shared;
+        let source: Weak<dyn SnapshotSource> =
+            Arc::downgrade(&self.shared) as Weak<dyn SnapshotSource>;
+        let env = LoadEnv {
+            engine: &shared.engine,
+            meta_linker: &shared.meta_linker,
+            checker_linker: &shared.checker_linker,
+            aot: &shared.aot,
+            defaults: &shared.config.defaults,
+            ceilings: &shared.config.ceilings,
+            data_dir: &shared.config.data_dir,
+            snapshot_source: source,
+            generation: shared.generation.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        let plugin = Plugin::open(&env, dir)?;
+        // Canary: describe() on a fresh instance must succeed before the plugin serves.
+        let report = plugin
+            .invoke(&shared.pool, Call::Describe)
+            .await
+            .map_err(|e| LoadError::Canary {
+                plugin: plugin.name().to_string(),
+                source: Box::new(e),
+            })?;
+        if let Answer::Described(description) = report.value {
+            plugin.set_description(description);
+        }
+        Ok(plugin)
+    }
+
+    fn record_failure(&self, dir: &Path, error: &LoadError) {
+        let name = Manifest::load(dir).map(|m| m.name).unwrap_or_else(|_| {
+            dir.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        });
+        tracing::error!(plugin = %name, dir = %dir.display(), code = error.code(), "plugin failed to load: {error}");
+        write(&self.shared.failures).insert(
+            dir.to_path_buf(),
+            LoadFailure {
+                name,
+                dir: dir.to_path_buf(),
+                code: error.code(),
+                error: error.to_string(),
+                at: Utc::now(),
+            },
+        );
+    }
+
+    /// Loaded plugins, by name.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        read(&self.shared.plugins).values().cloned().collect()
+    }
+
+    /// Directories that failed to load, with why.
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        read(&self.shared.failures).values().cloned().collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        read(&self.shared.plugins).get(name).cloned()
+    }
+
+    fn get_kind(&self, name: &str, kind: PluginKind) -> Result<Arc<Plugin>, CallError> {
+        let plugin = self.get(name).ok_or_else(|| CallError::NotFound {
+            plugin: name.to_string(),
+        })?;
+        if plugin.kind() != kind {
+            return Err(CallError::WrongKind {
+                plugin: name.to_string(),
+                expected: kind.world(),
+                actual: plugin.kind().world(),
+            });
+        }
+        Ok(plugin)
+    }
+
+    /// Runs one task on a meta agent.
+    pub async fn run_agent(
+        &self,
+        name: &str,
+        task: Task,
+    ) -> Result<CallReport<Result<TaskOutcome, PluginError>>, CallError> {
+        let plugin = self.get_kind(name, PluginKind::MetaAgent)?;
+        let report = plugin.invoke(&self.shared.pool, Call::Run(task)).await?;
+        map_report(report, |answer| match answer {
+            Answer::Ran(result) => Some(result),
+            _ => None,
+        })
+    }
+
+    /// Asks a meta agent for its health.
+    pub async fn agent_health(&self, name: &str) -> Result<CallReport<HealthReport>, CallError> {
+        let plugin = self.get_kind(name, PluginKind::MetaAgent)?;
+        let report = plugin.invoke(&self.shared.pool, Call::Health).await?;
+        map_report(report, |answer| match answer {
+            Answer::Health(report) => Some(report),
+            _ => None,
+        })
+    }
+
+    /// Checks one service instance with a health checker.
+    pub async fn check_service(
+        &self,
+        name: &str,
+        target: Service,
+    ) -> Result<CallReport<Result<HealthReport, PluginError>>, CallError> {
+        let plugin = self.get_kind(name, PluginKind::HealthChecker)?;
+        let report = plugin
+            .invoke(&self.shared.pool, Call::Check(target))
+            .await?;
+        map_report(report, |answer| match answer {
+            Answer::Checked(result) => Some(result),
+            _ => None,
+        })
+    }
+
+    /// Calls `describe()` on a fresh instance.
+    pub async fn describe(&self, name: &str) -> Result<CallReport<Description>, CallError> {
+        let plugin = self.get(name).ok_or_else(|| CallError::NotFound {
+            plugin: name.to_string(),
+        })?;
+        let report = plugin.invoke(&self.shared.pool, Call::Describe).await?;
+        map_report(report, |answer| match answer {
+            Answer::Described(d) => Some(d),
+            _ => None,
+        })
+    }
+}
+
+/// Narrows a report's answer to the variant its call produces. `dispatch` answers each call with
+/// its own variant, so the fallback arm is unreachable in practice; it is still an error, not a
+/// panic.
+fn map_report<T>(
+    report: CallReport<Answer>,
+    pick: impl FnOnce(Answer) -> Option<T>,
+) -> Result<CallReport<T>, CallError> {
+    let value = pick(report.value).ok_or_else(|| CallError::Trap {
+        plugin: report.plugin.clone(),
+        message: "the plugin answered a different call than was made".into(),
+    })?;
+    Ok(CallReport {
+        plugin: report.plugin,
+        generation: report.generation,
+        duration_us: report.duration_us,
+        logs_dropped: report.logs_dropped,
+        value,
+    })
+}
+
+impl SnapshotSource for Shared {
+    fn snapshot(&self) -> Snapshot {
+        let system = Arc::clone(&read(&self.system));
+        let plugins = read(&self.plugins)
+            .values()
+            .map(|p| plugin_summary(p))
+            .collect();
+        Snapshot {
+            host: system.host(),
+            plugins,
+            services: system.services(),
+            models: system.models(),
+            best_models: system.best_models(),
+            agents: system.agents(),
+        }
+    }
+}
+
+fn plugin_summary(p: &Plugin) -> inv::PluginSummary {
+    inv::PluginSummary {
+        name: p.name().to_string(),
+        version: p.manifest.version.clone(),
+        kind: match p.kind() {
+            PluginKind::MetaAgent => inv::PluginKind::MetaAgent,
+            PluginKind::HealthChecker => inv::PluginKind::HealthChecker,
+        },
+        wit_version: p.wit_version.clone(),
+        description: p.manifest.description.clone(),
+        state: "ready".to_string(),
+        sha256: p.sha256.clone(),
+        generation: p.generation,
+        permissions: inv::PluginPermissions {
+            http_hosts: p.grants.http_host_patterns.clone(),
+            env: p.grants.env_names.clone(),
+            dirs: p
+                .grants
+                .dirs
+                .iter()
+                .map(|d| inv::GrantedDir {
+                    guest_path: d.guest.clone(),
+                    host_path: d.host.display().to_string(),
+                    writable: d.write,
+                })
+                .collect(),
+        },
+        limits: inv::PluginLimits {
+            memory_bytes: p.limits.memory_bytes,
+            deadline_ms: p.limits.deadline_ms,
+            max_concurrency: p.limits.max_concurrency,
+            max_queue: p.limits.max_queue,
+            max_output_bytes: p.limits.max_output_bytes,
+            max_log_bytes: p.limits.max_log_bytes,
+        },
+        calls: p.stats.calls.load(Ordering::Relaxed),
+        failures: p.stats.failed.load(Ordering::Relaxed),
+    }
+}

@@ -1,0 +1,461 @@
+//! The sandbox a call runs in: the WASI context built from the manifest's grants (deny by
+//! default), guest stdout/stderr and the `logging` import routed to tracing under a per-call byte
+//! budget, and the outbound-HTTP allow-list of health checkers.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
+
+use super::bindings::logging::Level;
+use super::manifest::HostPattern;
+
+/// Largest `get-random-bytes` request served. WASI's default (64 MiB) lets a guest make the host
+/// allocate that much per call; nothing legitimate needs more than a few KiB of entropy at once.
+const MAX_RANDOM_BYTES: u64 = 64 << 10;
+
+/// A partial stdout/stderr line is emitted once it reaches this size, so a guest that never
+/// writes a newline cannot grow the host's line buffer past the log budget's granularity.
+const MAX_LINE_BYTES: usize = 4 << 10;
+
+/// Bytes of stderr kept to explain a trap (a Rust panic prints its message there just before
+/// the `unreachable` trap).
+const STDERR_TAIL_BYTES: usize = 1 << 10;
+
+/// Which guest stream a write came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestStream {
+    Stdout,
+    Stderr,
+}
+
+impl GuestStream {
+    fn name(self) -> &'static str {
+        match self {
+            GuestStream::Stdout => "stdout",
+            GuestStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Everything one call logs, under one byte budget (`max_log_kb`).
+#[derive(Debug)]
+pub struct CallLog {
+    plugin: Arc<str>,
+    inner: Mutex<CallLogInner>,
+}
+
+#[derive(Debug, Default)]
+struct CallLogInner {
+    budget: u64,
+    used: u64,
+    dropped: u64,
+    stdout_line: Vec<u8>,
+    stderr_line: Vec<u8>,
+    stderr_tail: VecDeque<u8>,
+}
+
+impl CallLog {
+    pub fn new(plugin: Arc<str>, budget: u64) -> Arc<CallLog> {
+        Arc::new(CallLog {
+            plugin,
+            inner: Mutex::new(CallLogInner {
+                budget,
+                ..CallLogInner::default()
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CallLogInner> {
+        // A poisoned lock only means another writer panicked mid-write; the counters are still
+        // meaningful, so keep logging rather than propagate the panic into the host.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `logging.log` import.
+    pub fn record(&self, level: Level, message: &str, fields: &[(String, String)]) {
+        let size = message.len() as u64
+            + fields
+                .iter()
+                .map(|(k, v)| (k.len() + v.len() + 2) as u64)
+                .sum::<u64>();
+        if !self.lock().charge(size) {
+            return;
+        }
+        let fields = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(target: "evolve::plugin", plugin, fields, "{message}"),
+            Level::Debug => tracing::debug!(target: "evolve::plugin", plugin, fields, "{message}"),
+            Level::Info => tracing::info!(target: "evolve::plugin", plugin, fields, "{message}"),
+            Level::Warn => tracing::warn!(target: "evolve::plugin", plugin, fields, "{message}"),
+            Level::Error => tracing::error!(target: "evolve::plugin", plugin, fields, "{message}"),
+        }
+    }
+
+    /// Guest stdout/stderr bytes: split into lines, each a tracing event.
+    pub fn write(&self, stream: GuestStream, bytes: &[u8]) {
+        let mut lines = Vec::new();
+        {
+            let mut inner = self.lock();
+            if stream == GuestStream::Stderr {
+                let tail = &mut inner.stderr_tail;
+                tail.extend(bytes.iter().rev().take(STDERR_TAIL_BYTES).rev());
+                while tail.len() > STDERR_TAIL_BYTES {
+                    tail.pop_front();
+                }
+            }
+            if !inner.charge(bytes.len() as u64) {
+                return;
+            }
+            let buffer = match stream {
+                GuestStream::Stdout => &mut inner.stdout_line,
+                GuestStream::Stderr => &mut inner.stderr_line,
+            };
+            for &b in bytes {
+                if b == b'\n' || buffer.len() >= MAX_LINE_BYTES {
+                    lines.push(std::mem::take(buffer));
+                    if b == b'\n' {
+                        continue;
+                    }
+                }
+                buffer.push(b);
+            }
+        }
+        for line in lines {
+            self.emit_line(stream, &line);
+        }
+    }
+
+    fn emit_line(&self, stream: GuestStream, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        tracing::info!(target: "evolve::plugin", plugin = &*self.plugin, stream = stream.name(), "{text}");
+    }
+
+    /// Emits unterminated lines and reports dropped bytes; returns the number dropped.
+    pub fn finish(&self) -> u64 {
+        let (stdout, stderr, dropped, budget) = {
+            let mut inner = self.lock();
+            (
+                std::mem::take(&mut inner.stdout_line),
+                std::mem::take(&mut inner.stderr_line),
+                inner.dropped,
+                inner.budget,
+            )
+        };
+        if !stdout.is_empty() {
+            self.emit_line(GuestStream::Stdout, &stdout);
+        }
+        if !stderr.is_empty() {
+            self.emit_line(GuestStream::Stderr, &stderr);
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                target: "evolve::plugin",
+                plugin = &*self.plugin,
+                dropped_bytes = dropped,
+                "log output over the plugin's max_log_kb budget ({budget} bytes) was dropped"
+            );
+        }
+        dropped
+    }
+
+    /// The last bytes the guest wrote to stderr, for explaining a trap.
+    pub fn stderr_tail(&self) -> String {
+        let inner = self.lock();
+        let (a, b) = inner.stderr_tail.as_slices();
+        let mut bytes = a.to_vec();
+        bytes.extend_from_slice(b);
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+}
+
+impl CallLogInner {
+    /// Spends `size` bytes of the budget; false (and counted as dropped) when it is spent.
+    fn charge(&mut self, size: u64) -> bool {
+        if self.used.saturating_add(size) > self.budget {
+            self.dropped = self.dropped.saturating_add(size);
+            return false;
+        }
+        self.used += size;
+        true
+    }
+}
+
+/// Guest stdout or stderr, as handed to WASI.
+#[derive(Debug, Clone)]
+pub struct GuestOutput {
+    log: Arc<CallLog>,
+    stream: GuestStream,
+}
+
+impl GuestOutput {
+    pub fn new(log: Arc<CallLog>, stream: GuestStream) -> GuestOutput {
+        GuestOutput { log, stream }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// Writes never block: bytes over the budget are dropped (and counted), never an error, because
+/// a failing stdout makes Rust's `println!` panic and would turn chatty logging into a trap.
+#[async_trait::async_trait]
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.log.write(self.stream, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_LINE_BYTES * 16)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.log.write(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A directory grant resolved against the data dir at load.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResolvedDir {
+    pub host: PathBuf,
+    pub guest: String,
+    pub write: bool,
+}
+
+/// What a plugin is granted, resolved at load so a call only copies it into a fresh context.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Grants {
+    /// Environment variables passed through, with the values read at load.
+    #[serde(skip)]
+    pub env: Vec<(String, String)>,
+    pub env_names: Vec<String>,
+    pub dirs: Vec<ResolvedDir>,
+    #[serde(skip)]
+    pub http_hosts: Vec<HostPattern>,
+    pub http_host_patterns: Vec<String>,
+}
+
+impl Grants {
+    /// A WASI context with exactly these grants: no args, no sockets, no name lookup, stdin
+    /// closed, stdout/stderr into the call log.
+    pub fn wasi_ctx(&self, log: &Arc<CallLog>) -> std::io::Result<WasiCtx> {
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .stdout(GuestOutput::new(Arc::clone(log), GuestStream::Stdout))
+            .stderr(GuestOutput::new(Arc::clone(log), GuestStream::Stderr))
+            .max_random_size(MAX_RANDOM_BYTES)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if !self.env.is_empty() {
+            builder.envs(&self.env);
+        }
+        for dir in &self.dirs {
+            let perms = if dir.write {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.host.display())))?;
+        }
+        Ok(builder.build())
+    }
+}
+
+/// Outbound HTTP policy for one call: the manifest's hosts plus, for a check, the target's own
+/// `host:port`. Refusals are recorded so the call can report which host was refused.
+#[derive(Debug, Clone, Default)]
+pub struct HttpPolicy {
+    allowed: Arc<[HostPattern]>,
+    target: Option<(String, u16)>,
+    refused: Arc<Mutex<Vec<String>>>,
+    /// Upper bound for connect / first-byte / between-bytes waits: the call's deadline.
+    max_wait: Option<Duration>,
+}
+
+impl HttpPolicy {
+    pub fn new(
+        allowed: Arc<[HostPattern]>,
+        target: Option<(String, u16)>,
+        max_wait: Duration,
+    ) -> HttpPolicy {
+        HttpPolicy {
+            allowed,
+            target,
+            refused: Arc::default(),
+            max_wait: Some(max_wait),
+        }
+    }
+
+    /// `host:port` of every refused request of this call.
+    pub fn refused(&self) -> Vec<String> {
+        self.refused
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn allows(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.target
+            .as_ref()
+            .is_some_and(|(h, p)| h.eq_ignore_ascii_case(host) && *p == port)
+            || self
+                .allowed
+                .iter()
+                .any(|pattern| pattern.allows(host, port))
+    }
+}
+
+/// `host` and effective port of a URI (80 / 443 by scheme when absent).
+pub fn uri_host_port(uri: &http::Uri) -> Option<(String, u16)> {
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    Some((host.to_ascii_lowercase(), port))
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for HttpPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let _ = fut;
+        let permitted =
+            uri_host_port(request.uri()).filter(|(host, port)| self.allows(host, *port));
+        if permitted.is_none() {
+            let refused = request
+                .uri()
+                .authority()
+                .map_or_else(|| "(no host)".to_string(), |a| a.to_string());
+            tracing::warn!(target: "evolve::plugin", refused = %refused, "outbound HTTP refused: host not in the plugin's allow-list");
+            if let Ok(mut list) = self.refused.lock() {
+                list.push(refused);
+            }
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let cap = |t: Option<Duration>| match (t, self.max_wait) {
+            (Some(t), Some(max)) => Some(t.min(max)),
+            (t, max) => t.or(max),
+        };
+        let options = options.unwrap_or_default();
+        let options = wasmtime_wasi_http::RequestOptions {
+            connect_timeout: cap(options.connect_timeout),
+            first_byte_timeout: cap(options.first_byte_timeout),
+            between_bytes_timeout: cap(options.between_bytes_timeout),
+        };
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_drops_and_counts_excess() {
+        let log = CallLog::new("p".into(), 10);
+        log.write(GuestStream::Stdout, b"12345\n");
+        log.write(GuestStream::Stdout, b"abcdefgh\n");
+        assert_eq!(log.finish(), 9);
+    }
+
+    #[test]
+    fn stderr_tail_keeps_the_last_bytes() {
+        let log = CallLog::new("p".into(), 1 << 20);
+        log.write(GuestStream::Stderr, &vec![b'x'; STDERR_TAIL_BYTES * 2]);
+        log.write(GuestStream::Stderr, b"panicked: boom\n");
+        let tail = log.stderr_tail();
+        assert!(tail.ends_with("panicked: boom"), "{tail}");
+        assert!(tail.len() <= STDERR_TAIL_BYTES);
+    }
+
+    #[test]
+    fn http_policy_allows_target_and_listed_hosts_only() {
+        let allowed: Arc<[HostPattern]> =
+            vec![HostPattern::parse("*.internal").expect("valid")].into();
+        let policy = HttpPolicy::new(
+            allowed,
+            Some(("127.0.0.1".into(), 9000)),
+            Duration::from_secs(1),
+        );
+        assert!(policy.allows("127.0.0.1", 9000));
+        assert!(!policy.allows("127.0.0.1", 9001));
+        assert!(policy.allows("db.internal", 80));
+        assert!(!policy.allows("example.com", 80));
+    }
+}

@@ -1,0 +1,127 @@
+//! The data of one call's `Store`, and the host side of the `logging`, `config` and `inventory`
+//! imports.
+
+use std::sync::{Arc, Weak};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::{config, inventory, logging, types};
+use super::inventory::Snapshot;
+use super::limits::StoreLimiter;
+use super::sandbox::{CallLog, HttpPolicy};
+
+/// Anything that can produce an inventory snapshot (the runtime).
+pub trait SnapshotSource: Send + Sync {
+    fn snapshot(&self) -> Snapshot;
+}
+
+/// Per-plugin data shared by all of its calls.
+#[derive(Debug)]
+pub struct PluginContext {
+    pub name: Arc<str>,
+    /// `[config]` as a JSON object.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// The same, serialised once at load.
+    pub config_text: String,
+}
+
+/// `T` of every plugin `Store`.
+pub struct PluginState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) http_policy: HttpPolicy,
+    pub(crate) limiter: StoreLimiter,
+    pub(crate) log: Arc<CallLog>,
+    pub(crate) plugin: Arc<PluginContext>,
+    pub(crate) snapshot_source: Weak<dyn SnapshotSource>,
+    pub(crate) snapshot: Option<Arc<Snapshot>>,
+    pub(crate) deadline_hit: bool,
+}
+
+impl PluginState {
+    fn snapshot(&mut self) -> Arc<Snapshot> {
+        if let Some(snapshot) = &self.snapshot {
+            return Arc::clone(snapshot);
+        }
+        let snapshot = Arc::new(match self.snapshot_source.upgrade() {
+            Some(source) => source.snapshot(),
+            // The runtime is shutting down; answer with an empty system rather than trap.
+            None => Snapshot {
+                host: super::inventory::SystemInventory::host(&super::inventory::DetachedInventory),
+                plugins: Vec::new(),
+                services: Vec::new(),
+                models: Vec::new(),
+                best_models: Vec::new(),
+                agents: Vec::new(),
+            },
+        });
+        self.snapshot = Some(Arc::clone(&snapshot));
+        snapshot
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
+        }
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl logging::Host for PluginState {
+    fn log(&mut self, level: logging::Level, message: String, fields: Vec<(String, String)>) {
+        self.log.record(level, &message, &fields);
+    }
+}
+
+impl config::Host for PluginState {
+    fn get_all(&mut self) -> String {
+        self.plugin.config_text.clone()
+    }
+
+    fn get(&mut self, key: String) -> Option<String> {
+        self.plugin.config.get(&key).map(|v| v.to_string())
+    }
+}
+
+impl inventory::Host for PluginState {
+    fn host(&mut self) -> inventory::HostSummary {
+        self.snapshot().host.clone()
+    }
+
+    fn plugins(&mut self) -> Vec<inventory::PluginSummary> {
+        self.snapshot().plugins.clone()
+    }
+
+    fn services(&mut self) -> Vec<inventory::ServiceStatus> {
+        self.snapshot().services.clone()
+    }
+
+    fn models(&mut self) -> Vec<inventory::ModelSummary> {
+        self.snapshot().models.clone()
+    }
+
+    fn best_models(&mut self) -> Vec<inventory::ModelChoice> {
+        self.snapshot().best_models.clone()
+    }
+
+    fn agents(&mut self) -> Vec<inventory::AgentSummary> {
+        self.snapshot().agents.clone()
+    }
+}

@@ -1,0 +1,31 @@
+//! `spin-forever`: a hostile meta agent for tests. `run` never returns: it spins on the CPU
+//! until the host's deadline interrupts it. `describe` and `health` behave, so the plugin loads.
+
+use core::hint::black_box;
+
+use evolve_plugin_sdk::{AgentInfo, MetaAgent, PluginError, Task, TaskOutcome, export_meta_agent};
+
+struct SpinForever;
+
+impl MetaAgent for SpinForever {
+    fn describe() -> AgentInfo {
+        AgentInfo::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            "Loops forever in run",
+        )
+        .with_capabilities(["testing"])
+    }
+
+    fn run(_task: Task) -> Result<TaskOutcome, PluginError> {
+        let mut counter = 0u64;
+        loop {
+            // `black_box` makes the counter observable, so the optimiser can neither delete the
+            // loop nor prove it has no side effects (an empty infinite loop is UB-adjacent and
+            // may be compiled to `unreachable`, which would trap instead of spinning).
+            counter = black_box(counter.wrapping_add(1));
+        }
+    }
+}
+
+export_meta_agent!(SpinForever);

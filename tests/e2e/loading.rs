@@ -1,0 +1,155 @@
+//! Every kind of broken plugin is refused with a specific error naming the plugin, the file and
+//! the cause, and a good plugin beside them loads and serves.
+
+use evolve_e2e::{Env, built_plugin, cli};
+use serde_json::{Value, json};
+
+const CORE_MODULE: &[u8] = b"\0asm\x01\x00\x00\x00";
+
+fn manifest(name: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"meta-agent\"\nwasm = \"p.wasm\"\n{extra}"
+    )
+}
+
+#[test]
+fn broken_plugins_get_specific_errors_and_do_not_disturb_a_good_one() {
+    let env = Env::new();
+    env.install("testing", "echo", |_| {});
+    env.install("testing", "wrong-world", |_| {});
+    env.install("testing", "future-version", |_| {});
+    env.install("bundled", "http-health", |m| {
+        m["kind"] = "meta-agent".into();
+    });
+    let echo_wasm = std::fs::read(built_plugin("testing", "echo").join("echo.wasm")).unwrap();
+    env.install_raw("bad-toml", "name = \"bad-toml\"\nversion = 0.1.0\n", None);
+    env.install_raw(
+        "bad-kind",
+        &manifest("bad-kind", "").replace("meta-agent", "cron-job"),
+        None,
+    );
+    env.install_raw("no-wasm", &manifest("no-wasm", ""), None);
+    env.install_raw(
+        "core-module",
+        &manifest("core-module", ""),
+        Some(("p.wasm", CORE_MODULE)),
+    );
+    env.install_raw(
+        "bad-pin",
+        &manifest("bad-pin", &format!("sha256 = \"{}\"\n", "0".repeat(64))),
+        Some(("p.wasm", &echo_wasm)),
+    );
+    env.install_raw(
+        "greedy",
+        &manifest("greedy", "[limits]\nmemory_mb = 4096\n"),
+        Some(("p.wasm", &echo_wasm)),
+    );
+    env.install_raw(
+        "echo-twin",
+        &manifest("echo", ""),
+        Some(("p.wasm", &echo_wasm)),
+    );
+    let daemon = env.start();
+
+    assert_eq!(daemon.plugin("echo")["state"], "ready");
+    let response = daemon.post("/v1/agents/echo/run", &json!({"input": [1, 2]}));
+    assert_eq!(response.json()["outcome"]["output"], json!([1, 2]));
+
+    let failures: Vec<Value> = daemon.get("/v1/plugins").json()["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "failed")
+        .cloned()
+        .collect();
+    let failure = |dir: &str| -> (String, String) {
+        let entry = failures
+            .iter()
+            .find(|f| f["dir"].as_str().unwrap().ends_with(dir))
+            .unwrap_or_else(|| panic!("no failure for {dir}: {failures:#?}"));
+        (
+            entry["last_error"]["code"].as_str().unwrap().to_string(),
+            entry["last_error"]["message"].as_str().unwrap().to_string(),
+        )
+    };
+    let expect = |dir: &str, code: &str, needles: &[&str]| {
+        let (actual, message) = failure(dir);
+        assert_eq!(actual, code, "{dir}: {message}");
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{dir}: {message:?} lacks {needle:?}"
+            );
+        }
+    };
+    expect(
+        "wrong-world",
+        "world_mismatch",
+        &[
+            "wrong-world.wasm",
+            "missing export evolve:plugin/agent@0.1.0",
+            "wasi:cli/run",
+        ],
+    );
+    expect(
+        "future-version",
+        "version_mismatch",
+        &["evolve:plugin@0.2.0", "evolve:plugin@0.1.0"],
+    );
+    expect(
+        "http-health",
+        "world_mismatch",
+        &["evolve:plugin/checker@0.1.0", "fix `kind`"],
+    );
+    expect("bad-toml", "manifest", &["bad-toml/plugin.toml", "line 2"]);
+    expect(
+        "bad-kind",
+        "manifest",
+        &["cron-job", "meta-agent", "health-checker"],
+    );
+    expect("no-wasm", "missing_file", &["no-wasm/p.wasm"]);
+    expect(
+        "core-module",
+        "not_a_component",
+        &["core WebAssembly module", "wasm32-wasip2"],
+    );
+    expect("bad-pin", "sha256_mismatch", &["pins 0000", "rebuild"]);
+    expect(
+        "greedy",
+        "limit_above_ceiling",
+        &["memory_mb = 4096", "ceiling"],
+    );
+    expect("echo-twin", "duplicate_name", &["already used"]);
+    assert_eq!(failures.len(), 10, "{failures:#?}");
+}
+
+#[test]
+fn plugin_check_validates_without_a_daemon() {
+    let data = tempfile::tempdir().unwrap();
+    let envs = [("EVOLVE_DATA_DIR", data.path().to_str().unwrap())];
+    let good = built_plugin("bundled", "doc-generator");
+    let (code, stdout, stderr) = cli(&["plugin", "check", good.to_str().unwrap()], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ok: doc-generator 0.1.0 (meta-agent"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/out ->") && stdout.contains("read-write"),
+        "{stdout}"
+    );
+
+    // A bare component: the kind is found from its exports.
+    let wasm = built_plugin("bundled", "http-health").join("http_health.wasm");
+    let (code, stdout, stderr) = cli(&["plugin", "check", wasm.to_str().unwrap()], &envs);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("(health-checker"), "{stdout}");
+
+    let bad = built_plugin("testing", "future-version");
+    let (code, _, stderr) = cli(&["plugin", "check", bad.to_str().unwrap()], &envs);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("evolve:plugin@0.2.0"), "{stderr}");
+    let (code, _, stderr) = cli(&["plugin", "check", "/nonexistent/plugin"], &envs);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no such plugin directory"), "{stderr}");
+}

@@ -1,0 +1,357 @@
+//! Harness for end-to-end tests: starts real `evolve` daemons on loopback ports, talks HTTP to
+//! them over real sockets, and waits on their log events rather than sleeping.
+//!
+//! The daemon binary and the plugin components come from the build (`cargo xtask test` builds
+//! both): `target/release/evolve` and `target/plugins/{bundled,testing}/<name>/`.
+
+#![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test with its reason
+
+pub mod http;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Upper bound for waiting on a daemon event. Generous because CI has 2 cores shared with the
+/// test threads; normal waits end in milliseconds when the event arrives.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `evolve` binary under test (`EVOLVE_BIN` overrides).
+pub fn evolve_bin() -> PathBuf {
+    let path = std::env::var_os("EVOLVE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/evolve"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A built plugin directory: `set` is `bundled` or `testing`.
+pub fn built_plugin(set: &str, name: &str) -> PathBuf {
+    let dir = root().join("target/plugins").join(set).join(name);
+    assert!(
+        dir.join("plugin.toml").is_file(),
+        "{} is missing: run `cargo xtask test`, which builds the plugins",
+        dir.display()
+    );
+    dir
+}
+
+/// A scratch environment for one daemon: data dir, plugins dir, optional shared AOT cache.
+pub struct Env {
+    pub temp: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub plugins_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub extra_config: String,
+}
+
+impl Env {
+    /// A fresh environment whose AOT cache is shared with other tests (compiles once per run).
+    pub fn new() -> Env {
+        let cache = root().join("target/e2e-aot-cache");
+        Env::with_cache(Some(cache))
+    }
+
+    /// `cache = None` gives the environment a private AOT cache under its data dir.
+    pub fn with_cache(cache: Option<PathBuf>) -> Env {
+        let temp = tempfile::tempdir().unwrap();
+        let data_dir = temp.path().join("data");
+        let plugins_dir = temp.path().join("plugins");
+        std::fs::create_dir_all(&plugins_dir).unwrap();
+        let extra_config = match cache {
+            Some(dir) => format!("[runtime]\ncache_dir = {:?}\n", dir.display().to_string()),
+            None => String::new(),
+        };
+        Env {
+            config_path: temp.path().join("evolve.toml"),
+            temp,
+            data_dir,
+            plugins_dir,
+            extra_config,
+        }
+    }
+
+    /// Copies a built plugin into this environment's plugins dir, letting `edit` change its
+    /// manifest; returns the installed dir.
+    pub fn install(&self, set: &str, name: &str, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
+        let source = built_plugin(set, name);
+        let target = self.plugins_dir.join(name);
+        copy_dir(&source, &target);
+        let manifest_path = target.join("plugin.toml");
+        let mut manifest: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+        edit(&mut manifest);
+        std::fs::write(&manifest_path, toml::to_string(&manifest).unwrap()).unwrap();
+        target
+    }
+
+    /// Writes a raw plugin dir (manifest text and wasm bytes), for malformed-input tests.
+    pub fn install_raw(
+        &self,
+        dir_name: &str,
+        manifest: &str,
+        wasm: Option<(&str, &[u8])>,
+    ) -> PathBuf {
+        let dir = self.plugins_dir.join(dir_name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+        if let Some((file, bytes)) = wasm {
+            std::fs::write(dir.join(file), bytes).unwrap();
+        }
+        dir
+    }
+
+    /// Starts a daemon on a free loopback port and waits until its API listens.
+    pub fn start(&self) -> Daemon {
+        self.start_with(&[], &[])
+    }
+
+    pub fn start_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let daemon = self.spawn(args, envs);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Spawns without waiting (for tests of start-up failures).
+    pub fn spawn(&self, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        std::fs::write(&self.config_path, &self.extra_config).unwrap();
+        let mut command = Command::new(evolve_bin());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--plugins-dir")
+            .arg(&self.plugins_dir)
+            .args(args)
+            .env("EVOLVE_LOG_FORMAT", "json")
+            .env("EVOLVE_LOG", "info")
+            .env_remove("EVOLVE_AUTH_TOKEN")
+            .env_remove("EVOLVE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.push(line);
+                }
+                log.close();
+            });
+        }
+        Daemon {
+            child: Some(child),
+            log,
+            addr: Mutex::new(None),
+        }
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// The daemon's stderr, line by line, with a condition variable to wait on.
+#[derive(Default)]
+pub struct Log {
+    lines: Mutex<(Vec<String>, bool)>,
+    changed: Condvar,
+}
+
+impl Log {
+    fn push(&self, line: String) {
+        self.lines.lock().unwrap().0.push(line);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.lines.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits for a JSON log line matching `pred`; panics with the log so far after
+    /// [`EVENT_TIMEOUT`] or when the daemon exits first.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut seen = 0;
+        let mut guard = self.lines.lock().unwrap();
+        loop {
+            while seen < guard.0.len() {
+                if let Ok(value) = serde_json::from_str::<Value>(&guard.0[seen])
+                    && pred(&value)
+                {
+                    return value;
+                }
+                seen += 1;
+            }
+            let now = Instant::now();
+            if guard.1 || now >= deadline {
+                panic!(
+                    "daemon never logged {what} ({}); log:\n{}",
+                    if guard.1 { "it exited" } else { "timed out" },
+                    guard.0.join("\n")
+                );
+            }
+            guard = self.changed.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    /// All lines so far.
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().0.join("\n")
+    }
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: Arc<Log>,
+    addr: Mutex<Option<String>>,
+}
+
+impl Daemon {
+    fn wait_ready(&self) {
+        let line = self.log.wait_for("its listen address", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("evolve API listening"))
+        });
+        let addr = line["addr"].as_str().unwrap().to_string();
+        *self.addr.lock().unwrap() = Some(addr);
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    pub fn addr(&self) -> String {
+        self.addr.lock().unwrap().clone().expect("daemon not ready")
+    }
+
+    pub fn get(&self, path: &str) -> http::Response {
+        http::request(&self.addr(), "GET", path, &[], None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> http::Response {
+        let text = body.to_string();
+        http::request(
+            &self.addr(),
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            Some(text.as_bytes()),
+        )
+    }
+
+    /// The `/v1/plugins` entry named `name`.
+    pub fn plugin(&self, name: &str) -> Value {
+        let list = self.get("/v1/plugins").json();
+        list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no plugin {name} in {list:#}"))
+    }
+
+    /// Sends SIGTERM and waits for exit; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        child.wait().unwrap().success()
+    }
+
+    /// Waits for the process to exit by itself (start-up failures); returns its status code.
+    pub fn wait_exit(mut self) -> (Option<i32>, String) {
+        let mut child = self.child.take().unwrap();
+        let status = child.wait().unwrap();
+        // The reader thread sees EOF after exit; wait for it so the log is complete.
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut guard = self.log.lines.lock().unwrap();
+        while !guard.1 && Instant::now() < deadline {
+            guard = self
+                .log
+                .changed
+                .wait_timeout(guard, Duration::from_secs(1))
+                .unwrap()
+                .0;
+        }
+        let text = guard.0.join("\n");
+        (status.code(), text)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the `evolve` CLI with `args`; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(evolve_bin());
+    command.args(args).env_remove("EVOLVE_AUTH_TOKEN");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

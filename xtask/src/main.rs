@@ -1,0 +1,338 @@
+//! Project automation: `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
+//!
+//! Commands (the README's two set-up commands are `serve` and `test`):
+//!
+//! - `serve [-- ARGS]`: builds everything (wasm target, plugins, host in release), installs the
+//!   bundled plugins into `data/plugins/` and runs `evolve serve ARGS` on embedded defaults.
+//! - `test [-- ARGS]`: builds everything, then runs every test of the workspace in release
+//!   (a debug wasmtime compiles components ~30x slower; release also shares the build with
+//!   `serve`). ARGS go to `cargo test`.
+//! - `build-plugins`: builds the guest workspace in `plugins/` for `wasm32-wasip2` and installs
+//!   every plugin into `target/plugins/bundled/<name>/` (plugins shipped with the daemon) or
+//!   `target/plugins/testing/<name>/` (hostile and helper guests for the test suite), each as
+//!   its `plugin.toml` pinned to the built component's sha256 plus the component itself.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+
+/// The guest target; `cargo build` emits components for it directly.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Preamble of a component binary: magic, then version 0x0d and layer 0x01 (a core module has
+/// version 0x01 and layer 0x00).
+const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+const USAGE: &str = "usage: cargo xtask <command> [-- ARGS]
+
+commands:
+  serve           build everything, install the bundled plugins into data/plugins, run the daemon
+  test            build everything and run every test (release)
+  build-plugins   build plugins/ for wasm32-wasip2 and install them into target/plugins/";
+
+fn main() {
+    if let Err(err) = dispatch() {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch() -> Result<()> {
+    let root = project_root()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Everything after `--` (or after the command) is passed through.
+    let rest: Vec<String> = args
+        .iter()
+        .skip(1)
+        .skip_while(|a| *a == "--")
+        .cloned()
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("build-plugins") => build_plugins(&root),
+        Some("serve") => serve(&root, &rest),
+        Some("test") => test(&root, &rest),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command `{other}`\n\n{USAGE}"),
+        None => bail!("no command given\n\n{USAGE}"),
+    }
+}
+
+/// Builds the plugins and the release host.
+fn build_all(root: &Path) -> Result<()> {
+    build_plugins(root)?;
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "evolve-host",
+            "--bin",
+            "evolve",
+        ])
+        .current_dir(root))
+}
+
+/// `serve`: build, install the bundled plugins, run the daemon in the foreground.
+fn serve(root: &Path, args: &[String]) -> Result<()> {
+    build_all(root)?;
+    let bundled = root
+        .join("target")
+        .join("plugins")
+        .join(Group::Bundled.dir_name());
+    let plugins_dir = root.join("data").join("plugins");
+    for entry in
+        fs::read_dir(&bundled).with_context(|| format!("cannot list {}", bundled.display()))?
+    {
+        let from = entry?.path();
+        let Some(name) = from.file_name() else {
+            continue;
+        };
+        let to = plugins_dir.join(name);
+        // Replace the plugin's files wholesale so an older build's leftovers cannot linger.
+        if to.exists() {
+            fs::remove_dir_all(&to).with_context(|| format!("cannot clear {}", to.display()))?;
+        }
+        fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
+        for file in fs::read_dir(&from)? {
+            let file = file?.path();
+            if let Some(file_name) = file.file_name() {
+                fs::copy(&file, to.join(file_name))
+                    .with_context(|| format!("cannot copy {}", file.display()))?;
+            }
+        }
+    }
+    println!("bundled plugins installed into {}", plugins_dir.display());
+    let evolve = root.join("target").join("release").join("evolve");
+    run(Command::new(evolve)
+        .arg("serve")
+        .args(args)
+        .current_dir(root))
+}
+
+/// `test`: build, then every test in release.
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    build_plugins(root)?;
+    // Every target at once (the `evolve` binary, tests, benches): one feature resolution with
+    // dev-dependencies, the same `cargo test` uses, so nothing is compiled twice.
+    run(cargo()
+        .args(["build", "--release", "--workspace", "--all-targets"])
+        .current_dir(root))?;
+    run(cargo()
+        .args(["test", "--release", "--workspace"])
+        .args(args)
+        .current_dir(root))
+}
+
+/// The repository root: the parent of this crate's directory.
+fn project_root() -> Result<PathBuf> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} has no parent directory", manifest_dir.display()))
+}
+
+/// Runs `cmd`, failing with its command line if it cannot start or exits unsuccessfully.
+///
+/// Output is inherited, so the user sees the child's progress and errors as they happen.
+fn run(cmd: &mut Command) -> Result<()> {
+    let line = command_line(cmd);
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start `{line}`"))?;
+    ensure!(status.success(), "`{line}` failed ({status})");
+    Ok(())
+}
+
+/// `cmd` as a shell-like line, for error messages.
+fn command_line(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        let _ = write!(line, " {}", arg.to_string_lossy());
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        let _ = write!(line, " (in {})", dir.display());
+    }
+    line
+}
+
+/// The `cargo` that runs us, so `cargo +toolchain xtask` builds guests with the same toolchain.
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Where a plugin gets installed.
+#[derive(Clone, Copy, Debug)]
+enum Group {
+    /// Shipped with the daemon.
+    Bundled,
+    /// Guests for the test suite.
+    Testing,
+}
+
+impl Group {
+    fn dir_name(self) -> &'static str {
+        match self {
+            Group::Bundled => "bundled",
+            Group::Testing => "testing",
+        }
+    }
+}
+
+/// A plugin crate found under `plugins/`.
+#[derive(Debug)]
+struct PluginSource {
+    group: Group,
+    /// The crate directory, holding `plugin.toml`.
+    dir: PathBuf,
+}
+
+/// Builds every guest in `plugins/` and installs it under `target/plugins/`.
+fn build_plugins(root: &Path) -> Result<()> {
+    let plugins_dir = root.join("plugins");
+    let target_dir = root.join("target").join("wasm");
+    let install_root = root.join("target").join("plugins");
+
+    // Idempotent; a fresh machine lacks the target.
+    run(Command::new("rustup").args(["--quiet", "target", "add", WASM_TARGET]))?;
+
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .current_dir(&plugins_dir))?;
+    let artifacts = target_dir.join(WASM_TARGET).join("release");
+
+    let sources = discover(&plugins_dir)?;
+    ensure!(
+        !sources.is_empty(),
+        "no plugin.toml found under {}",
+        plugins_dir.display()
+    );
+    for source in &sources {
+        install(source, &artifacts, &install_root)?;
+    }
+    Ok(())
+}
+
+/// Plugin crates: `plugins/<name>/plugin.toml` are bundled, `plugins/testing/<name>/plugin.toml`
+/// are test guests. Sorted, so the output is stable.
+fn discover(plugins_dir: &Path) -> Result<Vec<PluginSource>> {
+    let mut sources = Vec::new();
+    for (group, dir) in [
+        (Group::Bundled, plugins_dir.to_path_buf()),
+        (Group::Testing, plugins_dir.join("testing")),
+    ] {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot list {}", dir.display()))?;
+        dirs.retain(|d| d.join("plugin.toml").is_file());
+        dirs.sort();
+        sources.extend(dirs.into_iter().map(|dir| PluginSource { group, dir }));
+    }
+    Ok(sources)
+}
+
+/// Copies one plugin's component and its manifest, pinned to the component's sha256, into
+/// `<install_root>/<group>/<name>/`.
+fn install(source: &PluginSource, artifacts: &Path, install_root: &Path) -> Result<()> {
+    let manifest_path = source.dir.join("plugin.toml");
+    let text = fs::read_to_string(&manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let mut manifest: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", manifest_path.display()))?;
+
+    let name = string_key(&manifest, "name", &manifest_path)?;
+    // The name becomes a directory; hold it to the manifest's rule (docs/manifest.md).
+    ensure!(
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+        "{}: `name = \"{name}\"` must be 1-64 characters of a-z, 0-9 and '-'",
+        manifest_path.display()
+    );
+    let wasm = string_key(&manifest, "wasm", &manifest_path)?;
+    // The manifest names the file relative to the plugin directory; installing it flat next to
+    // the manifest only works for a plain file name.
+    ensure!(
+        Path::new(&wasm).file_name() == Some(OsStr::new(&wasm)),
+        "{}: `wasm = \"{wasm}\"` must be a plain file name",
+        manifest_path.display()
+    );
+
+    let built = artifacts.join(&wasm);
+    let bytes = fs::read(&built).with_context(|| {
+        format!(
+            "{}: `wasm = \"{wasm}\"` was not built (looked for {})",
+            manifest_path.display(),
+            built.display()
+        )
+    })?;
+    ensure!(
+        bytes.starts_with(&COMPONENT_HEADER),
+        "{} is not a component (header {:02x?})",
+        built.display(),
+        &bytes[..bytes.len().min(8)]
+    );
+    let sha256 = hex(&Sha256::digest(&bytes));
+    manifest.insert("sha256".to_owned(), toml::Value::String(sha256.clone()));
+
+    let dest = install_root.join(source.group.dir_name()).join(&name);
+    // Start clean: a file left from an earlier build (e.g. a renamed wasm) must not linger.
+    if dest.exists() {
+        fs::remove_dir_all(&dest).with_context(|| format!("cannot clear {}", dest.display()))?;
+    }
+    fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    fs::write(dest.join(&wasm), &bytes)
+        .with_context(|| format!("cannot write {}", dest.join(&wasm).display()))?;
+    let manifest_text = toml::to_string(&manifest)
+        .with_context(|| format!("cannot serialize the manifest of `{name}`"))?;
+    fs::write(dest.join("plugin.toml"), manifest_text)
+        .with_context(|| format!("cannot write {}", dest.join("plugin.toml").display()))?;
+
+    println!(
+        "{:<8} {:<16} {:>8} KiB  sha256 {}",
+        source.group.dir_name(),
+        name,
+        bytes.len().div_ceil(1024),
+        &sha256[..12]
+    );
+    Ok(())
+}
+
+/// A required string key of a manifest.
+fn string_key(manifest: &toml::Table, key: &str, path: &Path) -> Result<String> {
+    match manifest.get(key) {
+        Some(toml::Value::String(value)) => Ok(value.clone()),
+        Some(other) => bail!(
+            "{}: `{key}` must be a string, found {}",
+            path.display(),
+            other.type_str()
+        ),
+        None => bail!("{}: missing `{key}`", path.display()),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
