@@ -258,8 +258,12 @@ pub async fn checker_check(
     name: &str,
     service: &str,
     endpoint: &str,
+    path: Option<&str>,
 ) -> anyhow::Result<()> {
-    let body = json!({ "name": service, "endpoint": endpoint });
+    let mut body = json!({ "name": service, "endpoint": endpoint });
+    if let Some(path) = path {
+        body["metadata"] = json!({ "health_path": path });
+    }
     let value = call_ok(
         api,
         Method::POST,

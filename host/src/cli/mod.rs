@@ -123,6 +123,10 @@ pub enum CheckerCommand {
         /// Service name to report.
         #[arg(long, default_value = "adhoc")]
         service: String,
+        /// Health route of the service, passed as its `health_path` metadata (checkers such as
+        /// http-health use it over their configured path).
+        #[arg(long)]
+        path: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -146,7 +150,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             endpoint,
             service,
+            path,
             api,
-        }) => commands::checker_check(&api, &name, &service, &endpoint).await,
+        }) => commands::checker_check(&api, &name, &service, &endpoint, path.as_deref()).await,
     }
 }

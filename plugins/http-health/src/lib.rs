@@ -1,6 +1,7 @@
 //! `http-health`: a health checker that GETs a service instance's health endpoint.
 //!
-//! The URL is the target's `endpoint` followed by the config `path` (default `/health`). Grading:
+//! The URL is the target's `endpoint` followed by its `health_path` metadata, or else the config
+//! `path` (default `/health`): the service knows its own health route best. Grading:
 //!
 //! | answer | status |
 //! |---|---|
@@ -56,7 +57,12 @@ impl HealthChecker for HttpHealth {
 
     fn check(target: Service) -> Result<HealthReport, PluginError> {
         let config: Config = evolve_plugin_sdk::config::get()?;
-        let url = health_url(&target.endpoint, &config.path).ok_or_else(|| {
+        let path = target
+            .metadata
+            .iter()
+            .find(|(key, _)| key == HEALTH_PATH_KEY)
+            .map_or(config.path.as_str(), |(_, value)| value.as_str());
+        let url = health_url(&target.endpoint, path).ok_or_else(|| {
             PluginError::invalid_input(format!(
                 "service `{}` has no usable endpoint (`{}`)",
                 target.name, target.endpoint
@@ -88,6 +94,9 @@ impl HealthChecker for HttpHealth {
         }
     }
 }
+
+/// Service metadata key that overrides the configured path for one service.
+const HEALTH_PATH_KEY: &str = "health_path";
 
 /// Joins endpoint and path with exactly one `/`; `None` for an empty endpoint.
 fn health_url(endpoint: &str, path: &str) -> Option<String> {
