@@ -16,6 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use evolve_host::events::EventBus;
+use evolve_host::reload::{ReloadConfig, Reloader};
 use evolve_host::runtime::bindings::meta_agent::{MetaAgent, MetaAgentPre};
 use evolve_host::runtime::bindings::{config, inventory, logging, types};
 use evolve_host::runtime::{LimitValues, Runtime, RuntimeConfig};
@@ -40,6 +42,7 @@ fn runtime_config(root: &Path) -> RuntimeConfig {
         ceilings: LimitValues::CEILINGS,
         cache_dir: root.join("cache"),
         data_dir: root.join("data"),
+        protected_dirs: Vec::new(),
     }
 }
 
@@ -54,7 +57,8 @@ fn fresh_instance_describe(c: &mut Criterion) {
     let rt = tokio_rt();
     let scratch = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(runtime_config(scratch.path())).unwrap();
-    rt.block_on(runtime.load(&echo_dir())).unwrap();
+    let loaded = rt.block_on(runtime.open_checked(&echo_dir())).unwrap();
+    runtime.swap(std::sync::Arc::new(loaded)).unwrap();
 
     let peer = PlainHost::new(&echo_dir().join("echo.wasm"));
 
@@ -83,20 +87,27 @@ fn start(c: &mut Criterion) {
             .replace("name = \"echo\"", &format!("name = \"echo-{i}\""));
         std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
     }
+    // A daemon start: runtime, then every plugin dir through the reload pipeline.
+    let start = |config: RuntimeConfig| {
+        let runtime = Runtime::new(config).unwrap();
+        let reloader = Reloader::new(
+            runtime.clone(),
+            EventBus::new(),
+            plugins_dir.clone(),
+            ReloadConfig::default(),
+        );
+        let summary = rt.block_on(reloader.reconcile_all(false)).unwrap();
+        assert_eq!(summary.serving(), PLUGINS, "{:?}", summary.outcomes);
+        runtime
+    };
     // Populate the cache once.
-    {
-        let runtime = Runtime::new(runtime_config(scratch.path())).unwrap();
-        let summary = rt.block_on(runtime.load_all(&plugins_dir)).unwrap();
-        assert_eq!(summary.loaded.len(), PLUGINS, "{:?}", summary.failed);
-    }
+    start(runtime_config(scratch.path()));
 
     let mut group = c.benchmark_group("start");
     group.sample_size(20);
     group.bench_function("warm_cache_8_plugins", |b| {
         b.iter(|| {
-            let runtime = Runtime::new(runtime_config(scratch.path())).unwrap();
-            let summary = rt.block_on(runtime.load_all(&plugins_dir)).unwrap();
-            assert_eq!(summary.loaded.len(), PLUGINS);
+            let runtime = start(runtime_config(scratch.path()));
             assert_eq!(runtime.cache_stats().misses, 0);
         });
     });
@@ -106,9 +117,7 @@ fn start(c: &mut Criterion) {
             let cold = tempfile::tempdir().unwrap();
             let mut config = runtime_config(scratch.path());
             config.cache_dir = cold.path().to_path_buf();
-            let runtime = Runtime::new(config).unwrap();
-            let summary = rt.block_on(runtime.load_all(&plugins_dir)).unwrap();
-            assert_eq!(summary.loaded.len(), PLUGINS);
+            start(config);
         });
     });
     group.finish();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::reload::ReloadConfig;
 use crate::runtime::{LimitValues, RuntimeConfig};
 
 /// Environment variables that override config keys (and the key each overrides).
@@ -44,6 +45,7 @@ pub struct HostConfig {
     pub server: ServerConfig,
     pub plugins: PluginsConfig,
     pub runtime: RuntimeSection,
+    pub reload: ReloadConfig,
     pub log: LogConfig,
 }
 
@@ -103,6 +105,7 @@ impl Default for HostConfig {
             server: ServerConfig::default(),
             plugins: PluginsConfig::default(),
             runtime: RuntimeSection::default(),
+            reload: ReloadConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -140,7 +143,8 @@ impl Default for LogConfig {
 }
 
 impl HostConfig {
-    /// Reads `path` if given, else the defaults; then applies environment overrides.
+    /// Reads `path` if given, else the defaults; then applies environment overrides. Does not
+    /// validate: callers apply CLI flags first, then call [`HostConfig::validate`].
     pub fn load(path: Option<&Path>) -> Result<HostConfig, ConfigError> {
         let mut config = match path {
             Some(path) => {
@@ -153,7 +157,6 @@ impl HostConfig {
             None => HostConfig::default(),
         };
         config.apply_env(|key| std::env::var(key).ok())?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -223,6 +226,9 @@ impl HostConfig {
                 "max_concurrency must be at most 10000 and max_queue at most 1000000",
             ));
         }
+        if self.reload.debounce_ms > 60_000 {
+            return Err(invalid("reload.debounce_ms", "must be at most 60000"));
+        }
         if self.server.body_limit_kb == 0 {
             return Err(invalid("server.body_limit_kb", "must be at least 1"));
         }
@@ -265,6 +271,7 @@ impl HostConfig {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("cache").join("aot")),
             data_dir: self.data_dir.clone(),
+            protected_dirs: vec![self.plugins_dir()],
         }
     }
 }

@@ -6,6 +6,8 @@
 //! | module | concern |
 //! |---|---|
 //! | [`runtime`] | engine, plugin lifecycle, sandbox, limits, calls |
+//! | [`reload`] | hot reload: watcher, reload pipeline, drain |
+//! | [`events`] | the internal event bus |
 //! | [`api`] | HTTP API (axum) |
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
 //! | [`config`] | daemon configuration |
@@ -13,4 +15,6 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod events;
+pub mod reload;
 pub mod runtime;

@@ -85,6 +85,7 @@ fn bad_requests_get_specific_json_errors() {
         ),
         (404, "not_found", daemon.get("/v1/plugins/nobody")),
         (404, "not_found", daemon.get("/v2/nothing")),
+        (405, "method_not_allowed", daemon.get("/v1/agents/echo/run")),
     ];
     for (status, code, response) in cases {
         let body = response.json();

@@ -36,7 +36,11 @@ fn hostile_guests_fail_with_their_own_errors_while_echo_keeps_answering() {
         let echo = scope.spawn(|| {
             let daemon = daemon_ref;
             let mut failures = Vec::new();
-            while !hostile_done.load(Ordering::SeqCst) || echo_ok.load(Ordering::SeqCst) < 5 {
+            let deadline = std::time::Instant::now() + evolve_e2e::EVENT_TIMEOUT;
+            while (!hostile_done.load(Ordering::SeqCst) || echo_ok.load(Ordering::SeqCst) < 5)
+                && failures.is_empty()
+                && std::time::Instant::now() < deadline
+            {
                 let response = daemon.post(
                     "/v1/agents/echo/run",
                     &json!({"task": "t", "input": {"k": 1}}),
@@ -58,19 +62,19 @@ fn hostile_guests_fail_with_their_own_errors_while_echo_keeps_answering() {
             ("trapper", ""),
             ("output-flood", "output"),
             ("file-sneak", "read"),
+            ("file-sneak", "write-readonly"),
         ]
         .map(|(name, task)| {
             scope.spawn(move || {
-                (
-                    name,
-                    daemon.post(&format!("/v1/agents/{name}/run"), &json!({"task": task})),
-                )
+                let response =
+                    daemon.post(&format!("/v1/agents/{name}/run"), &json!({"task": task}));
+                (name, task, response)
             })
         });
         let results: Vec<_> = hostile.into_iter().map(|h| h.join().unwrap()).collect();
         hostile_done.store(true, Ordering::SeqCst);
 
-        for (name, response) in &results {
+        for (name, task, response) in &results {
             let error = error_of(response);
             let message = error["message"].as_str().unwrap_or_default();
             match *name {
@@ -98,7 +102,13 @@ fn hostile_guests_fail_with_their_own_errors_while_echo_keeps_answering() {
                     assert_eq!(response.status, 422, "{error:#}");
                     assert_eq!(error["code"], "plugin_error");
                     assert_eq!(error["plugin_error"]["code"], "denied", "{error:#}");
-                    assert!(message.contains("/etc/passwd"), "{message}");
+                    // `read` reached outside its grants; `write-readonly` wrote into a read-only one.
+                    let path = if *task == "read" {
+                        "/etc/passwd"
+                    } else {
+                        "/in"
+                    };
+                    assert!(message.contains(path), "{task}: {message}");
                 }
                 _ => unreachable!(),
             }
@@ -110,12 +120,28 @@ fn hostile_guests_fail_with_their_own_errors_while_echo_keeps_answering() {
         );
     });
     assert!(echo_ok.load(Ordering::SeqCst) >= 5);
+    // Nothing was written through the read-only grant, and the plugin sees no environment.
+    let docs: Vec<_> = std::fs::read_dir(env.data_dir.join("docs"))
+        .unwrap()
+        .collect();
+    assert!(
+        docs.is_empty(),
+        "file-sneak wrote into its read-only grant: {docs:?}"
+    );
+    let seen = daemon.post("/v1/agents/file-sneak/run", &json!({"task": "env"}));
+    assert_eq!(seen.status, 200, "{}", seen.text());
+    let output = &seen.json()["outcome"]["output"];
+    assert!(
+        output.as_object().is_some_and(|o| o.is_empty())
+            || output.as_array().is_some_and(|a| a.is_empty()),
+        "the plugin saw environment variables: {output}"
+    );
 
     // Every hostile plugin is still loaded and its failure recorded; the daemon is up.
     assert!(daemon.alive());
     for name in ["spin-forever", "memory-hog", "trapper", "output-flood"] {
         let plugin = daemon.plugin(name);
-        assert_eq!(plugin["state"], "ready");
+        assert_eq!(plugin["state"], "serving");
         assert_eq!(plugin["calls"]["failed"], 1, "{plugin:#}");
         assert!(plugin["last_error"]["message"].is_string(), "{plugin:#}");
     }
@@ -134,6 +160,11 @@ fn log_floods_are_capped_and_counted_not_fatal() {
     let dropped = response.json()["logs_dropped"].as_u64().unwrap();
     // ~16 MiB logged through two channels against a 256 KiB budget.
     assert!(dropped > 8 << 20, "dropped only {dropped} bytes");
+    // The drop warning is written after every line of the call, so once it is in the log the
+    // call's lines are too.
+    daemon.log.wait_for("the dropped-logs warning", |v| {
+        v["plugin"] == "output-flood" && v["dropped_bytes"].is_u64()
+    });
     let log = daemon.log.text();
     let plugin_lines = log
         .lines()
@@ -166,7 +197,12 @@ fn a_full_plugin_answers_overloaded_with_retry_after() {
     std::thread::scope(|scope| {
         let busy = scope.spawn(|| daemon.post("/v1/agents/spin-forever/run", &json!({})));
         // Wait until the first call holds the only slot (an observed state, not a sleep).
+        let deadline = std::time::Instant::now() + evolve_e2e::EVENT_TIMEOUT;
         while daemon.plugin("spin-forever")["calls"]["in_flight"] != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first call never started"
+            );
             std::thread::yield_now();
         }
         let refused = daemon.post("/v1/agents/spin-forever/run", &json!({}));

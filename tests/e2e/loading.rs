@@ -49,9 +49,15 @@ fn broken_plugins_get_specific_errors_and_do_not_disturb_a_good_one() {
         &manifest("echo", ""),
         Some(("p.wasm", &echo_wasm)),
     );
+    // A grant over the plugins dir would let a plugin rewrite manifests, its own included.
+    let grab = format!(
+        "[[permissions.dirs]]\nhost = {:?}\nguest = \"/p\"\nwrite = true\n",
+        env.plugins_dir.display().to_string()
+    );
+    env.install_raw("grabby", &manifest("grabby", &grab), Some(("p.wasm", &echo_wasm)));
     let daemon = env.start();
 
-    assert_eq!(daemon.plugin("echo")["state"], "ready");
+    assert_eq!(daemon.plugin("echo")["state"], "serving");
     let response = daemon.post("/v1/agents/echo/run", &json!({"input": [1, 2]}));
     assert_eq!(response.json()["outcome"]["output"], json!([1, 2]));
 
@@ -120,7 +126,12 @@ fn broken_plugins_get_specific_errors_and_do_not_disturb_a_good_one() {
         &["memory_mb = 4096", "ceiling"],
     );
     expect("echo-twin", "duplicate_name", &["already used"]);
-    assert_eq!(failures.len(), 10, "{failures:#?}");
+    expect(
+        "grabby",
+        "permission",
+        &["overlaps", "grant a directory of its own"],
+    );
+    assert_eq!(failures.len(), 11, "{failures:#?}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ fn bundled_plugins_are_ready_and_doc_generator_writes_the_inventory() {
 
     for name in ["doc-generator", "http-health"] {
         let plugin = daemon.plugin(name);
-        assert_eq!(plugin["state"], "ready", "{plugin:#}");
+        assert_eq!(plugin["state"], "serving", "{plugin:#}");
         assert_eq!(plugin["wit_version"], "0.1.0");
         assert_eq!(plugin["sha256"].as_str().unwrap().len(), 64);
         assert!(
@@ -45,7 +45,7 @@ fn bundled_plugins_are_ready_and_doc_generator_writes_the_inventory() {
     let (code, stdout, _) = cli(&["plugin", "list", "--api", &daemon.url()], &[]);
     assert_eq!(code, 0);
     assert!(
-        stdout.contains("doc-generator") && stdout.contains("ready"),
+        stdout.contains("doc-generator") && stdout.contains("serving"),
         "{stdout}"
     );
 

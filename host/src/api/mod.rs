@@ -3,7 +3,9 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | liveness |
-//! | `GET /v1/plugins`, `GET /v1/plugins/{name}` | loaded and failed plugins |
+//! | `GET /v1/plugins`, `GET /v1/plugins/{name}` | serving, draining and failed plugins |
+//! | `POST /v1/plugins/{name}/reload` | reconcile one plugin's dir now (`?force=true`: even if unchanged) |
+//! | `GET /v1/events` | recent events of the internal bus |
 //! | `GET /v1/runtime` | pool, AOT cache, limits |
 //! | `POST /v1/agents/{name}/run` | run a task on a meta agent |
 //! | `GET /v1/agents/{name}/health` | a meta agent's own health |
@@ -26,22 +28,33 @@ use axum::routing::{get, post};
 
 pub use self::error::{ApiError, JsonBody};
 use crate::config::HostConfig;
+use crate::events::EventBus;
+use crate::reload::Reloader;
 use crate::runtime::Runtime;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
 pub struct ApiState {
     pub runtime: Runtime,
+    pub reloader: Arc<Reloader>,
+    pub events: EventBus,
     pub config: Arc<HostConfig>,
     pub started: Instant,
     metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 impl ApiState {
-    pub fn new(runtime: Runtime, config: Arc<HostConfig>) -> ApiState {
+    pub fn new(
+        runtime: Runtime,
+        reloader: Arc<Reloader>,
+        events: EventBus,
+        config: Arc<HostConfig>,
+    ) -> ApiState {
         let metrics = Arc::new(metrics::registry(runtime.clone()));
         ApiState {
             runtime,
+            reloader,
+            events,
             config,
             started: Instant::now(),
             metrics,
@@ -57,6 +70,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics::scrape))
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::show))
+        .route("/v1/plugins/{name}/reload", post(plugins::reload))
+        .route("/v1/events", get(plugins::events))
         .route("/v1/runtime", get(plugins::runtime))
         .route("/v1/agents/{name}/run", post(plugins::run_agent))
         .route("/v1/agents/{name}/health", get(plugins::agent_health))
@@ -66,6 +81,13 @@ pub fn router(state: ApiState) -> Router {
                 axum::http::StatusCode::NOT_FOUND,
                 "not_found",
                 "no such endpoint; see the README for the API",
+            )
+        })
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on this endpoint; see the README for the API"),
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -4,16 +4,17 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, JsonBody};
+use crate::reload::ReloadOutcome;
 use crate::runtime::bindings::types::{HealthReport, Service, Task};
 use crate::runtime::plugin::LastError;
 use crate::runtime::sandbox::ResolvedDir;
-use crate::runtime::{Description, Limits, LoadFailure, Plugin, PluginKind};
+use crate::runtime::{Description, Limits, LoadFailure, Plugin, PluginKind, ReloadRecord};
 
 /// A loaded plugin as the API shows it.
 #[derive(Debug, Serialize)]
@@ -35,6 +36,7 @@ pub struct PluginView {
     pub permissions: PermissionsView,
     pub calls: CallsView,
     pub last_error: Option<LastError>,
+    pub last_reload: Option<ReloadRecord>,
     pub info: Option<Description>,
 }
 
@@ -57,11 +59,17 @@ pub struct CallsView {
 }
 
 impl PluginView {
-    pub fn of(plugin: &Plugin) -> PluginView {
+    /// `state` is `serving` for the current generation, `draining` for a replaced one still
+    /// finishing calls.
+    pub fn of(
+        plugin: &Plugin,
+        state: &'static str,
+        last_reload: Option<ReloadRecord>,
+    ) -> PluginView {
         let stats = &plugin.stats;
         PluginView {
             name: plugin.name().to_string(),
-            state: "ready",
+            state,
             version: plugin.manifest.version.clone(),
             kind: plugin.kind(),
             description: plugin.manifest.description.clone(),
@@ -89,6 +97,7 @@ impl PluginView {
                 busy_ms: stats.busy_us.load(Ordering::Relaxed) / 1_000,
             },
             last_error: stats.last_error(),
+            last_reload,
             info: plugin.description().cloned(),
         }
     }
@@ -126,13 +135,23 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Json<Value> {
     }))
 }
 
+fn serving_view(state: &ApiState, plugin: &Plugin) -> Value {
+    let view = PluginView::of(plugin, "serving", state.runtime.last_reload(plugin.name()));
+    serde_json::to_value(view).unwrap_or(Value::Null)
+}
+
 pub(super) async fn list(State(state): State<ApiState>) -> Json<Value> {
     let mut plugins: Vec<Value> = state
         .runtime
         .plugins()
         .iter()
-        .map(|p| serde_json::to_value(PluginView::of(p)).unwrap_or(Value::Null))
+        .map(|p| serving_view(&state, p))
         .collect();
+    plugins.extend(
+        state.runtime.draining().iter().map(|p| {
+            serde_json::to_value(PluginView::of(p, "draining", None)).unwrap_or(Value::Null)
+        }),
+    );
     plugins.extend(
         state
             .runtime
@@ -151,9 +170,7 @@ pub(super) async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(plugin) = state.runtime.get(&name) {
-        return Ok(Json(
-            serde_json::to_value(PluginView::of(&plugin)).unwrap_or(Value::Null),
-        ));
+        return Ok(Json(serving_view(&state, &plugin)));
     }
     if let Some(failure) = state.runtime.failures().iter().find(|f| f.name == name) {
         return Ok(Json(
@@ -165,6 +182,48 @@ pub(super) async fn show(
         "not_found",
         format!("no plugin named '{name}' is loaded; GET /v1/plugins lists them"),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ReloadQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /v1/plugins/{name}/reload`: 200 with the outcome when the plugin serves afterwards
+/// (reloaded, or unchanged), 422 when the reload failed (the previous generation still serves),
+/// 404 for an unknown name.
+pub(super) async fn reload(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(query): Query<ReloadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let outcome = state
+        .reloader
+        .reload_plugin(&name, query.force)
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no plugin named '{name}' is loaded or failed to load"),
+            )
+        })?;
+    let body = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+    match outcome {
+        ReloadOutcome::Failed { code, reason, .. } => Err(ApiError {
+            status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            code: "reload_failed",
+            message: format!("{reason} ({code}); the previous generation, if any, still serves"),
+            extra: Some(("reload", body)),
+        }),
+        _ => Ok(Json(body)),
+    }
+}
+
+/// `GET /v1/events`: the most recent events of the internal bus, oldest first.
+pub(super) async fn events(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({ "events": state.events.recent() }))
 }
 
 pub(super) async fn runtime(State(state): State<ApiState>) -> Json<Value> {

@@ -86,6 +86,7 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
 
 pub async fn plugin_check(path: &Path, config: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = HostConfig::load(config)?;
+    config.validate()?;
     let runtime = Runtime::new(config.runtime_config())?;
     let plugin = if path.is_dir() {
         runtime.open_checked(path).await?
@@ -97,7 +98,7 @@ pub async fn plugin_check(path: &Path, config: Option<&Path>, json: bool) -> any
             path.display()
         );
     };
-    let view = PluginView::of(&plugin);
+    let view = PluginView::of(&plugin, "checked", None);
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
@@ -176,9 +177,9 @@ async fn check_bare_component(
     } else {
         name
     };
-    let scratch = std::env::temp_dir().join(format!("evolve-check-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    // A fresh private directory: a predictable name could be pre-created by another user.
+    let scratch_dir = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let scratch = scratch_dir.path();
     std::fs::copy(wasm, scratch.join("plugin.wasm"))
         .with_context(|| format!("cannot read {}", wasm.display()))?;
     let mut last_error = None;
@@ -189,11 +190,8 @@ async fn check_bare_component(
                 "name = \"{name}\"\nversion = \"0.0.0\"\nkind = \"{kind}\"\nwasm = \"plugin.wasm\"\n"
             ),
         )?;
-        match runtime.open_checked(&scratch).await {
-            Ok(plugin) => {
-                let _ = std::fs::remove_dir_all(&scratch);
-                return Ok(plugin);
-            }
+        match runtime.open_checked(scratch).await {
+            Ok(plugin) => return Ok(plugin),
             Err(LoadError::WorldMismatch { .. }) if kind == PluginKind::MetaAgent => continue,
             Err(e) => {
                 last_error = Some(e);
@@ -201,7 +199,6 @@ async fn check_bare_component(
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     match last_error {
         Some(e) => Err(e.into()),
         None => bail!("{}: not a plugin component", wasm.display()),

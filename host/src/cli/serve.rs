@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use super::ServeArgs;
 use crate::api::{self, ApiState};
 use crate::config::{HostConfig, LogConfig, LogFormat};
+use crate::events::EventBus;
+use crate::reload::Reloader;
 use crate::runtime::bindings::inventory::HostSummary;
 use crate::runtime::{Runtime, SystemInventory};
 
@@ -50,15 +52,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth: !config.server.tokens.is_empty(),
         started,
     }));
-    let summary = runtime
-        .load_all(&plugins_dir)
+    let events = EventBus::new();
+    let reloader = Reloader::new(
+        runtime.clone(),
+        events.clone(),
+        plugins_dir.clone(),
+        config.reload.clone(),
+    );
+    let summary = reloader
+        .reconcile_all(false)
         .await
         .with_context(|| format!("cannot read plugins dir {}", plugins_dir.display()))?;
+    if config.reload.watch {
+        reloader.spawn_watcher();
+    }
     let cache = runtime.cache_stats();
     tracing::info!(
         dir = %plugins_dir.display(),
-        loaded = summary.loaded.len(),
-        failed = summary.failed.len(),
+        loaded = summary.serving(),
+        failed = summary.failed(),
         aot_hits = cache.hits,
         aot_misses = cache.misses,
         ms = started.elapsed().as_millis() as u64,
@@ -66,7 +78,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
-    let app = api::router(ApiState::new(runtime, Arc::new(config)));
+    let app = api::router(ApiState::new(runtime, reloader, events, Arc::new(config)));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -58,6 +58,7 @@ impl AotCache {
             dir: dir.clone(),
             source,
         })?;
+        remove_stale_temp_files(&dir);
         // Deterministic (fixed-key SipHash) so the key is stable across restarts of one build.
         #[allow(deprecated)]
         let mut hasher = std::hash::SipHasher::new();
@@ -132,11 +133,30 @@ impl AotCache {
     }
 
     fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
+        // A unique temporary file per write: two loads of the same bytes (a watcher reload and
+        // an API reload) must not truncate a file the other has already renamed and mapped.
+        let mut file = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&self.dir)?;
         file.write_all(artifact)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// Prefix of in-progress artifact files.
+const TEMP_PREFIX: &str = ".evolve-aot-";
+
+/// Removes temporary files a crash left behind (a completed write is renamed away from them).
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

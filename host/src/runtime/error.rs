@@ -96,6 +96,9 @@ pub enum LoadError {
         source: Box<CallError>,
     },
 
+    #[error("plugin '{plugin}': the canary call to health() reported unhealthy: {detail}")]
+    CanaryUnhealthy { plugin: String, detail: String },
+
     #[error("AOT cache at {dir}: {source}")]
     Cache {
         dir: PathBuf,
@@ -119,6 +122,7 @@ impl LoadError {
             LoadError::Permission { .. } => "permission",
             LoadError::DuplicateName { .. } => "duplicate_name",
             LoadError::Canary { .. } => "canary_failed",
+            LoadError::CanaryUnhealthy { .. } => "canary_unhealthy",
             LoadError::Cache { .. } => "cache",
         }
     }

@@ -162,6 +162,11 @@ impl Manifest {
                     "permissions.env: \"{name}\" is not an environment variable name (letters, digits, '_')"
                 ));
             }
+            if name.starts_with("EVOLVE_") {
+                return Err(format!(
+                    "permissions.env: \"{name}\" is the daemon's own setting (it may hold the API token) and is never passed to plugins"
+                ));
+            }
         }
         let mut guests = std::collections::BTreeSet::new();
         for dir in &perms.dirs {
@@ -369,6 +374,15 @@ mod tests {
         ))
         .expect_err("agent with http");
         assert!(err.contains("only for health checkers"), "{err}");
+    }
+
+    #[test]
+    fn daemon_settings_are_never_granted() {
+        let err = parse(&format!(
+            "{MINIMAL}[permissions]\nenv = [\"EVOLVE_AUTH_TOKEN\"]\n"
+        ))
+        .expect_err("token leak");
+        assert!(err.contains("never passed to plugins"), "{err}");
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub mod state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -41,7 +41,7 @@ pub use self::error::{CallError, LoadError};
 pub use self::inventory::{DetachedInventory, Snapshot, SystemInventory};
 pub use self::limits::{LimitValues, Limits};
 pub use self::manifest::{Manifest, PluginKind};
-pub use self::plugin::{Answer, Call, CallReport, Description, Plugin};
+pub use self::plugin::{Answer, Call, CallReport, Description, Loaded, Plugin};
 
 use self::bindings::health_checker::HealthChecker;
 use self::bindings::inventory as inv;
@@ -60,6 +60,9 @@ pub struct RuntimeConfig {
     pub cache_dir: PathBuf,
     /// Base for relative directory grants.
     pub data_dir: PathBuf,
+    /// Directories no grant may expose, inside or around (the plugins dir, the AOT cache): a
+    /// plugin able to write there could rewrite its own manifest or plant native code.
+    pub protected_dirs: Vec<PathBuf>,
 }
 
 /// The runtime could not start.
@@ -113,11 +116,13 @@ struct Shared {
     checker_linker: Linker<PluginState>,
     aot: AotCache,
     config: RuntimeConfig,
-    plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    plugins: RwLock<BTreeMap<String, Slot>>,
+    draining: Mutex<Vec<Arc<Plugin>>>,
     failures: RwLock<BTreeMap<PathBuf, LoadFailure>>,
     pool: Arc<Semaphore>,
+    /// `config.protected_dirs` plus the AOT cache, canonicalised once.
+    protected_dirs: Vec<PathBuf>,
     system: RwLock<Arc<dyn SystemInventory>>,
-    generation: AtomicU64,
     _ticker: EpochTicker,
 }
 
@@ -129,6 +134,50 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What serves under one plugin name.
+struct Slot {
+    current: Arc<Plugin>,
+    last_reload: Option<ReloadRecord>,
+}
+
+/// The outcome of the most recent (re)load attempt of a plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    pub at: DateTime<Utc>,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+    /// The generation serving after the attempt.
+    pub generation: u64,
+    pub code: Option<&'static str>,
+    pub reason: Option<String>,
+}
+
+impl ReloadRecord {
+    fn success(plugin: &Plugin) -> ReloadRecord {
+        ReloadRecord {
+            at: Utc::now(),
+            outcome: "ok",
+            generation: plugin.generation,
+            code: None,
+            reason: None,
+        }
+    }
+
+    fn failure(error: &LoadError) -> ReloadRecord {
+        ReloadRecord {
+            at: Utc::now(),
+            outcome: "failed",
+            generation: 0,
+            code: Some(error.code()),
+            reason: Some(error.to_string()),
+        }
+    }
 }
 
 impl Runtime {
@@ -159,19 +208,26 @@ impl Runtime {
         HealthChecker::add_to_linker::<_, HasSelf<_>>(&mut checker_linker, |s| s).map_err(link)?;
 
         let aot = AotCache::new(config.cache_dir.clone(), &engine)?;
+        let protected_dirs = config
+            .protected_dirs
+            .iter()
+            .chain(std::iter::once(&config.cache_dir))
+            .map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.clone()))
+            .collect();
         let ticker = EpochTicker::start(&engine).map_err(RuntimeError::Ticker)?;
         Ok(Runtime {
             shared: Arc::new(Shared {
                 pool: Arc::new(Semaphore::new(config.pool_instances as usize)),
+                protected_dirs,
                 engine,
                 meta_linker,
                 checker_linker,
                 aot,
                 config,
                 plugins: RwLock::default(),
+                draining: Mutex::default(),
                 failures: RwLock::default(),
                 system: RwLock::new(Arc::new(DetachedInventory)),
-                generation: AtomicU64::new(0),
                 _ticker: ticker,
             }),
         })
@@ -200,72 +256,20 @@ impl Runtime {
             - u32::try_from(self.shared.pool.available_permits()).unwrap_or(0)
     }
 
-    /// Loads every plugin directory under `dir`. A failure is recorded and logged; it never
-    /// stops the others.
-    pub async fn load_all(&self, dir: &Path) -> std::io::Result<LoadSummary> {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(|entry| entry.ok())
-            .map(|entry| entry.path())
-            .filter(|path| path.join(manifest::MANIFEST_FILE).is_file())
-            .collect();
-        dirs.sort();
-        let mut summary = LoadSummary::default();
-        for plugin_dir in dirs {
-            match self.load(&plugin_dir).await {
-                Ok(plugin) => summary.loaded.push(plugin.name().to_string()),
-                Err(_) => {
-                    if let Some(failure) = read(&self.shared.failures).get(&plugin_dir) {
-                        summary.failed.push(failure.clone());
-                    }
-                }
-            }
-        }
-        Ok(summary)
+    /// Step 1 of a (re)load: read and hash the plugin's files.
+    pub fn load_files(&self, dir: &Path) -> Result<Loaded, LoadError> {
+        Plugin::load(dir)
     }
 
-    /// Loads (or replaces) the plugin in `dir`: load → validate → prepare → canary → serve.
-    pub async fn load(&self, dir: &Path) -> Result<Arc<Plugin>, LoadError> {
-        match self.open_checked(dir).await {
-            Ok(plugin) => {
-                let plugin = Arc::new(plugin);
-                write(&self.shared.failures).remove(dir);
-                let mut plugins = write(&self.shared.plugins);
-                if let Some(other) = plugins.get(plugin.name())
-                    && other.dir != plugin.dir
-                {
-                    let error = LoadError::DuplicateName {
-                        plugin: plugin.name().to_string(),
-                        other_dir: other.dir.clone(),
-                    };
-                    drop(plugins);
-                    self.record_failure(dir, &error);
-                    return Err(error);
-                }
-                plugins.insert(plugin.name().to_string(), Arc::clone(&plugin));
-                drop(plugins);
-                tracing::info!(
-                    plugin = plugin.name(),
-                    version = %plugin.manifest.version,
-                    kind = %plugin.kind(),
-                    generation = plugin.generation,
-                    sha256 = %&plugin.sha256[..12],
-                    aot = ?plugin.cache,
-                    "plugin serving"
-                );
-                Ok(plugin)
-            }
-            Err(error) => {
-                self.record_failure(dir, &error);
-                Err(error)
-            }
-        }
-    }
-
-    /// Load → validate → prepare → canary without serving: what `evolve plugin check` runs.
-    pub async fn open_checked(&self, dir: &Path) -> Result<Plugin, LoadError> {
+    /// Steps 2-4 of a (re)load: validate → prepare → canary, without serving. The canary calls
+    /// `describe()` and, for a meta agent when `check_health`, `health()`, which must not report
+    /// unhealthy: a reload keeps the old generation rather than swap in one that says it cannot
+    /// work.
+    pub async fn prepare(&self, loaded: Loaded, check_health: bool) -> Result<Plugin, LoadError> {
         let shared = &self.shared;
-        let source: Weak<dyn SnapshotSource> =
-            Arc::downgrade(&self.shared) as Weak<dyn SnapshotSource>;
+        let generation = self
+            .get(loaded.name())
+            .map_or(1, |current| current.generation + 1);
         let env = LoadEnv {
             engine: &shared.engine,
             meta_linker: &shared.meta_linker,
@@ -274,30 +278,137 @@ impl Runtime {
             defaults: &shared.config.defaults,
             ceilings: &shared.config.ceilings,
             data_dir: &shared.config.data_dir,
-            snapshot_source: source,
-            generation: shared.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            protected_dirs: &shared.protected_dirs,
+            snapshot_source: Arc::downgrade(&self.shared) as Weak<dyn SnapshotSource>,
+            generation,
         };
-        let plugin = Plugin::open(&env, dir)?;
-        // Canary: describe() on a fresh instance must succeed before the plugin serves.
+        let plugin = Plugin::from_loaded(&env, loaded)?;
+        let canary_failed = |e| LoadError::Canary {
+            plugin: plugin.name().to_string(),
+            source: Box::new(e),
+        };
         let report = plugin
             .invoke(&shared.pool, Call::Describe)
             .await
-            .map_err(|e| LoadError::Canary {
-                plugin: plugin.name().to_string(),
-                source: Box::new(e),
-            })?;
+            .map_err(canary_failed)?;
         if let Answer::Described(description) = report.value {
             plugin.set_description(description);
+        }
+        if check_health && plugin.kind() == PluginKind::MetaAgent {
+            let report = plugin
+                .invoke(&shared.pool, Call::Health)
+                .await
+                .map_err(|e| LoadError::Canary {
+                    plugin: plugin.name().to_string(),
+                    source: Box::new(e),
+                })?;
+            if let Answer::Health(health) = report.value
+                && health.status == bindings::types::HealthStatus::Unhealthy
+            {
+                return Err(LoadError::CanaryUnhealthy {
+                    plugin: plugin.name().to_string(),
+                    detail: health.detail,
+                });
+            }
         }
         Ok(plugin)
     }
 
-    fn record_failure(&self, dir: &Path, error: &LoadError) {
+    /// Load → validate → prepare → canary without serving: what `evolve plugin check` runs.
+    pub async fn open_checked(&self, dir: &Path) -> Result<Plugin, LoadError> {
+        let loaded = self.load_files(dir)?;
+        self.prepare(loaded, false).await
+    }
+
+    /// Step 5: serve `plugin` — new calls get it from now on. The generation it replaces (same
+    /// name) moves to the draining set and is returned for the caller to drain and retire.
+    pub fn swap(&self, plugin: Arc<Plugin>) -> Result<Option<Arc<Plugin>>, LoadError> {
+        let mut plugins = write(&self.shared.plugins);
+        if let Some(slot) = plugins.get(plugin.name()) {
+            let other = &slot.current;
+            // A rename moves the dir: the old one is gone, so the name is free to move with it.
+            if other.dir != plugin.dir && other.dir.join(manifest::MANIFEST_FILE).is_file() {
+                return Err(LoadError::DuplicateName {
+                    plugin: plugin.name().to_string(),
+                    other_dir: other.dir.clone(),
+                });
+            }
+        }
+        let record = ReloadRecord::success(&plugin);
+        let previous = plugins
+            .insert(
+                plugin.name().to_string(),
+                Slot {
+                    current: Arc::clone(&plugin),
+                    last_reload: Some(record),
+                },
+            )
+            .map(|slot| slot.current);
+        drop(plugins);
+        write(&self.shared.failures).remove(&plugin.dir);
+        if let Some(previous) = &previous {
+            lock(&self.shared.draining).push(Arc::clone(previous));
+        }
+        Ok(previous)
+    }
+
+    /// Stops serving the plugin loaded from `dir`; it moves to the draining set and is returned.
+    pub fn unload_dir(&self, dir: &Path) -> Option<Arc<Plugin>> {
+        write(&self.shared.failures).remove(dir);
+        let mut plugins = write(&self.shared.plugins);
+        let name = plugins
+            .iter()
+            .find(|(_, slot)| slot.current.dir == dir)
+            .map(|(name, _)| name.clone())?;
+        let slot = plugins.remove(&name)?;
+        drop(plugins);
+        lock(&self.shared.draining).push(Arc::clone(&slot.current));
+        Some(slot.current)
+    }
+
+    /// Step 6: forget a drained generation.
+    pub fn retire(&self, plugin: &Arc<Plugin>) {
+        lock(&self.shared.draining).retain(|p| !Arc::ptr_eq(p, plugin));
+    }
+
+    /// Generations that no longer take new calls but may still be finishing some.
+    pub fn draining(&self) -> Vec<Arc<Plugin>> {
+        lock(&self.shared.draining).clone()
+    }
+
+    /// The generation serving from `dir`, if any.
+    pub fn current_for_dir(&self, dir: &Path) -> Option<Arc<Plugin>> {
+        read(&self.shared.plugins)
+            .values()
+            .find(|slot| slot.current.dir == dir)
+            .map(|slot| Arc::clone(&slot.current))
+    }
+
+    /// The outcome of the last (re)load of `name`.
+    pub fn last_reload(&self, name: &str) -> Option<ReloadRecord> {
+        read(&self.shared.plugins)
+            .get(name)
+            .and_then(|slot| slot.last_reload.clone())
+    }
+
+    /// Records a failed (re)load of `dir`: on the serving plugin's record when one serves from
+    /// it (it keeps serving), else as a failed directory.
+    pub fn record_failure(&self, dir: &Path, error: &LoadError) {
+        let record = ReloadRecord::failure(error);
+        {
+            let mut plugins = write(&self.shared.plugins);
+            if let Some(slot) = plugins.values_mut().find(|slot| slot.current.dir == dir) {
+                slot.last_reload = Some(ReloadRecord {
+                    generation: slot.current.generation,
+                    ..record
+                });
+                return;
+            }
+        }
         let name = Manifest::load(dir).map(|m| m.name).unwrap_or_else(|_| {
             dir.file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
         });
-        tracing::error!(plugin = %name, dir = %dir.display(), code = error.code(), "plugin failed to load: {error}");
         write(&self.shared.failures).insert(
             dir.to_path_buf(),
             LoadFailure {
@@ -310,9 +421,17 @@ impl Runtime {
         );
     }
 
+    /// Forgets a failed directory that no longer exists.
+    pub fn forget_failure(&self, dir: &Path) {
+        write(&self.shared.failures).remove(dir);
+    }
+
     /// Loaded plugins, by name.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
-        read(&self.shared.plugins).values().cloned().collect()
+        read(&self.shared.plugins)
+            .values()
+            .map(|slot| Arc::clone(&slot.current))
+            .collect()
     }
 
     /// Directories that failed to load, with why.
@@ -321,7 +440,9 @@ impl Runtime {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
-        read(&self.shared.plugins).get(name).cloned()
+        read(&self.shared.plugins)
+            .get(name)
+            .map(|slot| Arc::clone(&slot.current))
     }
 
     fn get_kind(&self, name: &str, kind: PluginKind) -> Result<Arc<Plugin>, CallError> {
@@ -416,7 +537,7 @@ impl SnapshotSource for Shared {
         let system = Arc::clone(&read(&self.system));
         let plugins = read(&self.plugins)
             .values()
-            .map(|p| plugin_summary(p))
+            .map(|slot| plugin_summary(&slot.current))
             .collect();
         Snapshot {
             host: system.host(),
@@ -439,7 +560,7 @@ fn plugin_summary(p: &Plugin) -> inv::PluginSummary {
         },
         wit_version: p.wit_version.clone(),
         description: p.manifest.description.clone(),
-        state: "ready".to_string(),
+        state: "serving".to_string(),
         sha256: p.sha256.clone(),
         generation: p.generation,
         permissions: inv::PluginPermissions {

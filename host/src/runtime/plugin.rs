@@ -4,14 +4,14 @@
 //! `Store` and instance from it, so no state leaks between calls and a trap only loses that call.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -35,6 +35,15 @@ use super::state::{PluginContext, PluginState, SnapshotSource};
 /// is a mistake (a debug build of a large app), and the file is read into memory to hash it.
 const MAX_WASM_BYTES: u64 = 256 << 20;
 
+/// Resources (open files, streams, HTTP requests...) a call may hold at once. Each can pin host
+/// memory or a file descriptor; wasmtime's default (1,000,000) would let one call exhaust the
+/// daemon's descriptors. Real plugins hold a handful.
+const MAX_RESOURCES: usize = 1_024;
+
+/// Bytes of HTTP header fields a checker may build per `fields` resource. wasi-http's default
+/// (128 KiB) times many resources is a lot of host memory; 16 KiB is above any real request.
+const MAX_HTTP_FIELDS_BYTES: usize = 16 << 10;
+
 /// Extra wall-clock time, past the deadline, before a call blocked in a host await (an HTTP
 /// request) is abandoned. Guest code is interrupted by the epoch within one tick of the deadline;
 /// this only covers time spent outside guest code.
@@ -49,6 +58,7 @@ pub(crate) struct LoadEnv<'a> {
     pub defaults: &'a LimitValues,
     pub ceilings: &'a LimitValues,
     pub data_dir: &'a Path,
+    pub protected_dirs: &'a [PathBuf],
     pub snapshot_source: Weak<dyn SnapshotSource>,
     pub generation: u64,
 }
@@ -170,6 +180,9 @@ pub struct Plugin {
     http_hosts: Arc<[HostPattern]>,
     snapshot_source: Weak<dyn SnapshotSource>,
     description: OnceLock<Description>,
+    digest: String,
+    active: AtomicU32,
+    idle: Notify,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -183,12 +196,24 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// Step 1 output: the manifest and the component bytes, hashed and pin-checked.
-struct Loaded {
+pub struct Loaded {
     manifest: Manifest,
     dir: PathBuf,
     wasm_path: PathBuf,
     bytes: Vec<u8>,
     sha256: String,
+    /// Identifies manifest + component together, so a reload of identical files is a no-op.
+    digest: String,
+}
+
+impl Loaded {
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
 }
 
 /// Step 2 output: a compiled component that fits its world, with limits and grants resolved.
@@ -203,11 +228,43 @@ struct Validated {
 }
 
 impl Plugin {
-    /// Load → validate → prepare. The canary call (describe) is the runtime's next step.
-    pub(crate) fn open(env: &LoadEnv<'_>, dir: &Path) -> Result<Plugin, LoadError> {
-        let loaded = load(dir)?;
+    /// Step 1, load: read and hash the files.
+    pub(crate) fn load(dir: &Path) -> Result<Loaded, LoadError> {
+        load(dir)
+    }
+
+    /// Steps 2 and 3, validate → prepare. The canary call is the runtime's next step.
+    pub(crate) fn from_loaded(env: &LoadEnv<'_>, loaded: Loaded) -> Result<Plugin, LoadError> {
         let validated = validate(env, loaded)?;
         prepare(env, validated)
+    }
+
+    /// Manifest and component digest (see [`Loaded`]).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Calls admitted or waiting on this generation.
+    pub fn active_calls(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Waits until no call is admitted or waiting on this generation, or `bound` passes;
+    /// returns whether it drained.
+    pub async fn drained(&self, bound: Duration) -> bool {
+        let wait = async {
+            loop {
+                // Register interest before checking, so a call ending in between still wakes us.
+                let notified = self.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.active_calls() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(bound, wait).await.is_ok()
     }
 
     pub fn name(&self) -> &str {
@@ -241,6 +298,7 @@ impl Plugin {
         call: Call,
     ) -> Result<CallReport<Answer>, CallError> {
         let started = Instant::now();
+        let _active = ActiveCall::enter(self);
         let result = self.invoke_inner(pool, call).await;
         let elapsed = started.elapsed();
         self.stats
@@ -271,15 +329,29 @@ impl Plugin {
         //    queues bound how many wait for the pool, and the pool never sees more concurrent
         //    instances than it has slots, so it cannot fail with a raw exhaustion error.
         let _permit = self.gate.enter(name).await.map_err(|e| (e, 0))?;
-        let _slot = Arc::clone(pool).acquire_owned().await.map_err(|_| {
-            (
-                CallError::Instantiate {
-                    plugin: name.to_string(),
-                    message: "the runtime is shutting down".into(),
-                },
-                0,
-            )
-        })?;
+        // The wait for a pool slot is bounded by the call's deadline: when every slot is held
+        // by slow plugins, a caller gets Overloaded instead of hanging behind them.
+        let slot = tokio::time::timeout(self.limits.deadline(), Arc::clone(pool).acquire_owned());
+        let _slot = match slot.await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_closed)) => {
+                let message = "the runtime is shutting down".to_string();
+                let plugin = name.to_string();
+                return Err((CallError::Instantiate { plugin, message }, 0));
+            }
+            Err(_elapsed) => {
+                let (running, queued) = (self.gate.in_flight(), self.gate.queued());
+                let plugin = name.to_string();
+                return Err((
+                    CallError::Overloaded {
+                        plugin,
+                        running,
+                        queued,
+                    },
+                    0,
+                ));
+            }
+        };
 
         // 2. A fresh store with exactly the plugin's grants.
         let deadline = self.limits.deadline();
@@ -301,11 +373,20 @@ impl Plugin {
                 0,
             )
         })?;
-        let http_policy = HttpPolicy::new(Arc::clone(&self.http_hosts), target, deadline);
+        let http_policy = HttpPolicy::new(
+            Arc::clone(&self.context.name),
+            Arc::clone(&self.http_hosts),
+            target,
+            deadline,
+        );
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
         let state = PluginState {
             wasi,
-            table: ResourceTable::new(),
-            http: WasiHttpCtx::new(),
+            table,
+            http,
             http_policy: http_policy.clone(),
             limiter: StoreLimiter::new(self.limits.memory_bytes),
             log: Arc::clone(&log),
@@ -423,11 +504,20 @@ impl Plugin {
             }
             Answer::Ran(Err(error)) | Answer::Checked(Err(error)) => {
                 // A plugin that failed after the host refused it a host reports the refusal.
-                let refused = http.refused();
-                if !refused.is_empty() {
+                let (hosts, count) = http.refused();
+                if !hosts.is_empty() {
+                    let more = count.saturating_sub(hosts.len() as u64);
                     return Err(CallError::PermissionDenied {
                         plugin: plugin(),
-                        refused: format!("outbound HTTP to {}", refused.join(", ")),
+                        refused: format!(
+                            "outbound HTTP to {}{}",
+                            hosts.join(", "),
+                            if more > 0 {
+                                format!(" (and {more} more refusals)")
+                            } else {
+                                String::new()
+                            }
+                        ),
                         message: error.message.clone(),
                     });
                 }
@@ -435,6 +525,25 @@ impl Plugin {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Counts a call on its generation from admission to return, even if the caller's future is
+/// dropped midway, so draining knows when the generation is idle.
+struct ActiveCall<'a>(&'a Plugin);
+
+impl<'a> ActiveCall<'a> {
+    fn enter(plugin: &'a Plugin) -> ActiveCall<'a> {
+        plugin.active.fetch_add(1, Ordering::AcqRel);
+        ActiveCall(plugin)
+    }
+}
+
+impl Drop for ActiveCall<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -502,7 +611,14 @@ async fn dispatch(
 
 /// 1. Load: read the manifest and the component, hash it, check the pin.
 fn load(dir: &Path) -> Result<Loaded, LoadError> {
-    let manifest = Manifest::load(dir)?;
+    let manifest_path = dir.join(super::manifest::MANIFEST_FILE);
+    let manifest_text =
+        std::fs::read_to_string(&manifest_path).map_err(|source| LoadError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: manifest_path.clone(),
+            source,
+        })?;
+    let manifest = Manifest::parse(&manifest_text, &manifest_path)?;
     let wasm_path = dir.join(&manifest.wasm);
     let missing = |source| LoadError::MissingFile {
         dir: dir.to_path_buf(),
@@ -531,12 +647,15 @@ fn load(dir: &Path) -> Result<Loaded, LoadError> {
             actual: sha256,
         });
     }
+    let digest =
+        hex_sha256(format!("{}\n{sha256}", hex_sha256(manifest_text.as_bytes())).as_bytes());
     Ok(Loaded {
         manifest,
         dir: dir.to_path_buf(),
         wasm_path,
         bytes,
         sha256,
+        digest,
     })
 }
 
@@ -563,7 +682,7 @@ fn validate(env: &LoadEnv<'_>, loaded: Loaded) -> Result<Validated, LoadError> {
         });
     }
     let limits = Limits::resolve(&name, &loaded.manifest.limits, env.defaults, env.ceilings)?;
-    let (grants, http_hosts) = resolve_grants(&loaded.manifest, env.data_dir)?;
+    let (grants, http_hosts) = resolve_grants(&loaded.manifest, env.data_dir, env.protected_dirs)?;
     let (component, cache) = env
         .aot
         .load(env.engine, &loaded.bytes, &loaded.sha256)
@@ -641,6 +760,9 @@ fn prepare(env: &LoadEnv<'_>, v: Validated) -> Result<Plugin, LoadError> {
         http_hosts: v.http_hosts,
         snapshot_source: env.snapshot_source.clone(),
         description: OnceLock::new(),
+        digest: v.loaded.digest,
+        active: AtomicU32::new(0),
+        idle: Notify::new(),
     })
 }
 
@@ -799,6 +921,7 @@ fn explain_link_error(kind: PluginKind, message: &str) -> String {
 fn resolve_grants(
     manifest: &Manifest,
     data_dir: &Path,
+    protected_dirs: &[PathBuf],
 ) -> Result<(Grants, Arc<[HostPattern]>), LoadError> {
     let perms = &manifest.permissions;
     let denied = |what: String, reason: String| LoadError::Permission {
@@ -827,6 +950,18 @@ fn resolve_grants(
                 format!("{e}; create it or grant `write = true` so the host creates it"),
             )
         })?;
+        if let Some(protected) = protected_dirs
+            .iter()
+            .find(|p| host.starts_with(p) || p.starts_with(&host))
+        {
+            return Err(denied(
+                format!("dir {}", host.display()),
+                format!(
+                    "it overlaps {}, which holds the daemon's plugins or compiled code; grant a directory of its own",
+                    protected.display()
+                ),
+            ));
+        }
         dirs.push(ResolvedDir {
             host,
             guest: grant.guest.clone(),
@@ -838,18 +973,19 @@ fn resolve_grants(
         .iter()
         .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
         .collect();
+    // Patterns were validated with the manifest; a failure here cannot happen, so skip rather
+    // than fail on it.
     let http_hosts: Arc<[HostPattern]> = perms
         .http_hosts
         .iter()
-        .map(|h| HostPattern::parse(h).map_err(|e| denied(format!("http host {h}"), e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?
+        .filter_map(|h| HostPattern::parse(h).ok())
+        .collect::<Vec<_>>()
         .into();
     Ok((
         Grants {
             env,
             env_names: perms.env.clone(),
             dirs,
-            http_hosts: http_hosts.to_vec(),
             http_host_patterns: perms.http_hosts.clone(),
         },
         http_hosts,

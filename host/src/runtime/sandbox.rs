@@ -282,8 +282,7 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     pub env_names: Vec<String>,
     pub dirs: Vec<ResolvedDir>,
-    #[serde(skip)]
-    pub http_hosts: Vec<HostPattern>,
+    /// `permissions.http_hosts` as written (the parsed patterns live with the plugin).
     pub http_host_patterns: Vec<String>,
 }
 
@@ -316,24 +315,40 @@ impl Grants {
     }
 }
 
+/// Distinct refused hosts remembered per call; a guest retrying in a loop must not grow the
+/// host's record (or its log) without bound.
+const MAX_REFUSED_HOSTS: usize = 8;
+
+/// Longest refused authority remembered; the `http` crate accepts far longer ones.
+const MAX_REFUSED_HOST_BYTES: usize = 256;
+
 /// Outbound HTTP policy for one call: the manifest's hosts plus, for a check, the target's own
-/// `host:port`. Refusals are recorded so the call can report which host was refused.
+/// `host:port`. Refusals are recorded (bounded) so the call can report which host was refused.
 #[derive(Debug, Clone, Default)]
 pub struct HttpPolicy {
+    plugin: Arc<str>,
     allowed: Arc<[HostPattern]>,
     target: Option<(String, u16)>,
-    refused: Arc<Mutex<Vec<String>>>,
+    refused: Arc<Mutex<Refused>>,
     /// Upper bound for connect / first-byte / between-bytes waits: the call's deadline.
     max_wait: Option<Duration>,
 }
 
+#[derive(Debug, Default)]
+struct Refused {
+    hosts: Vec<String>,
+    count: u64,
+}
+
 impl HttpPolicy {
     pub fn new(
+        plugin: Arc<str>,
         allowed: Arc<[HostPattern]>,
         target: Option<(String, u16)>,
         max_wait: Duration,
     ) -> HttpPolicy {
         HttpPolicy {
+            plugin,
             allowed,
             target,
             refused: Arc::default(),
@@ -341,12 +356,28 @@ impl HttpPolicy {
         }
     }
 
-    /// `host:port` of every refused request of this call.
-    pub fn refused(&self) -> Vec<String> {
-        self.refused
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+    /// The first few distinct refused `host:port`s of this call, and how many refusals in all.
+    pub fn refused(&self) -> (Vec<String>, u64) {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        (refused.hosts.clone(), refused.count)
+    }
+
+    fn record_refusal(&self, authority: &str) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.count += 1;
+        let mut host = authority.to_string();
+        if host.len() > MAX_REFUSED_HOST_BYTES {
+            let mut cut = MAX_REFUSED_HOST_BYTES;
+            while !host.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            host.truncate(cut);
+            host.push('…');
+        }
+        if refused.hosts.len() < MAX_REFUSED_HOSTS && !refused.hosts.contains(&host) {
+            tracing::warn!(target: "evolve::plugin", plugin = &*self.plugin, refused = %host, "outbound HTTP refused: host not in the plugin's allow-list");
+            refused.hosts.push(host);
+        }
     }
 
     fn allows(&self, host: &str, port: u16) -> bool {
@@ -390,14 +421,11 @@ impl WasiHttpHooks for HttpPolicy {
         let permitted =
             uri_host_port(request.uri()).filter(|(host, port)| self.allows(host, *port));
         if permitted.is_none() {
-            let refused = request
+            let authority = request
                 .uri()
                 .authority()
                 .map_or_else(|| "(no host)".to_string(), |a| a.to_string());
-            tracing::warn!(target: "evolve::plugin", refused = %refused, "outbound HTTP refused: host not in the plugin's allow-list");
-            if let Ok(mut list) = self.refused.lock() {
-                list.push(refused);
-            }
+            self.record_refusal(&authority);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let cap = |t: Option<Duration>| match (t, self.max_wait) {
@@ -449,6 +477,7 @@ mod tests {
         let allowed: Arc<[HostPattern]> =
             vec![HostPattern::parse("*.internal").expect("valid")].into();
         let policy = HttpPolicy::new(
+            "p".into(),
             allowed,
             Some(("127.0.0.1".into(), 9000)),
             Duration::from_secs(1),
@@ -457,5 +486,27 @@ mod tests {
         assert!(!policy.allows("127.0.0.1", 9001));
         assert!(policy.allows("db.internal", 80));
         assert!(!policy.allows("example.com", 80));
+    }
+
+    #[test]
+    fn refusals_are_recorded_bounded() {
+        let policy = HttpPolicy::new(
+            "p".into(),
+            Arc::from(Vec::new()),
+            None,
+            Duration::from_secs(1),
+        );
+        for i in 0..1_000 {
+            policy.record_refusal(&format!("h{i}.example:80"));
+        }
+        policy.record_refusal(&"x".repeat(10_000));
+        let (hosts, count) = policy.refused();
+        assert_eq!(hosts.len(), MAX_REFUSED_HOSTS);
+        assert_eq!(count, 1_001);
+        assert!(
+            hosts
+                .iter()
+                .all(|h| h.len() <= MAX_REFUSED_HOST_BYTES + '…'.len_utf8())
+        );
     }
 }

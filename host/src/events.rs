@@ -1,0 +1,163 @@
+//! The host's internal event bus: every state change of a plugin (and, as they land, of services,
+//! health, circuits, the registry and agents) is published here as a versioned, serialisable
+//! [`Event`]. Subscribers: the log (every event is a tracing line with `event = <kind>`), the
+//! recent-events ring behind `GET /v1/events`, and later the Redis publisher.
+//!
+//! Publishing never blocks: the broadcast channel drops the oldest events for a subscriber that
+//! falls behind, and that subscriber sees how many it missed.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Schema version of [`Event`]'s JSON form; bumped on any incompatible change.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// Events buffered per subscriber before the slowest one starts missing events.
+const CHANNEL_CAPACITY: usize = 1_024;
+
+/// Events kept for `GET /v1/events`.
+const RECENT_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventKind {
+    #[serde(rename = "plugin.loaded")]
+    PluginLoaded,
+    #[serde(rename = "plugin.reloaded")]
+    PluginReloaded,
+    #[serde(rename = "plugin.reload_failed")]
+    PluginReloadFailed,
+    #[serde(rename = "plugin.rolled_back")]
+    PluginRolledBack,
+    #[serde(rename = "plugin.quarantined")]
+    PluginQuarantined,
+    #[serde(rename = "plugin.unloaded")]
+    PluginUnloaded,
+    #[serde(rename = "plugin.retired")]
+    PluginRetired,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::PluginLoaded => "plugin.loaded",
+            EventKind::PluginReloaded => "plugin.reloaded",
+            EventKind::PluginReloadFailed => "plugin.reload_failed",
+            EventKind::PluginRolledBack => "plugin.rolled_back",
+            EventKind::PluginQuarantined => "plugin.quarantined",
+            EventKind::PluginUnloaded => "plugin.unloaded",
+            EventKind::PluginRetired => "plugin.retired",
+        }
+    }
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub v: u32,
+    pub kind: EventKind,
+    pub at: DateTime<Utc>,
+    /// The subject: a plugin name.
+    pub subject: String,
+    /// Kind-specific fields (generation, sha256, reason, durations, ...).
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(kind: EventKind, subject: impl Into<String>, data: serde_json::Value) -> Event {
+        Event {
+            v: EVENT_SCHEMA_VERSION,
+            kind,
+            at: Utc::now(),
+            subject: subject.into(),
+            data,
+        }
+    }
+}
+
+/// Cheap to clone; all clones publish to the same subscribers.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    sender: broadcast::Sender<Event>,
+    recent: Arc<Mutex<VecDeque<Event>>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::new()
+    }
+}
+
+impl EventBus {
+    pub fn new() -> EventBus {
+        let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
+        EventBus {
+            sender,
+            recent: Arc::default(),
+        }
+    }
+
+    /// Publishes `event`: logs it, keeps it for `recent`, and sends it to subscribers.
+    pub fn publish(&self, event: Event) {
+        let data = event.data.to_string();
+        match event.kind {
+            EventKind::PluginReloadFailed
+            | EventKind::PluginRolledBack
+            | EventKind::PluginQuarantined => {
+                tracing::warn!(event = event.kind.as_str(), subject = %event.subject, data = %data, "{}", event.kind.as_str());
+            }
+            _ => {
+                tracing::info!(event = event.kind.as_str(), subject = %event.subject, data = %data, "{}", event.kind.as_str());
+            }
+        }
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_CAPACITY {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        // No subscriber is not an error: events are also logged and kept in `recent`.
+        let _ = self.sender.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.sender.subscribe()
+    }
+
+    /// The most recent events, oldest first.
+    pub fn recent(&self) -> Vec<Event> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_get_published_events_and_recent_keeps_a_bounded_tail() {
+        let bus = EventBus::new();
+        let mut rx = bus.subscribe();
+        for i in 0..RECENT_CAPACITY + 3 {
+            bus.publish(Event::new(
+                EventKind::PluginLoaded,
+                format!("p{i}"),
+                serde_json::Value::Null,
+            ));
+        }
+        let first = rx.recv().await.expect("event");
+        assert_eq!(first.subject, "p0");
+        let recent = bus.recent();
+        assert_eq!(recent.len(), RECENT_CAPACITY);
+        assert_eq!(recent[0].subject, "p3");
+        let json = serde_json::to_value(&recent[0]).expect("serialises");
+        assert_eq!(json["kind"], "plugin.loaded");
+        assert_eq!(json["v"], EVENT_SCHEMA_VERSION);
+    }
+}
