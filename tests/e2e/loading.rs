@@ -54,7 +54,11 @@ fn broken_plugins_get_specific_errors_and_do_not_disturb_a_good_one() {
         "[[permissions.dirs]]\nhost = {:?}\nguest = \"/p\"\nwrite = true\n",
         env.plugins_dir.display().to_string()
     );
-    env.install_raw("grabby", &manifest("grabby", &grab), Some(("p.wasm", &echo_wasm)));
+    env.install_raw(
+        "grabby",
+        &manifest("grabby", &grab),
+        Some(("p.wasm", &echo_wasm)),
+    );
     let daemon = env.start();
 
     assert_eq!(daemon.plugin("echo")["state"], "serving");

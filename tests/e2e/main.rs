@@ -4,4 +4,5 @@
 mod api;
 mod containment;
 mod loading;
+mod reload;
 mod serving;

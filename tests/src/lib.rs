@@ -101,6 +101,15 @@ impl Env {
         target
     }
 
+    /// Rewrites an installed plugin's manifest in place (truncate and write, as editors do).
+    pub fn edit_manifest(&self, name: &str, edit: impl FnOnce(&mut toml::Table)) {
+        let path = self.plugins_dir.join(name).join("plugin.toml");
+        let mut manifest: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut manifest);
+        std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
+    }
+
     /// Writes a raw plugin dir (manifest text and wasm bytes), for malformed-input tests.
     pub fn install_raw(
         &self,
@@ -210,15 +219,24 @@ impl Log {
     /// Waits for a JSON log line matching `pred`; panics with the log so far after
     /// [`EVENT_TIMEOUT`] or when the daemon exits first.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_nth(what, 1, pred)
+    }
+
+    /// Like [`Log::wait_for`], for the `n`th matching line (1-based).
+    pub fn wait_for_nth(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         let mut seen = 0;
+        let mut matched = 0;
         let mut guard = self.lines.lock().unwrap();
         loop {
             while seen < guard.0.len() {
                 if let Ok(value) = serde_json::from_str::<Value>(&guard.0[seen])
                     && pred(&value)
                 {
-                    return value;
+                    matched += 1;
+                    if matched == n {
+                        return value;
+                    }
                 }
                 seen += 1;
             }
@@ -232,6 +250,20 @@ impl Log {
             }
             guard = self.changed.wait_timeout(guard, deadline - now).unwrap().0;
         }
+    }
+
+    /// Waits for an event of the bus (`kind`, e.g. `plugin.reloaded`, about `subject`) whose
+    /// data satisfies `pred`; returns the data.
+    pub fn wait_event(&self, kind: &str, subject: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let line = self.wait_for(&format!("event {kind} of {subject}"), |v| {
+            v["event"] == kind
+                && v["subject"] == subject
+                && v["data"]
+                    .as_str()
+                    .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                    .is_some_and(|d| pred(&d))
+        });
+        serde_json::from_str(line["data"].as_str().unwrap()).unwrap()
     }
 
     /// All lines so far.
@@ -256,6 +288,11 @@ impl Daemon {
         });
         let addr = line["addr"].as_str().unwrap().to_string();
         *self.addr.lock().unwrap() = Some(addr);
+    }
+
+    /// See [`Log::wait_event`].
+    pub fn wait_event(&self, kind: &str, subject: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.log.wait_event(kind, subject, pred)
     }
 
     /// `http://127.0.0.1:PORT`

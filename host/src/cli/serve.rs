@@ -59,13 +59,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         plugins_dir.clone(),
         config.reload.clone(),
     );
+    // Watch first, then scan: a plugin written during the initial load is not missed.
+    if config.reload.watch {
+        reloader.spawn_watcher();
+    }
     let summary = reloader
         .reconcile_all(false)
         .await
         .with_context(|| format!("cannot read plugins dir {}", plugins_dir.display()))?;
-    if config.reload.watch {
-        reloader.spawn_watcher();
-    }
     let cache = runtime.cache_stats();
     tracing::info!(
         dir = %plugins_dir.display(),

@@ -84,6 +84,11 @@ impl Reloader {
         let runtime = &self.runtime;
         let current = runtime.current_for_dir(dir);
 
+        if !self.plugins_dir.is_dir() {
+            // The plugins dir itself is missing (being replaced): a missing manifest means
+            // nothing yet, so nothing is unloaded; the watcher reconciles when it is back.
+            return ReloadOutcome::Absent;
+        }
         if !dir.join(MANIFEST_FILE).is_file() {
             self.remember_fingerprint(dir, None);
             runtime.forget_failure(dir);
@@ -170,6 +175,7 @@ impl Reloader {
                 "from_generation": previous.as_ref().map(|p| p.generation),
                 "sha256": plugin.sha256,
                 "aot": plugin.cache,
+                "dir": plugin.dir.display().to_string(),
                 "timings": timings,
             }),
         ));

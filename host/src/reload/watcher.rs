@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Reloader, fingerprint};
+use crate::runtime::manifest::MANIFEST_FILE;
 
 /// Filesystem events buffered between notify's thread and the reload task. Past this, events
 /// are dropped and a full rescan is scheduled instead, which loses nothing.
@@ -34,6 +35,12 @@ const SETTLE: Duration = Duration::from_millis(20);
 
 /// How often a missing plugins dir or a failed watch is retried.
 const REWATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Device and inode of a directory (`None` when it is missing).
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
 
 /// Names of editor temp, swap and backup files, which never trigger a reload.
 pub fn is_ignored_name(name: &str) -> bool {
@@ -59,15 +66,24 @@ enum Signal {
 }
 
 impl Reloader {
-    /// Spawns the watch loop; it runs until the runtime shuts down.
+    /// Starts watching (before returning, so nothing written after this call is missed; call it
+    /// before the initial reconcile) and spawns the loop that follows the events.
     pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::channel::<Signal>(EVENT_BUFFER);
+        let watch = self.establish_watch(&tx);
         let reloader = Arc::clone(self);
-        tokio::spawn(async move { reloader.watch_loop().await })
+        tokio::spawn(async move { reloader.watch_loop(tx, rx, watch).await })
     }
 
-    async fn watch_loop(self: Arc<Self>) {
-        let (tx, mut rx) = mpsc::channel::<Signal>(EVENT_BUFFER);
-        let mut watch = self.establish_watch(&tx);
+    async fn watch_loop(
+        self: Arc<Self>,
+        tx: mpsc::Sender<Signal>,
+        mut rx: mpsc::Receiver<Signal>,
+        mut watch: Option<notify::RecommendedWatcher>,
+    ) {
+        // Identity of the watched directory: a replaced dir (same path, new inode) silently
+        // ends an inotify watch, so a change of identity means watch again.
+        let mut watched = dir_identity(&self.plugins_dir);
         let debounce = self.config.debounce();
         let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
         let rescan_every = match self.config.rescan_s {
@@ -104,18 +120,30 @@ impl Reloader {
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
+                    // A replaced plugins dir may announce itself only through events on its
+                    // files: compare identities at every wake (one stat), not just at rescans.
+                    let identity = dir_identity(&self.plugins_dir);
+                    if watch.is_some() && identity.is_some() && identity != watched {
+                        watch = self.establish_watch(&tx);
+                        watched = identity;
+                        next_rescan = now;
+                    }
                     if watch.is_none() && now >= next_rewatch {
                         watch = self.establish_watch(&tx);
+                        watched = dir_identity(&self.plugins_dir);
                         next_rewatch = now + REWATCH_INTERVAL;
                         if watch.is_some() {
                             next_rescan = now;
                         }
                     }
-                    let due: Vec<PathBuf> = pending
+                    let mut due: Vec<PathBuf> = pending
                         .iter()
                         .filter(|(_, at)| **at <= now)
                         .map(|(dir, _)| dir.clone())
                         .collect();
+                    // Present dirs before vanished ones: a renamed dir then moves its plugin
+                    // with a swap, never a moment unloaded.
+                    due.sort_by_key(|dir| !dir.join(MANIFEST_FILE).is_file());
                     for dir in due {
                         pending.remove(&dir);
                         if self.settled(&dir).await {
@@ -130,8 +158,10 @@ impl Reloader {
                             // Briefly missing (being replaced): keep serving, watch again.
                             tracing::warn!(dir = %self.plugins_dir.display(), "plugins dir is missing; keeping the loaded plugins and waiting for it");
                             watch = None;
+                            next_rewatch = Instant::now() + REWATCH_INTERVAL;
                             continue;
                         }
+
                         if let Err(e) = self.reconcile_all(true).await {
                             tracing::warn!(dir = %self.plugins_dir.display(), error = %e, "rescan of the plugins dir failed");
                         }

@@ -1,0 +1,233 @@
+//! Hot reload: the daemon follows its plugins dir (add, change, rename, remove), never swaps in
+//! a broken or half-written version, and lets calls finish on the generation they started on.
+
+use evolve_e2e::{Env, built_plugin};
+use serde_json::{Value, json};
+
+fn tag_of(daemon: &evolve_e2e::Daemon) -> (u16, Value) {
+    let response = daemon.post("/v1/agents/versioned/run", &json!({"task": "tag"}));
+    let body = response.json();
+    (response.status, body)
+}
+
+fn set_tag(env: &Env, tag: &str) {
+    env.edit_manifest("versioned", |m| {
+        m["config"]["tag"] = tag.into();
+    });
+}
+
+#[test]
+fn added_changed_renamed_and_removed_dirs_are_followed() {
+    let env = Env::new();
+    env.install("testing", "versioned", |_| {});
+    let daemon = env.start();
+
+    // Added.
+    env.install("testing", "echo", |_| {});
+    daemon.wait_event("plugin.loaded", "echo", |_| true);
+    assert_eq!(daemon.post("/v1/agents/echo/run", &json!({})).status, 200);
+
+    // Changed: a new config is a new generation.
+    set_tag(&env, "v2");
+    daemon.wait_event("plugin.reloaded", "versioned", |d| d["generation"] == 2);
+    let (status, body) = tag_of(&daemon);
+    assert_eq!(status, 200);
+    assert_eq!(body["outcome"]["output"]["tag"], "v2");
+    assert_eq!(body["generation"], 2);
+
+    // Renamed: the plugin moves with its dir.
+    std::fs::rename(
+        env.plugins_dir.join("echo"),
+        env.plugins_dir.join("echo-moved"),
+    )
+    .unwrap();
+    // Either a swap from the old dir's generation or, if the removal was seen first, a fresh
+    // load: both end with echo serving from the new dir.
+    daemon.log.wait_for("echo serving from echo-moved", |v| {
+        (v["event"] == "plugin.loaded" || v["event"] == "plugin.reloaded")
+            && v["subject"] == "echo"
+            && v["data"].as_str().is_some_and(|d| d.contains("echo-moved"))
+    });
+    let echo = daemon.plugin("echo");
+    assert!(
+        echo["dir"].as_str().unwrap().ends_with("echo-moved"),
+        "{echo:#}"
+    );
+    assert_eq!(daemon.post("/v1/agents/echo/run", &json!({})).status, 200);
+
+    // Removed.
+    std::fs::remove_dir_all(env.plugins_dir.join("versioned")).unwrap();
+    daemon.wait_event("plugin.unloaded", "versioned", |_| true);
+    assert_eq!(tag_of(&daemon).0, 404);
+}
+
+#[test]
+fn a_half_written_component_never_replaces_the_serving_generation() {
+    let env = Env::new();
+    // Unpinned, so the half file reaches validation (a pin would refuse it even earlier).
+    env.install("testing", "versioned", |m| {
+        m.remove("sha256");
+    });
+    let daemon = env.start();
+    let wasm = env.plugins_dir.join("versioned/versioned.wasm");
+    let replacement = std::fs::read(built_plugin("testing", "echo").join("echo.wasm")).unwrap();
+
+    // Truncate-then-write, stopping halfway.
+    std::fs::write(&wasm, &replacement[..replacement.len() / 2]).unwrap();
+    let failed = daemon.wait_event("plugin.reload_failed", "versioned", |_| true);
+    assert_eq!(failed["serving_generation"], 1, "{failed:#}");
+    assert_eq!(failed["code"], "compile", "{failed:#}");
+    let (status, body) = tag_of(&daemon);
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(body["outcome"]["output"]["tag"], "v1");
+    assert_eq!(body["generation"], 1);
+    let plugin = daemon.plugin("versioned");
+    assert_eq!(plugin["last_reload"]["outcome"], "failed", "{plugin:#}");
+
+    // The rest of the file arrives: now it swaps.
+    std::fs::write(&wasm, &replacement).unwrap();
+    daemon.wait_event("plugin.reloaded", "versioned", |d| d["generation"] == 2);
+    let response = daemon.post(
+        "/v1/agents/versioned/run",
+        &json!({"task": "t", "input": [7]}),
+    );
+    assert_eq!(
+        response.json()["outcome"]["output"],
+        json!([7]),
+        "echo's code now serves"
+    );
+}
+
+#[test]
+fn calls_in_flight_finish_on_the_generation_they_started_on() {
+    let env = Env::new();
+    env.install("testing", "versioned", |_| {});
+    let daemon = env.start();
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| {
+            daemon.post(
+                "/v1/agents/versioned/run",
+                &json!({"task": "slow", "input": {"ms": 1500}}),
+            )
+        });
+        let deadline = std::time::Instant::now() + evolve_e2e::EVENT_TIMEOUT;
+        while daemon.plugin("versioned")["calls"]["in_flight"] == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slow call never started"
+            );
+            std::thread::yield_now();
+        }
+        set_tag(&env, "v2");
+        daemon.wait_event("plugin.reloaded", "versioned", |d| d["generation"] == 2);
+        // New calls go to the new generation while the old one drains.
+        let (_, body) = tag_of(&daemon);
+        assert_eq!(body["outcome"]["output"]["tag"], "v2");
+        let plugins = daemon.get("/v1/plugins").json();
+        let draining =
+            plugins["plugins"].as_array().unwrap().iter().any(|p| {
+                p["name"] == "versioned" && p["state"] == "draining" && p["generation"] == 1
+            });
+        assert!(draining, "generation 1 should be draining: {plugins:#}");
+
+        let slow = slow.join().unwrap();
+        assert_eq!(slow.status, 200, "{}", slow.text());
+        assert_eq!(
+            slow.json()["outcome"]["output"]["tag"],
+            "v1",
+            "started on v1, finished on v1"
+        );
+        assert_eq!(slow.json()["generation"], 1);
+    });
+    let retired = daemon.wait_event("plugin.retired", "versioned", |d| d["generation"] == 1);
+    assert_eq!(retired["drained"], true, "{retired:#}");
+}
+
+#[test]
+fn an_unhealthy_canary_keeps_the_old_generation() {
+    let env = Env::new();
+    env.install("testing", "versioned", |_| {});
+    let daemon = env.start();
+    env.edit_manifest("versioned", |m| {
+        m["config"]["tag"] = "v2".into();
+        m["config"]["healthy"] = false.into();
+    });
+    let failed = daemon.wait_event("plugin.reload_failed", "versioned", |_| true);
+    assert_eq!(failed["code"], "canary_unhealthy", "{failed:#}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tag v2 is configured unhealthy")
+    );
+    let (_, body) = tag_of(&daemon);
+    assert_eq!(body["outcome"]["output"]["tag"], "v1");
+}
+
+#[test]
+fn the_reload_endpoint_reports_unchanged_forced_and_failed() {
+    let mut env = Env::new();
+    // Without the watcher, only the endpoint reloads.
+    env.extra_config.push_str("[reload]\nwatch = false\n");
+    env.install("testing", "versioned", |_| {});
+    let daemon = env.start();
+
+    let unchanged = daemon.post("/v1/plugins/versioned/reload", &json!({}));
+    assert_eq!(unchanged.status, 200, "{}", unchanged.text());
+    assert_eq!(unchanged.json()["outcome"], "unchanged");
+
+    let forced = daemon.post("/v1/plugins/versioned/reload?force=true", &json!({}));
+    assert_eq!(forced.json()["outcome"], "reloaded", "{}", forced.text());
+    assert_eq!(forced.json()["generation"], 2);
+
+    std::fs::write(
+        env.plugins_dir.join("versioned/versioned.wasm"),
+        b"not wasm",
+    )
+    .unwrap();
+    let failed = daemon.post("/v1/plugins/versioned/reload", &json!({}));
+    assert_eq!(failed.status, 422, "{}", failed.text());
+    let error = &failed.json()["error"];
+    assert_eq!(error["code"], "reload_failed");
+    assert_eq!(error["reload"]["serving_generation"], 2, "{error:#}");
+    assert_eq!(tag_of(&daemon).0, 200, "generation 2 still serves");
+
+    assert_eq!(
+        daemon.post("/v1/plugins/nobody/reload", &json!({})).status,
+        404
+    );
+}
+
+#[test]
+fn a_replaced_plugins_dir_keeps_serving_and_is_watched_again() {
+    let env = Env::new();
+    env.install("testing", "versioned", |_| {});
+    let daemon = env.start();
+    // Replace the directory: build the new one beside it, remove the old, move the new in.
+    let staging = env.temp.path().join("plugins.new");
+    std::fs::create_dir_all(staging.join("versioned")).unwrap();
+    for entry in std::fs::read_dir(env.plugins_dir.join("versioned")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            staging.join("versioned").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    std::fs::remove_dir_all(&env.plugins_dir).unwrap();
+    // Missing for a moment: still serving.
+    assert_eq!(tag_of(&daemon).0, 200);
+    std::fs::rename(&staging, &env.plugins_dir).unwrap();
+    // The second watch: the first was set up at start.
+    daemon
+        .log
+        .wait_for_nth("the watch on the new plugins dir", 2, |v| {
+            v["message"] == "watching plugins dir for changes"
+        });
+    // The new directory is followed: a plugin added to it loads.
+    env.install("testing", "echo", |_| {});
+    daemon.wait_event("plugin.loaded", "echo", |_| true);
+    let (status, body) = tag_of(&daemon);
+    assert_eq!(status, 200);
+    assert_eq!(body["generation"], 1, "identical files are not reloaded");
+}
