@@ -20,7 +20,7 @@ use evolve_host::events::EventBus;
 use evolve_host::reload::{ReloadConfig, Reloader};
 use evolve_host::runtime::bindings::meta_agent::{MetaAgent, MetaAgentPre};
 use evolve_host::runtime::bindings::{config, inventory, logging, types};
-use evolve_host::runtime::{LimitValues, Runtime, RuntimeConfig};
+use evolve_host::runtime::{LimitValues, Runtime, RuntimeConfig, SupervisionConfig};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -43,6 +43,7 @@ fn runtime_config(root: &Path) -> RuntimeConfig {
         cache_dir: root.join("cache"),
         data_dir: root.join("data"),
         protected_dirs: Vec::new(),
+        supervision: SupervisionConfig::default(),
     }
 }
 
@@ -56,7 +57,7 @@ fn tokio_rt() -> tokio::runtime::Runtime {
 fn fresh_instance_describe(c: &mut Criterion) {
     let rt = tokio_rt();
     let scratch = tempfile::tempdir().unwrap();
-    let runtime = Runtime::new(runtime_config(scratch.path())).unwrap();
+    let runtime = Runtime::new(runtime_config(scratch.path()), EventBus::new()).unwrap();
     let loaded = rt.block_on(runtime.open_checked(&echo_dir())).unwrap();
     runtime.swap(std::sync::Arc::new(loaded)).unwrap();
 
@@ -89,7 +90,7 @@ fn start(c: &mut Criterion) {
     }
     // A daemon start: runtime, then every plugin dir through the reload pipeline.
     let start = |config: RuntimeConfig| {
-        let runtime = Runtime::new(config).unwrap();
+        let runtime = Runtime::new(config, EventBus::new()).unwrap();
         let reloader = Reloader::new(
             runtime.clone(),
             EventBus::new(),

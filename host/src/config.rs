@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::reload::ReloadConfig;
-use crate::runtime::{LimitValues, RuntimeConfig};
+use crate::runtime::{LimitValues, RuntimeConfig, SupervisionConfig};
 
 /// Environment variables that override config keys (and the key each overrides).
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -81,6 +81,8 @@ pub struct RuntimeSection {
     pub defaults: LimitValues,
     /// Limits no manifest may exceed.
     pub ceilings: LimitValues,
+    /// Quarantine of plugins that keep failing (`[runtime.supervision]`).
+    pub supervision: SupervisionConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +131,7 @@ impl Default for RuntimeSection {
             cache_dir: None,
             defaults: LimitValues::DEFAULTS,
             ceilings: LimitValues::CEILINGS,
+            supervision: SupervisionConfig::default(),
         }
     }
 }
@@ -272,6 +275,7 @@ impl HostConfig {
                 .unwrap_or_else(|| self.data_dir.join("cache").join("aot")),
             data_dir: self.data_dir.clone(),
             protected_dirs: vec![self.plugins_dir()],
+            supervision: self.runtime.supervision,
         }
     }
 }
@@ -304,6 +308,16 @@ mod tests {
         .expect_err("typo");
         let text = err.to_string();
         assert!(text.contains("lisen") && text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn nested_sections_parse_and_reject_typos() {
+        let text = "[runtime]\npool_instances = 8\n[runtime.supervision]\nquarantine_base_ms = 5\n[reload]\nwatch_window_s = 2\n";
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        assert_eq!(config.runtime.supervision.quarantine_base_ms, 5);
+        assert_eq!(config.reload.watch_window_s, 2);
+        let typo = "[runtime.supervision]\nquarantine_bsae_ms = 5\n";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum EventKind {
     PluginUnloaded,
     #[serde(rename = "plugin.retired")]
     PluginRetired,
+    #[serde(rename = "plugin.released")]
+    PluginReleased,
 }
 
 impl EventKind {
@@ -50,6 +52,7 @@ impl EventKind {
             EventKind::PluginQuarantined => "plugin.quarantined",
             EventKind::PluginUnloaded => "plugin.unloaded",
             EventKind::PluginRetired => "plugin.retired",
+            EventKind::PluginReleased => "plugin.released",
         }
     }
 }

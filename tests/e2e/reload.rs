@@ -100,7 +100,9 @@ fn a_half_written_component_never_replaces_the_serving_generation() {
 
 #[test]
 fn calls_in_flight_finish_on_the_generation_they_started_on() {
-    let env = Env::new();
+    let mut env = Env::new();
+    // No rollback window: the old generation retires as soon as it has drained.
+    env.extra_config.push_str("[reload]\nwatch_window_s = 0\n");
     env.install("testing", "versioned", |_| {});
     let daemon = env.start();
     std::thread::scope(|scope| {
@@ -230,4 +232,93 @@ fn a_replaced_plugins_dir_keeps_serving_and_is_watched_again() {
     let (status, body) = tag_of(&daemon);
     assert_eq!(status, 200);
     assert_eq!(body["generation"], 1, "identical files are not reloaded");
+}
+
+#[test]
+fn a_version_that_fails_after_its_swap_is_rolled_back_and_its_files_quarantined() {
+    let mut env = Env::new();
+    env.extra_config
+        .push_str("[reload]\nwatch_window_s = 120\nrollback_failures = 3\n");
+    env.install("testing", "versioned", |_| {});
+    let daemon = env.start();
+
+    // v2 passes its canary (describe, health) but traps on every run.
+    env.edit_manifest("versioned", |m| {
+        m["config"]["tag"] = "v2".into();
+        m["config"]["trap"] = true.into();
+    });
+    daemon.wait_event("plugin.reloaded", "versioned", |d| d["generation"] == 2);
+    for _ in 0..3 {
+        let (status, body) = tag_of(&daemon);
+        assert_eq!(status, 502, "{body:#}");
+        assert_eq!(body["error"]["code"], "trap");
+    }
+    let rolled = daemon.wait_event("plugin.rolled_back", "versioned", |_| true);
+    assert_eq!(
+        (
+            rolled["from_generation"].as_u64(),
+            rolled["to_generation"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    daemon.wait_event("plugin.quarantined", "versioned", |d| d["generation"] == 2);
+
+    let (status, body) = tag_of(&daemon);
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(body["outcome"]["output"]["tag"], "v1");
+    assert_eq!(body["generation"], 1);
+    let plugin = daemon.plugin("versioned");
+    assert_eq!(
+        plugin["last_reload"]["outcome"], "rolled_back",
+        "{plugin:#}"
+    );
+
+    // The same files are not tried again...
+    let again = daemon.post("/v1/plugins/versioned/reload", &json!({}));
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert_eq!(again.json()["error"]["code"], "quarantined");
+    // ...until they change; generation numbers keep counting up.
+    env.edit_manifest("versioned", |m| {
+        m["config"]["tag"] = "v3".into();
+        m["config"]["trap"] = false.into();
+    });
+    daemon.wait_event("plugin.reloaded", "versioned", |d| d["generation"] == 3);
+    assert_eq!(tag_of(&daemon).1["outcome"]["output"]["tag"], "v3");
+}
+
+#[test]
+fn a_plugin_that_keeps_failing_is_quarantined_with_backoff_and_released_by_a_canary() {
+    let mut env = Env::new();
+    env.extra_config.push_str(
+        "[runtime.supervision]\nquarantine_after_failures = 3\nquarantine_base_ms = 300\n",
+    );
+    env.install("testing", "trapper", |_| {});
+    env.install("testing", "echo", |_| {});
+    let daemon = env.start();
+    let run = || daemon.post("/v1/agents/trapper/run", &json!({}));
+
+    for _ in 0..3 {
+        assert_eq!(run().json()["error"]["code"], "trap");
+    }
+    let first = daemon.wait_event("plugin.quarantined", "trapper", |d| d["strikes"] == 1);
+    assert_eq!(first["backoff_ms"], 300, "{first:#}");
+    let refused = run();
+    if refused.status == 503 {
+        assert_eq!(refused.json()["error"]["code"], "quarantined");
+        assert!(refused.header("retry-after").is_some());
+    } else {
+        // The 300 ms may already have passed on a loaded machine; then the canary released it.
+        daemon.wait_event("plugin.released", "trapper", |_| true);
+    }
+    // Others are not affected.
+    assert_eq!(daemon.post("/v1/agents/echo/run", &json!({})).status, 200);
+
+    // describe() and health() work, so the canary releases it...
+    daemon.wait_event("plugin.released", "trapper", |_| true);
+    // ...and when it keeps trapping, the next quarantine is twice as long.
+    for _ in 0..3 {
+        assert_eq!(run().json()["error"]["code"], "trap");
+    }
+    let second = daemon.wait_event("plugin.quarantined", "trapper", |d| d["strikes"] == 2);
+    assert_eq!(second["backoff_ms"], 600, "{second:#}");
 }

@@ -54,7 +54,9 @@ impl From<CallError> for ApiError {
         let status = match &error {
             CallError::NotFound { .. } => StatusCode::NOT_FOUND,
             CallError::WrongKind { .. } => StatusCode::CONFLICT,
-            CallError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            CallError::Overloaded { .. } | CallError::Quarantined { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             CallError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             // The plugin, not the client, failed: a bad gateway in HTTP terms.
             CallError::MemoryLimit { .. }

@@ -14,6 +14,7 @@ use crate::reload::ReloadOutcome;
 use crate::runtime::bindings::types::{HealthReport, Service, Task};
 use crate::runtime::plugin::LastError;
 use crate::runtime::sandbox::ResolvedDir;
+use crate::runtime::supervision::SupervisionView;
 use crate::runtime::{Description, Limits, LoadFailure, Plugin, PluginKind, ReloadRecord};
 
 /// A loaded plugin as the API shows it.
@@ -37,6 +38,7 @@ pub struct PluginView {
     pub calls: CallsView,
     pub last_error: Option<LastError>,
     pub last_reload: Option<ReloadRecord>,
+    pub supervision: SupervisionView,
     pub info: Option<Description>,
 }
 
@@ -98,6 +100,7 @@ impl PluginView {
             },
             last_error: stats.last_error(),
             last_reload,
+            supervision: plugin.supervision.view(),
             info: plugin.description().cloned(),
         }
     }
@@ -136,7 +139,12 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Json<Value> {
 }
 
 fn serving_view(state: &ApiState, plugin: &Plugin) -> Value {
-    let view = PluginView::of(plugin, "serving", state.runtime.last_reload(plugin.name()));
+    let status = if plugin.supervision.view().quarantined {
+        "quarantined"
+    } else {
+        "serving"
+    };
+    let view = PluginView::of(plugin, status, state.runtime.last_reload(plugin.name()));
     serde_json::to_value(view).unwrap_or(Value::Null)
 }
 
@@ -147,11 +155,16 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<Value> {
         .iter()
         .map(|p| serving_view(&state, p))
         .collect();
-    plugins.extend(
-        state.runtime.draining().iter().map(|p| {
-            serde_json::to_value(PluginView::of(p, "draining", None)).unwrap_or(Value::Null)
-        }),
-    );
+    // A replaced generation: `draining` while calls it admitted finish, then `standby` (kept
+    // as the rollback target for the watch window).
+    plugins.extend(state.runtime.draining().iter().map(|p| {
+        let status = if p.active_calls() > 0 {
+            "draining"
+        } else {
+            "standby"
+        };
+        serde_json::to_value(PluginView::of(p, status, None)).unwrap_or(Value::Null)
+    }));
     plugins.extend(
         state
             .runtime
@@ -215,6 +228,12 @@ pub(super) async fn reload(
             status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             code: "reload_failed",
             message: format!("{reason} ({code}); the previous generation, if any, still serves"),
+            extra: Some(("reload", body)),
+        }),
+        ReloadOutcome::Quarantined { .. } => Err(ApiError {
+            status: axum::http::StatusCode::CONFLICT,
+            code: "quarantined",
+            message: "these files were rolled back and stay quarantined until they change; reload with ?force=true to try them anyway".into(),
             extra: Some(("reload", body)),
         }),
         _ => Ok(Json(body)),

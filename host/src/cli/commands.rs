@@ -87,7 +87,7 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
 pub async fn plugin_check(path: &Path, config: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = HostConfig::load(config)?;
     config.validate()?;
-    let runtime = Runtime::new(config.runtime_config())?;
+    let runtime = Runtime::new(config.runtime_config(), crate::events::EventBus::new())?;
     let plugin = if path.is_dir() {
         runtime.open_checked(path).await?
     } else if path.is_file() {

@@ -45,14 +45,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("listener has no local address")?;
 
-    let runtime = Runtime::new(config.runtime_config())?;
+    let events = EventBus::new();
+    let runtime = Runtime::new(config.runtime_config(), events.clone())?;
     let started = Instant::now();
     runtime.set_system_inventory(Arc::new(DaemonInventory {
         listen: listen.to_string(),
         auth: !config.server.tokens.is_empty(),
         started,
     }));
-    let events = EventBus::new();
     let reloader = Reloader::new(
         runtime.clone(),
         events.clone(),

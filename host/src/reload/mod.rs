@@ -34,6 +34,11 @@ pub struct ReloadConfig {
     pub debounce_ms: u64,
     /// Interval of the full rescan that catches missed events, s (0 = never).
     pub rescan_s: u64,
+    /// After a swap, how long the new generation is watched for faults, s. The previous
+    /// generation is kept (drained, not dropped) until then, to roll back to.
+    pub watch_window_s: u64,
+    /// Faults of the new generation within the window that roll it back (0 = never).
+    pub rollback_failures: u64,
 }
 
 impl Default for ReloadConfig {
@@ -42,6 +47,8 @@ impl Default for ReloadConfig {
             watch: true,
             debounce_ms: 100,
             rescan_s: 30,
+            watch_window_s: 30,
+            rollback_failures: 3,
         }
     }
 }
@@ -96,6 +103,9 @@ pub struct Reloader {
     serial: tokio::sync::Mutex<()>,
     /// Fingerprint of each dir at its last reconcile, so a rescan skips unchanged dirs.
     fingerprints: Mutex<HashMap<PathBuf, Fingerprint>>,
+    /// Per dir, the digest of a version that was rolled back: not tried again until the files
+    /// change (or a forced reload).
+    quarantined: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -120,6 +130,7 @@ impl Reloader {
             config,
             serial: tokio::sync::Mutex::new(()),
             fingerprints: Mutex::default(),
+            quarantined: Mutex::default(),
         })
     }
 
@@ -138,7 +149,10 @@ impl Reloader {
     /// Reconciles every plugin dir: removed ones first (so a renamed dir frees its name), then
     /// the present ones. With `only_changed`, dirs whose fingerprint is unchanged since their
     /// last reconcile are skipped.
-    pub async fn reconcile_all(&self, only_changed: bool) -> std::io::Result<ReconcileSummary> {
+    pub async fn reconcile_all(
+        self: &Arc<Self>,
+        only_changed: bool,
+    ) -> std::io::Result<ReconcileSummary> {
         let present = plugin_dirs(&self.plugins_dir)?;
         let mut summary = ReconcileSummary::default();
         let known: Vec<PathBuf> = self
@@ -183,7 +197,7 @@ impl Reloader {
     }
 
     /// `POST /v1/plugins/{name}/reload`: reconciles the dir the named plugin serves from.
-    pub async fn reload_plugin(&self, name: &str, force: bool) -> Option<ReloadOutcome> {
+    pub async fn reload_plugin(self: &Arc<Self>, name: &str, force: bool) -> Option<ReloadOutcome> {
         let dir = match self.runtime.get(name) {
             Some(plugin) => plugin.dir.clone(),
             None => {

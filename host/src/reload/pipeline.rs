@@ -13,8 +13,9 @@
 //! A failure in steps 1-4 (or a name clash at 5) leaves the serving generation untouched and is
 //! reported as `plugin.reload_failed`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,7 +24,7 @@ use serde_json::json;
 use super::{Reloader, fingerprint};
 use crate::events::{Event, EventKind};
 use crate::runtime::manifest::MANIFEST_FILE;
-use crate::runtime::{LoadError, Plugin, Runtime};
+use crate::runtime::{LoadError, Plugin, ReloadRecord, Runtime};
 
 /// Longest a replaced generation is tracked while draining. Each admitted call is bounded by
 /// its own deadline; this only stops a stuck count from keeping a generation forever.
@@ -69,6 +70,11 @@ pub enum ReloadOutcome {
         /// The generation still serving, if any.
         serving_generation: Option<u64>,
     },
+    /// These exact files were rolled back before; not tried until they change.
+    Quarantined {
+        plugin: String,
+        serving_generation: Option<u64>,
+    },
     /// No manifest and nothing loaded from the directory.
     Absent,
 }
@@ -79,7 +85,7 @@ fn micros(since: Instant) -> u64 {
 
 impl Reloader {
     /// Brings the plugin in `dir` in line with the files there.
-    pub async fn reconcile(&self, dir: &Path, force: bool) -> ReloadOutcome {
+    pub async fn reconcile(self: &Arc<Self>, dir: &Path, force: bool) -> ReloadOutcome {
         let _serial = self.serial.lock().await;
         let runtime = &self.runtime;
         let current = runtime.current_for_dir(dir);
@@ -117,6 +123,16 @@ impl Reloader {
             Err(error) => return self.failed(dir, current.as_deref(), error, print),
         };
         timings.load_us = micros(step);
+        if !force && self.is_quarantined(dir, loaded.digest()) {
+            self.remember_fingerprint(dir, Some(print));
+            return ReloadOutcome::Quarantined {
+                plugin: loaded.name().to_string(),
+                serving_generation: current.map(|c| c.generation),
+            };
+        }
+        if force && let Ok(mut quarantined) = self.quarantined.lock() {
+            quarantined.remove(dir);
+        }
         if let Some(current) = &current
             && !force
             && current.digest() == loaded.digest()
@@ -179,9 +195,10 @@ impl Reloader {
                 "timings": timings,
             }),
         ));
-        // 6-7. drain → retire, off the reconcile path so the next reload need not wait.
+        // 6-7. drain → (watch window) → retire, off the reconcile path so the next reload
+        // need not wait.
         if let Some(old) = previous {
-            self.drain_and_retire(old);
+            self.watch_then_retire(dir.to_path_buf(), plugin, old);
         }
         outcome
     }
@@ -220,6 +237,100 @@ impl Reloader {
             reason: error.to_string(),
             serving_generation,
         }
+    }
+
+    fn is_quarantined(&self, dir: &Path, digest: &str) -> bool {
+        self.quarantined
+            .lock()
+            .map(|q| q.get(dir).is_some_and(|d| d == digest))
+            .unwrap_or(false)
+    }
+
+    /// Watches the new generation for the watch window, rolling back to `old` if its faults
+    /// reach `rollback_failures`; otherwise retires `old` once drained and the window is over.
+    fn watch_then_retire(self: &Arc<Self>, dir: PathBuf, new: Arc<Plugin>, old: Arc<Plugin>) {
+        let reloader = Arc::clone(self);
+        tokio::spawn(async move {
+            let threshold = reloader.config.rollback_failures;
+            let window_end =
+                tokio::time::Instant::now() + Duration::from_secs(reloader.config.watch_window_s);
+            // 0 disables rollback: straight to retiring.
+            let mut watching = threshold > 0;
+            while watching {
+                // Register before reading the count, so a fault in between still wakes us.
+                let fault = new.supervision.fault.notified();
+                tokio::pin!(fault);
+                fault.as_mut().enable();
+                if new.stats.failed.load(Ordering::Relaxed) >= threshold {
+                    if reloader.roll_back(&dir, &new, &old).await {
+                        return;
+                    }
+                    watching = false;
+                    continue;
+                }
+                tokio::select! {
+                    _ = &mut fault => {}
+                    _ = tokio::time::sleep_until(window_end) => watching = false,
+                }
+            }
+            reloader.drain_and_retire(old);
+        });
+    }
+
+    /// Serves `old` again in place of `new`, quarantining `new`'s files. False when `new` no
+    /// longer serves (replaced meanwhile), in which case nothing changes.
+    async fn roll_back(&self, dir: &Path, new: &Arc<Plugin>, old: &Arc<Plugin>) -> bool {
+        let _serial = self.serial.lock().await;
+        let serving = self
+            .runtime
+            .get(new.name())
+            .is_some_and(|current| Arc::ptr_eq(&current, new));
+        if !serving {
+            return false;
+        }
+        // Out of the draining set: it serves again.
+        self.runtime.retire(old);
+        if let Err(error) = self.runtime.swap(Arc::clone(old)) {
+            tracing::error!(plugin = new.name(), "rollback failed: {error}");
+            return false;
+        }
+        let failures = new.stats.failed.load(Ordering::Relaxed);
+        let last_error = new
+            .stats
+            .last_error()
+            .map_or_else(String::new, |e| e.message);
+        let reason = format!(
+            "generation {} failed {failures} calls within {} s of its swap; last: {last_error}",
+            new.generation, self.config.watch_window_s
+        );
+        self.runtime.set_last_reload(
+            new.name(),
+            ReloadRecord::rolled_back(old.generation, &reason),
+        );
+        if let Ok(mut quarantined) = self.quarantined.lock() {
+            quarantined.insert(dir.to_path_buf(), new.digest().to_string());
+        }
+        self.events.publish(Event::new(
+            EventKind::PluginRolledBack,
+            new.name(),
+            json!({
+                "from_generation": new.generation,
+                "to_generation": old.generation,
+                "failures": failures,
+                "reason": reason,
+            }),
+        ));
+        self.events.publish(Event::new(
+            EventKind::PluginQuarantined,
+            new.name(),
+            json!({
+                "generation": new.generation,
+                "sha256": new.sha256,
+                "reason": "rolled back; these files are not tried again until they change",
+            }),
+        ));
+        self.drain_and_retire(Arc::clone(new));
+        true
     }
 
     fn drain_and_retire(&self, old: Arc<Plugin>) {

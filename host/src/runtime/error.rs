@@ -150,6 +150,15 @@ pub enum CallError {
         queued: u32,
     },
 
+    #[error(
+        "plugin '{plugin}' is quarantined for another {retry_after_ms} ms ({reason}); it is released when a canary call succeeds"
+    )]
+    Quarantined {
+        plugin: String,
+        retry_after_ms: u64,
+        reason: String,
+    },
+
     #[error("plugin '{plugin}' exceeded its deadline of {deadline_ms} ms")]
     DeadlineExceeded { plugin: String, deadline_ms: u64 },
 
@@ -199,6 +208,7 @@ impl CallError {
             CallError::NotFound { .. } => "not_found",
             CallError::WrongKind { .. } => "wrong_kind",
             CallError::Overloaded { .. } => "overloaded",
+            CallError::Quarantined { .. } => "quarantined",
             CallError::DeadlineExceeded { .. } => "deadline_exceeded",
             CallError::MemoryLimit { .. } => "memory_limit",
             CallError::Trap { .. } => "trap",

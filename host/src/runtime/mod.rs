@@ -6,6 +6,7 @@
 //! | [`manifest`] | `plugin.toml` parsing and validation |
 //! | [`plugin`] | lifecycle of one plugin (load → validate → prepare → serve) and its call path |
 //! | [`limits`] | limits, defaults and ceilings; admission (concurrency + queue); memory limiter |
+//! | [`supervision`] | quarantine with backoff for plugins that keep failing |
 //! | [`sandbox`] | WASI grants, guest stdio and logs → tracing, outbound-HTTP allow-list |
 //! | [`state`] | the `Store` data and the host side of the plugin imports |
 //! | [`inventory`] | the system view plugins read |
@@ -24,6 +25,7 @@ pub mod manifest;
 pub mod plugin;
 pub mod sandbox;
 pub mod state;
+pub mod supervision;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,8 @@ use self::bindings::types::{HealthReport, PluginError, Service, Task, TaskOutcom
 use self::engine::{EngineSettings, EpochTicker, build_engine};
 use self::plugin::LoadEnv;
 use self::state::{PluginState, SnapshotSource};
+pub use self::supervision::SupervisionConfig;
+use crate::events::{Event, EventBus, EventKind};
 
 /// How the runtime is built (the `[runtime]` config section plus paths).
 #[derive(Debug, Clone)]
@@ -60,6 +64,8 @@ pub struct RuntimeConfig {
     pub cache_dir: PathBuf,
     /// Base for relative directory grants.
     pub data_dir: PathBuf,
+    /// Quarantine policy for plugins that keep failing.
+    pub supervision: SupervisionConfig,
     /// Directories no grant may expose, inside or around (the plugins dir, the AOT cache): a
     /// plugin able to write there could rewrite its own manifest or plant native code.
     pub protected_dirs: Vec<PathBuf>,
@@ -118,8 +124,11 @@ struct Shared {
     config: RuntimeConfig,
     plugins: RwLock<BTreeMap<String, Slot>>,
     draining: Mutex<Vec<Arc<Plugin>>>,
+    /// Highest generation handed out per plugin name.
+    generations: Mutex<std::collections::HashMap<String, u64>>,
     failures: RwLock<BTreeMap<PathBuf, LoadFailure>>,
     pool: Arc<Semaphore>,
+    events: EventBus,
     /// `config.protected_dirs` plus the AOT cache, canonicalised once.
     protected_dirs: Vec<PathBuf>,
     system: RwLock<Arc<dyn SystemInventory>>,
@@ -150,7 +159,7 @@ struct Slot {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadRecord {
     pub at: DateTime<Utc>,
-    /// `ok` or `failed`.
+    /// `ok`, `failed` or `rolled_back`.
     pub outcome: &'static str,
     /// The generation serving after the attempt.
     pub generation: u64,
@@ -169,6 +178,17 @@ impl ReloadRecord {
         }
     }
 
+    /// The serving generation was rolled back to `generation`.
+    pub fn rolled_back(generation: u64, reason: &str) -> ReloadRecord {
+        ReloadRecord {
+            at: Utc::now(),
+            outcome: "rolled_back",
+            generation,
+            code: Some("rolled_back"),
+            reason: Some(reason.to_string()),
+        }
+    }
+
     fn failure(error: &LoadError) -> ReloadRecord {
         ReloadRecord {
             at: Utc::now(),
@@ -181,7 +201,7 @@ impl ReloadRecord {
 }
 
 impl Runtime {
-    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+    pub fn new(config: RuntimeConfig, events: EventBus) -> Result<Runtime, RuntimeError> {
         config
             .defaults
             .check_against(&config.ceilings)
@@ -219,6 +239,7 @@ impl Runtime {
             shared: Arc::new(Shared {
                 pool: Arc::new(Semaphore::new(config.pool_instances as usize)),
                 protected_dirs,
+                events,
                 engine,
                 meta_linker,
                 checker_linker,
@@ -226,6 +247,7 @@ impl Runtime {
                 config,
                 plugins: RwLock::default(),
                 draining: Mutex::default(),
+                generations: Mutex::default(),
                 failures: RwLock::default(),
                 system: RwLock::new(Arc::new(DetachedInventory)),
                 _ticker: ticker,
@@ -267,9 +289,15 @@ impl Runtime {
     /// work.
     pub async fn prepare(&self, loaded: Loaded, check_health: bool) -> Result<Plugin, LoadError> {
         let shared = &self.shared;
-        let generation = self
+        // Monotonic per name for the life of the process, so a number never means two
+        // versions (a rollback serves an older generation; the next reload must not reuse the
+        // rolled-back one's number).
+        // Peeked here, committed by `swap`: a failed attempt does not use up a number.
+        let generation = lock(&self.shared.generations)
             .get(loaded.name())
-            .map_or(1, |current| current.generation + 1);
+            .copied()
+            .unwrap_or(0)
+            + 1;
         let env = LoadEnv {
             engine: &shared.engine,
             meta_linker: &shared.meta_linker,
@@ -283,25 +311,25 @@ impl Runtime {
             generation,
         };
         let plugin = Plugin::from_loaded(&env, loaded)?;
-        let canary_failed = |e| LoadError::Canary {
+        self.canary(&plugin, check_health).await?;
+        Ok(plugin)
+    }
+
+    /// Step 4, canary: `describe()` on a fresh instance (recording the description) and, for a
+    /// meta agent when `check_health`, `health()`, which must not report unhealthy. Bypasses
+    /// quarantine: it is what releases one.
+    pub async fn canary(&self, plugin: &Plugin, check_health: bool) -> Result<(), LoadError> {
+        let pool = &self.shared.pool;
+        let failed = |e| LoadError::Canary {
             plugin: plugin.name().to_string(),
             source: Box::new(e),
         };
-        let report = plugin
-            .invoke(&shared.pool, Call::Describe)
-            .await
-            .map_err(canary_failed)?;
+        let report = plugin.probe(pool, Call::Describe).await.map_err(failed)?;
         if let Answer::Described(description) = report.value {
             plugin.set_description(description);
         }
         if check_health && plugin.kind() == PluginKind::MetaAgent {
-            let report = plugin
-                .invoke(&shared.pool, Call::Health)
-                .await
-                .map_err(|e| LoadError::Canary {
-                    plugin: plugin.name().to_string(),
-                    source: Box::new(e),
-                })?;
+            let report = plugin.probe(pool, Call::Health).await.map_err(failed)?;
             if let Answer::Health(health) = report.value
                 && health.status == bindings::types::HealthStatus::Unhealthy
             {
@@ -311,7 +339,7 @@ impl Runtime {
                 });
             }
         }
-        Ok(plugin)
+        Ok(())
     }
 
     /// Load → validate → prepare → canary without serving: what `evolve plugin check` runs.
@@ -333,6 +361,11 @@ impl Runtime {
                     other_dir: other.dir.clone(),
                 });
             }
+        }
+        {
+            let mut high = lock(&self.shared.generations);
+            let entry = high.entry(plugin.name().to_string()).or_insert(0);
+            *entry = (*entry).max(plugin.generation);
         }
         let record = ReloadRecord::success(&plugin);
         let previous = plugins
@@ -382,6 +415,13 @@ impl Runtime {
             .values()
             .find(|slot| slot.current.dir == dir)
             .map(|slot| Arc::clone(&slot.current))
+    }
+
+    /// Replaces the record of the last (re)load of `name`.
+    pub fn set_last_reload(&self, name: &str, record: ReloadRecord) {
+        if let Some(slot) = write(&self.shared.plugins).get_mut(name) {
+            slot.last_reload = Some(record);
+        }
     }
 
     /// The outcome of the last (re)load of `name`.
@@ -459,6 +499,79 @@ impl Runtime {
         Ok(plugin)
     }
 
+    /// Every served call: invoke under supervision; a quarantine it starts gets its canary
+    /// scheduled.
+    async fn call(
+        &self,
+        plugin: &Arc<Plugin>,
+        call: Call,
+    ) -> Result<CallReport<Answer>, CallError> {
+        let result = plugin
+            .invoke(&self.shared.pool, call, &self.shared.config.supervision)
+            .await;
+        if let Some(start) = plugin.supervision.take_started() {
+            self.supervise(Arc::clone(plugin), start);
+        }
+        result
+    }
+
+    /// Publishes a quarantine and runs its canary loop until released or replaced.
+    fn supervise(&self, plugin: Arc<Plugin>, start: supervision::QuarantineStart) {
+        let events = self.shared.events.clone();
+        let publish_quarantine =
+            move |plugin: &Plugin, backoff: std::time::Duration, strikes: u32, reason: &str| {
+                events.publish(Event::new(
+                    EventKind::PluginQuarantined,
+                    plugin.name(),
+                    serde_json::json!({
+                        "generation": plugin.generation,
+                        "sha256": plugin.sha256,
+                        "backoff_ms": backoff.as_millis() as u64,
+                        "strikes": strikes,
+                        "reason": reason,
+                    }),
+                ));
+            };
+        publish_quarantine(&plugin, start.backoff, start.strikes, &start.reason);
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = start.backoff;
+            loop {
+                tokio::time::sleep(backoff).await;
+                let serving = runtime
+                    .get(plugin.name())
+                    .is_some_and(|current| Arc::ptr_eq(&current, &plugin));
+                if !serving {
+                    return;
+                }
+                match runtime.canary(&plugin, true).await {
+                    Ok(()) => {
+                        plugin.supervision.release();
+                        runtime.shared.events.publish(Event::new(
+                            EventKind::PluginReleased,
+                            plugin.name(),
+                            serde_json::json!({ "generation": plugin.generation }),
+                        ));
+                        return;
+                    }
+                    Err(error) => {
+                        let reason = format!("canary failed: {error}");
+                        let (next, strikes) = plugin
+                            .supervision
+                            .extend(&runtime.shared.config.supervision, reason.clone());
+                        publish_quarantine(&plugin, next, strikes, &reason);
+                        backoff = next;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The event bus the runtime publishes on.
+    pub fn events(&self) -> &EventBus {
+        &self.shared.events
+    }
+
     /// Runs one task on a meta agent.
     pub async fn run_agent(
         &self,
@@ -466,7 +579,7 @@ impl Runtime {
         task: Task,
     ) -> Result<CallReport<Result<TaskOutcome, PluginError>>, CallError> {
         let plugin = self.get_kind(name, PluginKind::MetaAgent)?;
-        let report = plugin.invoke(&self.shared.pool, Call::Run(task)).await?;
+        let report = self.call(&plugin, Call::Run(task)).await?;
         map_report(report, |answer| match answer {
             Answer::Ran(result) => Some(result),
             _ => None,
@@ -476,7 +589,7 @@ impl Runtime {
     /// Asks a meta agent for its health.
     pub async fn agent_health(&self, name: &str) -> Result<CallReport<HealthReport>, CallError> {
         let plugin = self.get_kind(name, PluginKind::MetaAgent)?;
-        let report = plugin.invoke(&self.shared.pool, Call::Health).await?;
+        let report = self.call(&plugin, Call::Health).await?;
         map_report(report, |answer| match answer {
             Answer::Health(report) => Some(report),
             _ => None,
@@ -490,9 +603,7 @@ impl Runtime {
         target: Service,
     ) -> Result<CallReport<Result<HealthReport, PluginError>>, CallError> {
         let plugin = self.get_kind(name, PluginKind::HealthChecker)?;
-        let report = plugin
-            .invoke(&self.shared.pool, Call::Check(target))
-            .await?;
+        let report = self.call(&plugin, Call::Check(target)).await?;
         map_report(report, |answer| match answer {
             Answer::Checked(result) => Some(result),
             _ => None,
@@ -504,7 +615,7 @@ impl Runtime {
         let plugin = self.get(name).ok_or_else(|| CallError::NotFound {
             plugin: name.to_string(),
         })?;
-        let report = plugin.invoke(&self.shared.pool, Call::Describe).await?;
+        let report = self.call(&plugin, Call::Describe).await?;
         map_report(report, |answer| match answer {
             Answer::Described(d) => Some(d),
             _ => None,

@@ -30,6 +30,7 @@ use super::limits::{CallGate, LimitValues, Limits, StoreLimiter};
 use super::manifest::{HostPattern, Manifest, PluginKind};
 use super::sandbox::{CallLog, Grants, HttpPolicy, ResolvedDir, uri_host_port};
 use super::state::{PluginContext, PluginState, SnapshotSource};
+use super::supervision::{Supervision, SupervisionConfig};
 
 /// Largest component file accepted. componentize-py output is ~18 MB; anything far beyond that
 /// is a mistake (a debug build of a large app), and the file is read into memory to hash it.
@@ -112,7 +113,10 @@ impl PluginStats {
                 self.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                if matches!(e, CallError::Overloaded { .. }) {
+                if matches!(
+                    e,
+                    CallError::Overloaded { .. } | CallError::Quarantined { .. }
+                ) {
                     self.overloaded.fetch_add(1, Ordering::Relaxed);
                 } else {
                     self.failed.fetch_add(1, Ordering::Relaxed);
@@ -183,6 +187,8 @@ pub struct Plugin {
     digest: String,
     active: AtomicU32,
     idle: Notify,
+    /// Quarantine state and the fault signal.
+    pub supervision: Supervision,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -291,8 +297,31 @@ impl Plugin {
         self.gate.queued()
     }
 
-    /// Serves one call: admission, a fresh instance, the export, bounded by limits.
+    /// Serves one call: quarantine check, admission, a fresh instance, the export, bounded by
+    /// limits; the outcome feeds supervision.
     pub async fn invoke(
+        &self,
+        pool: &Arc<Semaphore>,
+        call: Call,
+        supervision: &SupervisionConfig,
+    ) -> Result<CallReport<Answer>, CallError> {
+        if let Err((remaining, reason)) = self.supervision.admit() {
+            let error = CallError::Quarantined {
+                plugin: self.name().to_string(),
+                retry_after_ms: remaining.as_millis() as u64,
+                reason,
+            };
+            self.stats.record(Duration::ZERO, Err(&error));
+            return Err(error);
+        }
+        let result = self.probe(pool, call).await;
+        self.supervision
+            .record(result.as_ref().map(|_| ()), supervision);
+        result
+    }
+
+    /// Serves one call without the quarantine check or supervision accounting: the canary path.
+    pub async fn probe(
         &self,
         pool: &Arc<Semaphore>,
         call: Call,
@@ -763,6 +792,7 @@ fn prepare(env: &LoadEnv<'_>, v: Validated) -> Result<Plugin, LoadError> {
         digest: v.loaded.digest,
         active: AtomicU32::new(0),
         idle: Notify::new(),
+        supervision: Supervision::default(),
     })
 }
 
