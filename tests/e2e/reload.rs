@@ -322,3 +322,147 @@ fn a_plugin_that_keeps_failing_is_quarantined_with_backoff_and_released_by_a_can
     let second = daemon.wait_event("plugin.quarantined", "trapper", |d| d["strikes"] == 2);
     assert_eq!(second["backoff_ms"], 600, "{second:#}");
 }
+
+#[test]
+fn fifty_reloads_under_continuous_load_fail_no_call() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let mut env = Env::new();
+    // Quarantine off, so the only errors a trapping version causes are its own traps.
+    env.extra_config.push_str(
+        "[reload]\ndebounce_ms = 20\nwatch_window_s = 120\nrollback_failures = 3\n\
+         [runtime.supervision]\nquarantine_after_failures = 0\n",
+    );
+    env.install("testing", "versioned", |m| {
+        m.remove("sha256");
+    });
+    env.install("testing", "echo", |_| {});
+    let daemon = env.start();
+    let dir = env.plugins_dir.join("versioned");
+    let wasm_path = dir.join("versioned.wasm");
+    let good_wasm = std::fs::read(&wasm_path).unwrap();
+    let manifest_text = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
+    let manifest_with = |tag: &str, trap: bool| {
+        let mut m: toml::Table = toml::from_str(&manifest_text).unwrap();
+        m["config"]["tag"] = tag.into();
+        m["config"]["trap"] = trap.into();
+        toml::to_string(&m).unwrap()
+    };
+
+    let stop = AtomicBool::new(false);
+    let ok = AtomicU64::new(0);
+    let traps = AtomicU64::new(0);
+    let unexpected = Mutex::new(Vec::new());
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for worker in 0..4 {
+            let (daemon, stop, ok, traps, unexpected) = (&daemon, &stop, &ok, &traps, &unexpected);
+            scope.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let plugin = if (n + worker).is_multiple_of(2) {
+                        "echo"
+                    } else {
+                        "versioned"
+                    };
+                    let response =
+                        daemon.post(&format!("/v1/agents/{plugin}/run"), &json!({"task": "tag"}));
+                    let code = if response.status == 200 {
+                        None
+                    } else {
+                        response.json()["error"]["code"]
+                            .as_str()
+                            .map(str::to_string)
+                    };
+                    match (response.status, code.as_deref()) {
+                        (200, _) => ok.fetch_add(1, Ordering::Relaxed),
+                        // A trapping version's own traps, not the reload's doing.
+                        (502, Some("trap")) if plugin == "versioned" => {
+                            traps.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => {
+                            unexpected
+                                .lock()
+                                .unwrap()
+                                .push(format!("{plugin}: {}", response.text()));
+                            0
+                        }
+                    };
+                }
+            });
+        }
+
+        let mut generation = 1;
+        let (mut failed_reloads, mut rollbacks) = (0, 0);
+        for step in 0..50 {
+            match step % 4 {
+                0 => {
+                    env.write_atomic(
+                        &dir.join("plugin.toml"),
+                        manifest_with(&format!("good-{step}"), false).as_bytes(),
+                    );
+                    generation += 1;
+                    daemon.wait_event("plugin.reloaded", "versioned", |d| {
+                        d["generation"] == generation
+                    });
+                }
+                1 => {
+                    env.write_atomic(&wasm_path, b"\0asm\x0d\x00\x01\x00garbage");
+                    failed_reloads += 1;
+                    daemon
+                        .log
+                        .wait_for_nth("a failed reload", failed_reloads, |v| {
+                            v["event"] == "plugin.reload_failed" && v["subject"] == "versioned"
+                        });
+                }
+                2 => {
+                    // Truncate-then-write, stopped halfway.
+                    std::fs::write(&wasm_path, &good_wasm[..good_wasm.len() / 2]).unwrap();
+                    failed_reloads += 1;
+                    daemon
+                        .log
+                        .wait_for_nth("a failed reload", failed_reloads, |v| {
+                            v["event"] == "plugin.reload_failed" && v["subject"] == "versioned"
+                        });
+                }
+                _ => {
+                    env.write_atomic(&wasm_path, &good_wasm);
+                    env.write_atomic(
+                        &dir.join("plugin.toml"),
+                        manifest_with(&format!("trap-{step}"), true).as_bytes(),
+                    );
+                    generation += 1;
+                    daemon.wait_event("plugin.reloaded", "versioned", |d| {
+                        d["generation"] == generation
+                    });
+                    rollbacks += 1;
+                    daemon.log.wait_for_nth("a rollback", rollbacks, |v| {
+                        v["event"] == "plugin.rolled_back" && v["subject"] == "versioned"
+                    });
+                }
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let unexpected = unexpected.into_inner().unwrap();
+    assert!(
+        unexpected.is_empty(),
+        "{} calls failed because of reloads: {:?}",
+        unexpected.len(),
+        &unexpected[..unexpected.len().min(5)]
+    );
+    let ok = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "50 reloads in {elapsed:.1} s under load: {ok} calls ok ({:.0}/s), {} traps of trapping versions",
+        ok as f64 / elapsed,
+        traps.load(Ordering::Relaxed)
+    );
+    assert!(ok > 0);
+    // The last good version serves (the last trapping one was rolled back).
+    let (status, body) = tag_of(&daemon);
+    assert_eq!(status, 200);
+    assert_eq!(body["outcome"]["output"]["tag"], "good-48");
+}

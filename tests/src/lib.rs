@@ -110,6 +110,16 @@ impl Env {
         std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
     }
 
+    /// Replaces a file atomically (write a temp file beside it, rename over), as careful tools do.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) {
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
     /// Writes a raw plugin dir (manifest text and wasm bytes), for malformed-input tests.
     pub fn install_raw(
         &self,
