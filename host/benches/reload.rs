@@ -64,7 +64,10 @@ struct Sample {
 
 async fn run() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/testing/versioned");
-    assert!(source.join("plugin.toml").is_file(), "run `cargo xtask build-plugins` first");
+    assert!(
+        source.join("plugin.toml").is_file(),
+        "run `cargo xtask build-plugins` first"
+    );
     let scratch = tempfile::tempdir().unwrap();
     let plugins_dir = scratch.path().join("plugins");
     let dir = plugins_dir.join("versioned");
@@ -105,7 +108,9 @@ async fn run() {
     reloader.reconcile_all(false).await.unwrap();
     let mut rx = events.subscribe();
 
-    println!("reload latency, {RUNS} reloads per scenario, debounce {debounce_ms} ms (+ 20 ms settle)");
+    println!(
+        "reload latency, {RUNS} reloads per scenario, debounce {debounce_ms} ms (+ 20 ms settle)"
+    );
     println!(
         "{:<16} {:>10} {:>10} {:>9} {:>12} {:>9} {:>9} {:>13}",
         "scenario", "median ms", "p99 ms", "load", "validate*", "canary", "swap", "debounce+wait"
@@ -119,7 +124,10 @@ async fn run() {
             while rx.try_recv().is_ok() {}
             let started = Instant::now();
             match scenario {
-                "config-change" => write_atomic(&dir.join("plugin.toml"), manifest_with(&format!("c{i}")).as_bytes()),
+                "config-change" => write_atomic(
+                    &dir.join("plugin.toml"),
+                    manifest_with(&format!("c{i}")).as_bytes(),
+                ),
                 "new-component" => {
                     let bytes = with_custom_section(&wasm, i as u32);
                     if i == 0 {

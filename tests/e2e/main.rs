@@ -3,6 +3,7 @@
 
 mod api;
 mod containment;
+mod dev;
 mod loading;
 mod reload;
 mod serving;

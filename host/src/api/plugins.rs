@@ -254,6 +254,7 @@ pub(super) async fn runtime(State(state): State<ApiState>) -> Json<Value> {
         "epoch_tick_ms": crate::runtime::engine::EPOCH_TICK.as_millis() as u64,
         "aot_cache": state.runtime.cache_stats(),
         "aot_cache_dir": config.cache_dir.display().to_string(),
+        "plugins_dir": state.reloader.plugins_dir().display().to_string(),
         "defaults": config.defaults,
         "ceilings": config.ceilings,
     }))

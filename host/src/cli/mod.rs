@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod dev;
 mod serve;
 
 use std::net::SocketAddr;
@@ -41,6 +42,23 @@ pub enum Command {
     /// Work with health checkers.
     #[command(subcommand)]
     Checker(CheckerCommand),
+    /// Plugin dev loop: rebuild a plugin crate on every change and hot-reload it into a running
+    /// daemon, one line per attempt.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// The plugin's crate directory (with Cargo.toml and plugin.toml).
+    pub path: PathBuf,
+    /// The daemon's plugins dir (default: asked from the daemon's API).
+    #[arg(long)]
+    pub plugins_dir: Option<PathBuf>,
+    /// Build once, install, reload, and exit (for scripts and tests).
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +154,7 @@ pub enum CheckerCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Dev(args) => dev::dev(args).await,
         Command::Plugin(PluginCommand::List(api)) => commands::plugin_list(&api).await,
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await
