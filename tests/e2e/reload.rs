@@ -272,6 +272,7 @@ fn a_version_that_fails_after_its_swap_is_rolled_back_and_its_files_quarantined(
         plugin["last_reload"]["outcome"], "rolled_back",
         "{plugin:#}"
     );
+    assert_eq!(plugin["state"], "rolled_back", "{plugin:#}");
 
     // The same files are not tried again...
     let again = daemon.post("/v1/plugins/versioned/reload", &json!({}));

@@ -139,12 +139,19 @@ pub(super) async fn healthz(State(state): State<ApiState>) -> Json<Value> {
 }
 
 fn serving_view(state: &ApiState, plugin: &Plugin) -> Value {
+    let last_reload = state.runtime.last_reload(plugin.name());
     let status = if plugin.supervision.view().quarantined {
         "quarantined"
+    } else if last_reload
+        .as_ref()
+        .is_some_and(|r| r.outcome == "rolled_back")
+    {
+        // Serving, after the host rolled a bad version back; until the next good reload.
+        "rolled_back"
     } else {
         "serving"
     };
-    let view = PluginView::of(plugin, status, state.runtime.last_reload(plugin.name()));
+    let view = PluginView::of(plugin, status, last_reload);
     serde_json::to_value(view).unwrap_or(Value::Null)
 }
 
