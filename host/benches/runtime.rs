@@ -59,7 +59,7 @@ fn fresh_instance_describe(c: &mut Criterion) {
     let scratch = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(runtime_config(scratch.path()), EventBus::new()).unwrap();
     let loaded = rt.block_on(runtime.open_checked(&echo_dir())).unwrap();
-    runtime.swap(std::sync::Arc::new(loaded)).unwrap();
+    let _serving = runtime.swap(std::sync::Arc::new(loaded)).unwrap();
 
     let peer = PlainHost::new(&echo_dir().join("echo.wasm"));
 

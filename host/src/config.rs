@@ -229,6 +229,9 @@ impl HostConfig {
                 "max_concurrency must be at most 10000 and max_queue at most 1000000",
             ));
         }
+        if self.reload.watch_window_s > 86_400 {
+            return Err(invalid("reload.watch_window_s", "must be at most 86400"));
+        }
         if self.reload.debounce_ms > 60_000 {
             return Err(invalid("reload.debounce_ms", "must be at most 60000"));
         }

@@ -467,3 +467,28 @@ fn fifty_reloads_under_continuous_load_fail_no_call() {
     assert_eq!(status, 200);
     assert_eq!(body["outcome"]["output"]["tag"], "good-48");
 }
+
+#[test]
+fn a_manifest_that_renames_the_plugin_retires_the_old_name() {
+    let env = Env::new();
+    env.install("testing", "versioned", |_| {});
+    let daemon = env.start();
+    env.edit_manifest("versioned", |m| {
+        m["name"] = "renamed".into();
+    });
+    daemon.wait_event("plugin.loaded", "renamed", |_| true);
+    daemon.wait_event("plugin.unloaded", "versioned", |d| {
+        d["renamed_to"] == "renamed"
+    });
+    assert_eq!(tag_of(&daemon).0, 404, "the old name no longer serves");
+    let response = daemon.post("/v1/agents/renamed/run", &json!({"task": "tag"}));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let names: Vec<Value> = daemon.get("/v1/plugins").json()["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "serving")
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("renamed")]);
+}

@@ -237,6 +237,12 @@ pub(super) async fn reload(
             message: format!("{reason} ({code}); the previous generation, if any, still serves"),
             extra: Some(("reload", body)),
         }),
+        ReloadOutcome::Unloaded { .. } | ReloadOutcome::Absent => Err(ApiError {
+            status: axum::http::StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!("plugin '{name}' has no manifest in its dir any more; it was unloaded"),
+            extra: Some(("reload", body)),
+        }),
         ReloadOutcome::Quarantined { .. } => Err(ApiError {
             status: axum::http::StatusCode::CONFLICT,
             code: "quarantined",

@@ -240,7 +240,12 @@ fn install(ctx: &DevContext, artifact: &Path) -> anyhow::Result<()> {
     )
     .context("plugin.toml is not valid TOML")?;
     manifest.insert("sha256".into(), toml::Value::String(hex_sha256(&bytes)));
-    write_atomic(&ctx.install_dir.join(&ctx.wasm_file), &bytes)?;
+    let wasm_path = ctx.install_dir.join(&ctx.wasm_file);
+    if let Some(parent) = wasm_path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    write_atomic(&wasm_path, &bytes)?;
     write_atomic(
         &ctx.install_dir.join(MANIFEST_FILE),
         toml::to_string(&manifest)?.as_bytes(),

@@ -167,14 +167,22 @@ impl Reloader {
                     .map(|f: LoadFailure| f.dir),
             )
             .collect();
-        for dir in known.iter().filter(|d| !present.contains(d)) {
-            summary.outcomes.push(self.reconcile(dir, false).await);
-        }
+        // Present dirs first: a renamed dir then takes its name over with a swap, never a gap.
         for dir in &present {
             if only_changed && self.fingerprint_unchanged(dir) {
                 continue;
             }
             summary.outcomes.push(self.reconcile(dir, false).await);
+        }
+        for dir in known.iter().filter(|d| !present.contains(d)) {
+            summary.outcomes.push(self.reconcile(dir, false).await);
+        }
+        // Forget dirs that are gone, whatever event about them was missed.
+        if let Ok(mut prints) = self.fingerprints.lock() {
+            prints.retain(|dir, _| present.contains(dir));
+        }
+        if let Ok(mut quarantined) = self.quarantined.lock() {
+            quarantined.retain(|dir, _| present.contains(dir));
         }
         Ok(summary)
     }
@@ -223,24 +231,36 @@ pub fn plugin_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-/// Fingerprint of the files directly in `dir` (editor temp files excluded).
+/// Files looked at per plugin dir; a plugin dir is a manifest, a component and perhaps a few
+/// assets, so this only stops a runaway tree from making every rescan expensive.
+const MAX_FINGERPRINT_FILES: usize = 1_000;
+
+/// Fingerprint of the files in `dir` and its subdirectories (the manifest may put the component
+/// in one), editor temp files excluded.
 pub(crate) fn fingerprint(dir: &Path) -> Fingerprint {
-    let mut print: Fingerprint = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| !watcher::is_ignored_name(&entry.file_name().to_string_lossy()))
-        .filter_map(|entry| {
-            let meta = entry.metadata().ok()?;
-            meta.is_file().then(|| {
-                (
-                    entry.file_name().to_string_lossy().into_owned(),
-                    meta.len(),
-                    meta.modified().ok(),
-                )
-            })
-        })
-        .collect();
+    let mut print: Fingerprint = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).into_iter().flatten().flatten() {
+            if print.len() >= MAX_FINGERPRINT_FILES {
+                break;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if watcher::is_ignored_name(&name) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                let relative = entry
+                    .path()
+                    .strip_prefix(dir)
+                    .map_or(name, |r| r.display().to_string());
+                print.push((relative, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
     print.sort();
     print
 }

@@ -97,6 +97,9 @@ impl Reloader {
         }
         if !dir.join(MANIFEST_FILE).is_file() {
             self.remember_fingerprint(dir, None);
+            if let Ok(mut quarantined) = self.quarantined.lock() {
+                quarantined.remove(dir);
+            }
             runtime.forget_failure(dir);
             let Some(old) = runtime.unload_dir(dir) else {
                 return ReloadOutcome::Absent;
@@ -158,10 +161,19 @@ impl Reloader {
         timings.validate_prepare_us = prepared.saturating_sub(timings.canary_us);
         // 5. swap
         let step = Instant::now();
-        let previous = match runtime.swap(Arc::clone(&plugin)) {
-            Ok(previous) => previous,
+        let (previous, displaced) = match runtime.swap(Arc::clone(&plugin)) {
+            Ok(swapped) => (swapped.previous, swapped.displaced),
             Err(error) => return self.failed(dir, current.as_deref(), error, print),
         };
+        for old in displaced {
+            // The manifest renamed the plugin: the old name is gone.
+            self.events.publish(Event::new(
+                EventKind::PluginUnloaded,
+                old.name(),
+                json!({ "generation": old.generation, "dir": dir.display().to_string(), "renamed_to": plugin.name() }),
+            ));
+            self.drain_and_retire(old);
+        }
         timings.swap_us = micros(step);
         self.remember_fingerprint(dir, Some(print));
 
@@ -212,7 +224,9 @@ impl Reloader {
     ) -> ReloadOutcome {
         self.runtime.record_failure(dir, &error);
         // Remembered, so a rescan does not retry the same broken files; any change retries.
-        self.remember_fingerprint(dir, Some(print));
+        // Not for a name clash: that clears when the other dir goes, with these files as they are.
+        let clash = matches!(error, LoadError::DuplicateName { .. });
+        self.remember_fingerprint(dir, (!clash).then_some(print));
         let plugin = current.map_or_else(
             || {
                 dir.file_name()
@@ -257,19 +271,32 @@ impl Reloader {
             // 0 disables rollback: straight to retiring.
             let mut watching = threshold > 0;
             while watching {
-                // Register before reading the count, so a fault in between still wakes us.
+                // Register before reading the state, so a change in between still wakes us.
                 let fault = new.supervision.fault.notified();
-                tokio::pin!(fault);
+                let replaced = new.replaced.notified();
+                tokio::pin!(fault, replaced);
                 fault.as_mut().enable();
-                if new.stats.failed.load(Ordering::Relaxed) >= threshold {
+                replaced.as_mut().enable();
+                let serving = reloader
+                    .runtime
+                    .get(new.name())
+                    .is_some_and(|current| Arc::ptr_eq(&current, &new));
+                if !serving {
+                    // Replaced or unloaded: nothing to roll back from any more.
+                    break;
+                }
+                // Enough faults, or quarantined by supervision before reaching them.
+                if new.stats.failed.load(Ordering::Relaxed) >= threshold
+                    || new.supervision.view().quarantined
+                {
                     if reloader.roll_back(&dir, &new, &old).await {
                         return;
                     }
-                    watching = false;
-                    continue;
+                    break;
                 }
                 tokio::select! {
                     _ = &mut fault => {}
+                    _ = &mut replaced => {}
                     _ = tokio::time::sleep_until(window_end) => watching = false,
                 }
             }
@@ -287,6 +314,26 @@ impl Reloader {
             .is_some_and(|current| Arc::ptr_eq(&current, new));
         if !serving {
             return false;
+        }
+        if old.dir != dir {
+            // The plugin moved dirs with this reload; the old one's files are gone.
+            tracing::warn!(
+                plugin = new.name(),
+                "not rolling back: the previous generation was served from {}, which the plugin has left",
+                old.dir.display()
+            );
+            return false;
+        }
+        if old.supervision.view().quarantined {
+            // It was itself quarantined when replaced: serve it again only if a canary passes.
+            if self.runtime.canary(old, true).await.is_err() {
+                tracing::warn!(
+                    plugin = new.name(),
+                    "not rolling back: the previous generation fails its canary too"
+                );
+                return false;
+            }
+            old.supervision.release();
         }
         // Out of the draining set: it serves again.
         self.runtime.retire(old);

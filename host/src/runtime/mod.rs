@@ -149,6 +149,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a swap took out of service; all of it is in the draining set.
+#[derive(Debug)]
+pub struct Swapped {
+    /// The previous generation of the same name: the rollback target.
+    pub previous: Option<Arc<Plugin>>,
+    /// Generations under other names served from the same dir (the manifest renamed the
+    /// plugin): they stop serving and only need draining.
+    pub displaced: Vec<Arc<Plugin>>,
+}
+
 /// What serves under one plugin name.
 struct Slot {
     current: Arc<Plugin>,
@@ -348,9 +358,9 @@ impl Runtime {
         self.prepare(loaded, false).await
     }
 
-    /// Step 5: serve `plugin` — new calls get it from now on. The generation it replaces (same
-    /// name) moves to the draining set and is returned for the caller to drain and retire.
-    pub fn swap(&self, plugin: Arc<Plugin>) -> Result<Option<Arc<Plugin>>, LoadError> {
+    /// Step 5: serve `plugin`: new calls get it from now on. What it replaces moves to the
+    /// draining set and is returned for the caller to drain and retire.
+    pub fn swap(&self, plugin: Arc<Plugin>) -> Result<Swapped, LoadError> {
         let mut plugins = write(&self.shared.plugins);
         if let Some(slot) = plugins.get(plugin.name()) {
             let other = &slot.current;
@@ -368,6 +378,17 @@ impl Runtime {
             *entry = (*entry).max(plugin.generation);
         }
         let record = ReloadRecord::success(&plugin);
+        // A manifest that renamed the plugin: the old name served from this dir stops.
+        let renamed: Vec<String> = plugins
+            .iter()
+            .filter(|(name, slot)| slot.current.dir == plugin.dir && *name != plugin.name())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut replaced: Vec<Arc<Plugin>> = renamed
+            .iter()
+            .filter_map(|name| plugins.remove(name))
+            .map(|slot| slot.current)
+            .collect();
         let previous = plugins
             .insert(
                 plugin.name().to_string(),
@@ -379,10 +400,19 @@ impl Runtime {
             .map(|slot| slot.current);
         drop(plugins);
         write(&self.shared.failures).remove(&plugin.dir);
-        if let Some(previous) = &previous {
-            lock(&self.shared.draining).push(Arc::clone(previous));
+        replaced.extend(previous.iter().cloned());
+        for old in &replaced {
+            lock(&self.shared.draining).push(Arc::clone(old));
+            old.replaced.notify_waiters();
         }
-        Ok(previous)
+        let displaced = replaced
+            .into_iter()
+            .filter(|old| old.name() != plugin.name())
+            .collect();
+        Ok(Swapped {
+            previous,
+            displaced,
+        })
     }
 
     /// Stops serving the plugin loaded from `dir`; it moves to the draining set and is returned.
@@ -396,6 +426,7 @@ impl Runtime {
         let slot = plugins.remove(&name)?;
         drop(plugins);
         lock(&self.shared.draining).push(Arc::clone(&slot.current));
+        slot.current.replaced.notify_waiters();
         Some(slot.current)
     }
 

@@ -189,6 +189,8 @@ pub struct Plugin {
     idle: Notify,
     /// Quarantine state and the fault signal.
     pub supervision: Supervision,
+    /// Notified when this generation stops serving (replaced or unloaded).
+    pub replaced: Notify,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -793,6 +795,7 @@ fn prepare(env: &LoadEnv<'_>, v: Validated) -> Result<Plugin, LoadError> {
         active: AtomicU32::new(0),
         idle: Notify::new(),
         supervision: Supervision::default(),
+        replaced: Notify::new(),
     })
 }
 
