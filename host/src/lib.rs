@@ -16,5 +16,6 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod fsutil;
 pub mod reload;
 pub mod runtime;

@@ -197,14 +197,7 @@ fn a_full_plugin_answers_overloaded_with_retry_after() {
     std::thread::scope(|scope| {
         let busy = scope.spawn(|| daemon.post("/v1/agents/spin-forever/run", &json!({})));
         // Wait until the first call holds the only slot (an observed state, not a sleep).
-        let deadline = std::time::Instant::now() + evolve_e2e::EVENT_TIMEOUT;
-        while daemon.plugin("spin-forever")["calls"]["in_flight"] != 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the first call never started"
-            );
-            std::thread::yield_now();
-        }
+        daemon.wait_in_flight("spin-forever");
         let refused = daemon.post("/v1/agents/spin-forever/run", &json!({}));
         assert_eq!(refused.status, 503, "{}", refused.text());
         assert_eq!(error_of(&refused)["code"], "overloaded");

@@ -112,14 +112,7 @@ fn calls_in_flight_finish_on_the_generation_they_started_on() {
                 &json!({"task": "slow", "input": {"ms": 1500}}),
             )
         });
-        let deadline = std::time::Instant::now() + evolve_e2e::EVENT_TIMEOUT;
-        while daemon.plugin("versioned")["calls"]["in_flight"] == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the slow call never started"
-            );
-            std::thread::yield_now();
-        }
+        daemon.wait_in_flight("versioned");
         set_tag(&env, "v2");
         daemon.wait_event("plugin.reloaded", "versioned", |d| d["generation"] == 2);
         // New calls go to the new generation while the old one drains.

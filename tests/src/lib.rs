@@ -341,6 +341,19 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no plugin {name} in {list:#}"))
     }
 
+    /// Waits until `plugin` has at least one call in flight (an observed state, not a sleep);
+    /// panics after [`EVENT_TIMEOUT`].
+    pub fn wait_in_flight(&self, plugin: &str) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while self.plugin(plugin)["calls"]["in_flight"] == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no call of {plugin} ever started"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// Sends SIGTERM and waits for exit; returns whether it exited successfully.
     pub fn terminate(mut self) -> bool {
         let mut child = self.child.take().unwrap();

@@ -253,15 +253,8 @@ fn install(ctx: &DevContext, artifact: &Path) -> anyhow::Result<()> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("no parent dir")?;
-    let mut file = tempfile::Builder::new()
-        .prefix(".evolve-dev-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write into {}", dir.display()))?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.persist(path)
-        .with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes, ".evolve-dev-")
+        .with_context(|| format!("cannot replace {}", path.display()))
 }
 
 enum Reloaded {

@@ -7,7 +7,6 @@
 //! a torn artifact under a final name.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -133,15 +132,9 @@ impl AotCache {
     }
 
     fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-        // A unique temporary file per write: two loads of the same bytes (a watcher reload and
-        // an API reload) must not truncate a file the other has already renamed and mapped.
-        let mut file = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(&self.dir)?;
-        file.write_all(artifact)?;
-        file.as_file().sync_all()?;
-        file.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        // Unique temporary names: two loads of the same bytes (a watcher reload and an API
+        // reload) must not truncate a file the other has already renamed and mapped.
+        crate::fsutil::write_atomic(path, artifact, TEMP_PREFIX)
     }
 }
 

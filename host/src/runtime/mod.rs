@@ -97,13 +97,6 @@ pub struct LoadFailure {
     pub at: DateTime<Utc>,
 }
 
-/// What loading a directory of plugins did.
-#[derive(Debug, Default)]
-pub struct LoadSummary {
-    pub loaded: Vec<String>,
-    pub failed: Vec<LoadFailure>,
-}
-
 /// The runtime (state); build it from a [`RuntimeConfig`].
 #[derive(Clone)]
 pub struct Runtime {
