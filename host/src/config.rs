@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::agents::AgentsConfig;
 use crate::reload::ReloadConfig;
 use crate::runtime::{LimitValues, RuntimeConfig, SupervisionConfig};
 
@@ -47,6 +48,7 @@ pub struct HostConfig {
     pub runtime: RuntimeSection,
     pub reload: ReloadConfig,
     pub log: LogConfig,
+    pub agents: AgentsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +62,10 @@ pub struct ServerConfig {
     pub body_limit_kb: u64,
     /// How long in-flight requests may take to finish after SIGTERM / Ctrl-C, s.
     pub shutdown_grace_s: u64,
+    /// Lets the API listen beyond loopback without a token. Dangerous (anyone who can reach
+    /// the port can load work into the daemon); the daemon warns at start and the
+    /// security-auditor agent reports it.
+    pub allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +97,13 @@ pub struct LogConfig {
     /// tracing filter, e.g. `info` or `info,evolve::plugin=debug`.
     pub level: String,
     pub format: LogFormat,
+    /// Directory of the daemon's JSON-lines log files (one per day, `evolve.log.YYYY-MM-DD`);
+    /// default `<data_dir>/logs`. The log-analyzer agent reads it.
+    pub dir: Option<PathBuf>,
+    /// Whether logs are written to `dir` as well as stderr.
+    pub to_files: bool,
+    /// Daily log files kept; older ones are deleted.
+    pub files_kept: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +122,7 @@ impl Default for HostConfig {
             runtime: RuntimeSection::default(),
             reload: ReloadConfig::default(),
             log: LogConfig::default(),
+            agents: AgentsConfig::default(),
         }
     }
 }
@@ -120,6 +134,7 @@ impl Default for ServerConfig {
             tokens: BTreeMap::new(),
             body_limit_kb: 1_024,
             shutdown_grace_s: 30,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -141,6 +156,9 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+            dir: None,
+            to_files: true,
+            files_kept: 7,
         }
     }
 }
@@ -247,16 +265,41 @@ impl HostConfig {
                 });
             }
         }
-        if !self.server.listen.ip().is_loopback() && self.server.tokens.is_empty() {
+        self.agents
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        if self.log.files_kept == 0 || self.log.files_kept > 3_650 {
+            return Err(invalid("log.files_kept", "must be between 1 and 3650"));
+        }
+        if !self.server.listen.ip().is_loopback()
+            && self.server.tokens.is_empty()
+            && !self.server.allow_unauthenticated
+        {
             return Err(ConfigError::Invalid {
                 key: "server.listen".into(),
                 message: format!(
-                    "{} is reachable beyond this machine, so an auth token is required: set EVOLVE_AUTH_TOKEN or [server.tokens], or listen on 127.0.0.1",
+                    "{} is reachable beyond this machine, so an auth token is required: set EVOLVE_AUTH_TOKEN or [server.tokens], or listen on 127.0.0.1 (or, knowingly, server.allow_unauthenticated = true)",
                     self.server.listen
                 ),
             });
         }
         Ok(())
+    }
+
+    /// The daemon's log directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.log
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("logs"))
+    }
+
+    /// The agent run history database.
+    pub fn agents_db(&self) -> PathBuf {
+        self.agents
+            .db
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agents.db"))
     }
 
     pub fn plugins_dir(&self) -> PathBuf {

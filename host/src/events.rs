@@ -40,6 +40,10 @@ pub enum EventKind {
     PluginRetired,
     #[serde(rename = "plugin.released")]
     PluginReleased,
+    #[serde(rename = "agent.run_finished")]
+    AgentRunFinished,
+    #[serde(rename = "agent.health_changed")]
+    AgentHealthChanged,
 }
 
 impl EventKind {
@@ -53,6 +57,8 @@ impl EventKind {
             EventKind::PluginUnloaded => "plugin.unloaded",
             EventKind::PluginRetired => "plugin.retired",
             EventKind::PluginReleased => "plugin.released",
+            EventKind::AgentRunFinished => "agent.run_finished",
+            EventKind::AgentHealthChanged => "agent.health_changed",
         }
     }
 }

@@ -7,11 +7,14 @@
 //! |---|---|
 //! | [`runtime`] | engine, plugin lifecycle, sandbox, limits, calls |
 //! | [`reload`] | hot reload: watcher, reload pipeline, drain |
+//! | [`agents`] | the meta-agent manager: runs, retries, schedules, health, run history |
+//! | [`system`] | the daemon's inventory and probes: what plugins see of the whole system |
 //! | [`events`] | the internal event bus |
 //! | [`api`] | HTTP API (axum) |
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
 //! | [`config`] | daemon configuration |
 
+pub mod agents;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -19,3 +22,4 @@ pub mod events;
 pub mod fsutil;
 pub mod reload;
 pub mod runtime;
+pub mod system;

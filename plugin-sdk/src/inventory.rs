@@ -17,8 +17,8 @@ use std::fmt;
 use crate::bindings::meta_agent::evolve::plugin::inventory as imports;
 
 pub use imports::{
-    AgentSummary, GrantedDir, HostSummary, ModelChoice, ModelSummary, PluginKind, PluginLimits,
-    PluginPermissions, PluginSummary, ServiceStatus,
+    AgentSummary, ApiEndpoint, GrantedDir, HostSummary, ModelChoice, ModelSummary, PluginKind,
+    PluginLimits, PluginPermissions, PluginSource, PluginSummary, ServiceStatus,
 };
 
 /// The daemon itself: version, API address, uptime.
@@ -49,6 +49,16 @@ pub fn best_models() -> Vec<ModelChoice> {
 /// Every meta agent with its schedule and run counts.
 pub fn agents() -> Vec<AgentSummary> {
     imports::agents()
+}
+
+/// Where each loaded plugin came from and whether its manifest pins the component's sha256.
+pub fn plugin_sources() -> Vec<PluginSource> {
+    imports::plugin_sources()
+}
+
+/// Every route of the daemon's HTTP API.
+pub fn api_endpoints() -> Vec<ApiEndpoint> {
+    imports::api_endpoints()
 }
 
 impl PluginKind {

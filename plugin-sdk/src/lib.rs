@@ -116,6 +116,7 @@ pub mod config;
 pub mod http;
 pub mod inventory;
 pub mod log;
+pub mod probes;
 mod types;
 
 pub use bindings::meta_agent::evolve::plugin::types::{

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::agents::AgentError;
 use crate::runtime::CallError;
 use crate::runtime::bindings::types::PluginError;
 
@@ -16,7 +17,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub extra: Option<(&'static str, Value)>,
+    /// Fields added beside `code` and `message`.
+    pub extra: Vec<(&'static str, Value)>,
 }
 
 impl ApiError {
@@ -25,8 +27,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            extra: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a field to the error body.
+    pub fn with(mut self, key: &'static str, value: impl Into<Value>) -> ApiError {
+        self.extra.push((key, value.into()));
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -44,7 +52,7 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "plugin_error",
             message: format!("plugin '{plugin}' returned an error: {}", error.message),
-            extra: Some(("plugin_error", detail)),
+            extra: vec![("plugin_error", detail)],
         }
     }
 }
@@ -70,11 +78,34 @@ impl From<CallError> for ApiError {
     }
 }
 
+impl From<AgentError> for ApiError {
+    fn from(error: AgentError) -> ApiError {
+        let (status, code) = match &error {
+            AgentError::NotFound { .. } | AgentError::RunNotFound { .. } => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            AgentError::AlreadyRunning { .. } => (StatusCode::CONFLICT, "already_running"),
+            AgentError::RunFinished { .. } => (StatusCode::CONFLICT, "run_finished"),
+            AgentError::NoCapability { .. } => (StatusCode::NOT_FOUND, "no_agent_for_capability"),
+            AgentError::Store(_) | AgentError::StoreTask(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "history_unavailable")
+            }
+        };
+        let api = ApiError::new(status, code, error.to_string());
+        match error {
+            AgentError::AlreadyRunning { run_id, .. } => api.with("running_run_id", run_id),
+            _ => api,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "code": self.code, "message": self.message });
-        if let (Some((key, value)), Some(map)) = (self.extra, body.as_object_mut()) {
-            map.insert(key.to_string(), value);
+        if let Some(map) = body.as_object_mut() {
+            for (key, value) in self.extra {
+                map.insert(key.to_string(), value);
+            }
         }
         let mut response = (self.status, Json(json!({ "error": body }))).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {

@@ -7,11 +7,14 @@
 //! | `POST /v1/plugins/{name}/reload` | reconcile one plugin's dir now (`?force=true`: even if unchanged) |
 //! | `GET /v1/events` | recent events of the internal bus |
 //! | `GET /v1/runtime` | pool, AOT cache, limits |
-//! | `POST /v1/agents/{name}/run` | run a task on a meta agent |
-//! | `GET /v1/agents/{name}/health` | a meta agent's own health |
 //! | `POST /v1/checkers/{name}/check` | check a service with a health checker |
 //! | `GET /metrics` | Prometheus text format |
+//! | `/v1/agents...`, `/v1/system/...` | meta agents: see [`agents`] and [`ENDPOINTS`] |
+//!
+//! [`ENDPOINTS`] lists every route for the inventory (the doc-generator documents it); an
+//! end-to-end test checks each one is routed.
 
+pub mod agents;
 mod error;
 mod metrics;
 pub mod plugins;
@@ -27,6 +30,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 pub use self::error::{ApiError, JsonBody};
+use crate::agents::AgentManager;
 use crate::config::HostConfig;
 use crate::events::EventBus;
 use crate::reload::Reloader;
@@ -39,6 +43,7 @@ pub struct ApiState {
     pub reloader: Arc<Reloader>,
     pub events: EventBus,
     pub config: Arc<HostConfig>,
+    pub agents: AgentManager,
     pub started: Instant,
     metrics: Arc<prometheus_client::registry::Registry>,
 }
@@ -49,6 +54,7 @@ impl ApiState {
         reloader: Arc<Reloader>,
         events: EventBus,
         config: Arc<HostConfig>,
+        agents: AgentManager,
     ) -> ApiState {
         let metrics = Arc::new(metrics::registry(runtime.clone()));
         ApiState {
@@ -56,11 +62,51 @@ impl ApiState {
             reloader,
             events,
             config,
+            agents,
             started: Instant::now(),
             metrics,
         }
     }
 }
+
+/// One route of the API, for the inventory and the generated docs.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+}
+
+const fn endpoint(method: &'static str, path: &'static str, summary: &'static str) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        summary,
+    }
+}
+
+/// Every route [`router`] serves (an end-to-end test requests each one).
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint("GET", "/healthz", "liveness and a summary of loaded plugins"),
+    endpoint("GET", "/metrics", "Prometheus metrics (text format)"),
+    endpoint("GET", "/v1/plugins", "serving, draining and failed plugins"),
+    endpoint("GET", "/v1/plugins/{name}", "one plugin: limits, permissions, calls, reloads"),
+    endpoint("POST", "/v1/plugins/{name}/reload", "reconcile one plugin directory now"),
+    endpoint("GET", "/v1/events", "recent events of the internal bus"),
+    endpoint("GET", "/v1/runtime", "instance pool, AOT cache, default limits and ceilings"),
+    endpoint("GET", "/v1/agents", "meta agents with policy, schedule, health and run stats"),
+    endpoint("GET", "/v1/agents/health", "every agent's health history"),
+    endpoint("POST", "/v1/agents/{name}/run", "run a task on a meta agent (recorded)"),
+    endpoint("GET", "/v1/agents/{name}/health", "ask a meta agent for its health now"),
+    endpoint("GET", "/v1/agents/{name}/runs", "an agent's run history and stats"),
+    endpoint("GET", "/v1/agents/{name}/runs/{id}", "one run"),
+    endpoint("POST", "/v1/agents/{name}/runs/{id}/cancel", "cancel a run in progress"),
+    endpoint("POST", "/v1/system/integration-tests", "run the integration tester"),
+    endpoint("POST", "/v1/system/log-analysis", "run the log analyzer"),
+    endpoint("POST", "/v1/system/documentation", "run the doc generator"),
+    endpoint("POST", "/v1/system/security-audit", "run the security auditor"),
+    endpoint("POST", "/v1/checkers/{name}/check", "check a service instance with a health checker"),
+];
 
 /// The API router.
 pub fn router(state: ApiState) -> Router {
@@ -73,8 +119,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/plugins/{name}/reload", post(plugins::reload))
         .route("/v1/events", get(plugins::events))
         .route("/v1/runtime", get(plugins::runtime))
-        .route("/v1/agents/{name}/run", post(plugins::run_agent))
-        .route("/v1/agents/{name}/health", get(plugins::agent_health))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/health", get(agents::health))
+        .route("/v1/agents/{name}/run", post(agents::run))
+        .route("/v1/agents/{name}/health", get(agents::agent_health))
+        .route("/v1/agents/{name}/runs", get(agents::runs))
+        .route("/v1/agents/{name}/runs/{id}", get(agents::run_show))
+        .route("/v1/agents/{name}/runs/{id}/cancel", post(agents::cancel))
+        .route("/v1/system/{job}", post(agents::system))
         .route("/v1/checkers/{name}/check", post(plugins::check_service))
         .fallback(|| async {
             ApiError::new(

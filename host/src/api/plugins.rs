@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, JsonBody};
 use crate::reload::ReloadOutcome;
-use crate::runtime::bindings::types::{HealthReport, Service, Task};
+use crate::runtime::bindings::types::{HealthReport, Service};
 use crate::runtime::plugin::LastError;
 use crate::runtime::sandbox::ResolvedDir;
 use crate::runtime::supervision::SupervisionView;
@@ -235,19 +235,19 @@ pub(super) async fn reload(
             status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             code: "reload_failed",
             message: format!("{reason} ({code}); the previous generation, if any, still serves"),
-            extra: Some(("reload", body)),
+            extra: vec![("reload", body)],
         }),
         ReloadOutcome::Unloaded { .. } | ReloadOutcome::Absent => Err(ApiError {
             status: axum::http::StatusCode::NOT_FOUND,
             code: "not_found",
             message: format!("plugin '{name}' has no manifest in its dir any more; it was unloaded"),
-            extra: Some(("reload", body)),
+            extra: vec![("reload", body)],
         }),
         ReloadOutcome::Quarantined { .. } => Err(ApiError {
             status: axum::http::StatusCode::CONFLICT,
             code: "quarantined",
             message: "these files were rolled back and stay quarantined until they change; reload with ?force=true to try them anyway".into(),
-            extra: Some(("reload", body)),
+            extra: vec![("reload", body)],
         }),
         _ => Ok(Json(body)),
     }
@@ -271,63 +271,6 @@ pub(super) async fn runtime(State(state): State<ApiState>) -> Json<Value> {
         "defaults": config.defaults,
         "ceilings": config.ceilings,
     }))
-}
-
-/// `POST /v1/agents/{name}/run` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    /// Task name the agent understands; empty for its default task.
-    #[serde(default)]
-    pub task: String,
-    /// Task input, any JSON value (default `{}`).
-    #[serde(default = "empty_object")]
-    pub input: Value,
-}
-
-fn empty_object() -> Value {
-    json!({})
-}
-
-pub(super) async fn run_agent(
-    State(state): State<ApiState>,
-    Path(name): Path<String>,
-    JsonBody(request): JsonBody<RunRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let task = Task {
-        name: request.task,
-        input: request.input.to_string(),
-    };
-    let report = state.runtime.run_agent(&name, task).await?;
-    let outcome = report
-        .value
-        .map_err(|error| ApiError::plugin(&report.plugin, &error))?;
-    // The runtime checked the output is JSON; parse it so clients get a value, not a string.
-    let output: Value = serde_json::from_str(&outcome.output).unwrap_or(Value::Null);
-    Ok(Json(json!({
-        "plugin": report.plugin,
-        "generation": report.generation,
-        "duration_us": report.duration_us,
-        "logs_dropped": report.logs_dropped,
-        "outcome": {
-            "summary": outcome.summary,
-            "output": output,
-            "artifacts": outcome.artifacts,
-        },
-    })))
-}
-
-pub(super) async fn agent_health(
-    State(state): State<ApiState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let report = state.runtime.agent_health(&name).await?;
-    Ok(Json(json!({
-        "plugin": report.plugin,
-        "generation": report.generation,
-        "duration_us": report.duration_us,
-        "report": health_json(&report.value),
-    })))
 }
 
 /// `POST /v1/checkers/{name}/check` body: the service instance to check.
@@ -407,6 +350,6 @@ pub(super) async fn check_service(
     })))
 }
 
-fn health_json(report: &HealthReport) -> Value {
+pub(super) fn health_json(report: &HealthReport) -> Value {
     report.to_json()
 }

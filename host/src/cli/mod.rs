@@ -15,10 +15,12 @@ pub use self::serve::{init_tracing, serve};
 
 /// Warnings only, for one-shot commands.
 pub fn init_quiet_tracing() -> anyhow::Result<()> {
-    init_tracing(&crate::config::LogConfig {
+    let log = crate::config::LogConfig {
         level: std::env::var("EVOLVE_LOG").unwrap_or_else(|_| "warn".into()),
         format: crate::config::LogFormat::Text,
-    })
+        ..crate::config::LogConfig::default()
+    };
+    init_tracing(&log, None).map(drop)
 }
 
 /// Evolve: runs sandboxed WebAssembly meta agents and health checkers.

@@ -8,12 +8,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::ServeArgs;
+use crate::agents::{AgentManager, History};
 use crate::api::{self, ApiState};
 use crate::config::{HostConfig, LogConfig, LogFormat};
 use crate::events::EventBus;
 use crate::reload::Reloader;
-use crate::runtime::bindings::inventory::HostSummary;
-use crate::runtime::{Runtime, SystemInventory};
+use crate::runtime::Runtime;
+use crate::system::{DaemonInventory, DaemonProbes};
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = HostConfig::load(args.config.as_deref())?;
@@ -27,7 +28,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.listen = listen;
     }
     config.validate()?;
-    init_tracing(&config.log)?;
+    let log_dir = config.log.to_files.then(|| config.log_dir());
+    // Kept until serve returns: dropping it flushes the log files.
+    let _log_guard = init_tracing(&config.log, log_dir.as_deref())?;
+    if config.server.allow_unauthenticated
+        && config.server.tokens.is_empty()
+        && !config.server.listen.ip().is_loopback()
+    {
+        tracing::warn!(listen = %config.server.listen, "server.allow_unauthenticated is set: the API is open to anyone who can reach {}", config.server.listen);
+    }
 
     let plugins_dir = config.plugins_dir();
     for dir in [&config.data_dir, &plugins_dir] {
@@ -48,10 +57,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let events = EventBus::new();
     let runtime = Runtime::new(config.runtime_config(), events.clone())?;
     let started = Instant::now();
+
+    // --- agents: run history, manager (registration, runs, schedules, health) ---
+    let agents_db = config.agents_db();
+    let (history, interrupted) = tokio::task::spawn_blocking(move || History::open(&agents_db))
+        .await
+        .context("opening the agent run history")??;
+    if interrupted > 0 {
+        tracing::warn!(runs = interrupted, "agent runs left running by the previous process were marked interrupted");
+    }
+    let agents = AgentManager::new(
+        runtime.clone(),
+        events.clone(),
+        history,
+        config.agents.clone(),
+    );
     runtime.set_system_inventory(Arc::new(DaemonInventory {
         listen: listen.to_string(),
         auth: !config.server.tokens.is_empty(),
         started,
+        agents: agents.clone(),
+    }));
+    runtime.set_system_probes(Arc::new(DaemonProbes {
+        runtime: runtime.clone(),
     }));
     let reloader = Reloader::new(
         runtime.clone(),
@@ -78,8 +106,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "plugins loaded"
     );
 
+    agents.start();
+
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
-    let app = api::router(ApiState::new(runtime, reloader, events, Arc::new(config)));
+    let app = api::router(ApiState::new(
+        runtime,
+        reloader,
+        events,
+        Arc::new(config),
+        agents,
+    ));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -127,36 +163,57 @@ async fn shutdown_signal() {
     }
 }
 
-/// Installs the global subscriber: text or JSON lines on stderr, filtered by `log.level`.
-pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
+/// Installs the global subscriber: text or JSON lines on stderr, and JSON lines into daily
+/// files under `file_dir` when given, all filtered by `log.level`. The returned guard flushes
+/// the files when dropped.
+pub fn init_tracing(
+    log: &LogConfig,
+    file_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
         .with_context(|| format!("log.level = \"{}\" is not a valid filter", log.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let stderr = match log.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let (files, guard) = match file_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create log directory {} (log.dir)", dir.display()))?;
+            let appender = tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("evolve")
+                .filename_suffix("log")
+                .max_log_files(log.files_kept)
+                .build(dir)
+                .with_context(|| format!("cannot open log files in {} (log.dir)", dir.display()))?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_ansi(false)
+                .with_writer(writer)
+                .boxed();
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(files)
+        .try_init();
     // Already installed (e.g. by an embedding test): keep the existing one.
     let _ = result;
-    Ok(())
-}
-
-/// The daemon's own part of the plugin inventory.
-struct DaemonInventory {
-    listen: String,
-    auth: bool,
-    started: Instant,
-}
-
-impl SystemInventory for DaemonInventory {
-    fn host(&self) -> HostSummary {
-        HostSummary {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            api_listen: self.listen.clone(),
-            api_auth: self.auth,
-            uptime_s: self.started.elapsed().as_secs(),
-        }
-    }
+    Ok(guard)
 }

@@ -14,6 +14,9 @@ pub mod meta_agent {
     wasmtime::component::bindgen!({
         world: "meta-agent",
         path: "../wit",
+        // `probes` does I/O (mesh requests, calls into other plugins); the other imports answer
+        // from memory.
+        imports: { "evolve:plugin/probes": async },
         exports: { default: async },
         additional_derives: [serde::Serialize],
     });
@@ -34,7 +37,7 @@ pub mod health_checker {
     });
 }
 
-pub use meta_agent::evolve::plugin::{config, inventory, logging, types};
+pub use meta_agent::evolve::plugin::{config, inventory, logging, probes, types};
 
 impl types::HealthStatus {
     /// The WIT name (`healthy`, `degraded`, `unhealthy`), as the API and logs spell it.

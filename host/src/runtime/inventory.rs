@@ -6,7 +6,8 @@
 //! its first inventory call so calls that never ask pay nothing.
 
 use super::bindings::inventory::{
-    AgentSummary, HostSummary, ModelChoice, ModelSummary, PluginSummary, ServiceStatus,
+    AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, PluginSource,
+    PluginSummary, ServiceStatus,
 };
 
 /// Parts of the system outside the runtime. Every method answers from memory (no I/O): it runs
@@ -23,6 +24,9 @@ pub trait SystemInventory: Send + Sync {
         Vec::new()
     }
     fn agents(&self) -> Vec<AgentSummary> {
+        Vec::new()
+    }
+    fn api_endpoints(&self) -> Vec<ApiEndpoint> {
         Vec::new()
     }
 }
@@ -51,4 +55,6 @@ pub struct Snapshot {
     pub models: Vec<ModelSummary>,
     pub best_models: Vec<ModelChoice>,
     pub agents: Vec<AgentSummary>,
+    pub plugin_sources: Vec<PluginSource>,
+    pub api_endpoints: Vec<ApiEndpoint>,
 }

@@ -84,6 +84,86 @@ pub struct Permissions {
     pub dirs: Vec<DirGrant>,
 }
 
+/// Longest retry count an agent may ask for; more is a loop, not a retry policy.
+pub const MAX_AGENT_RETRIES: u32 = 10;
+
+/// Longest base backoff between retries, ms.
+pub const MAX_RETRY_BACKOFF_MS: u64 = 60_000;
+
+/// Longest schedule jitter, s: spreading runs over more than an hour hides the schedule.
+pub const MAX_SCHEDULE_JITTER_S: u64 = 3_600;
+
+/// `[agent]`: how the agent manager runs a meta agent. Absent keys take the `[agents]` defaults
+/// of the daemon config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Whether runs of this agent may overlap; by default a second run is refused while one is
+    /// in progress.
+    #[serde(default)]
+    pub overlap: bool,
+    /// Extra attempts after a failure the agent marks retryable.
+    pub max_retries: Option<u32>,
+    /// Base of the exponential, jittered backoff between attempts, ms.
+    pub retry_backoff_ms: Option<u64>,
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// `[agent.schedule]`: when the agent runs on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// An interval such as `"5m"` or `"1h30m"`.
+    pub every: Option<String>,
+    /// A five-field cron expression (UTC), e.g. `"*/15 * * * *"`.
+    pub cron: Option<String>,
+    /// Each fire is delayed by a random 0..=jitter_s seconds.
+    #[serde(default)]
+    pub jitter_s: u64,
+    /// Task name passed to `run`.
+    #[serde(default = "default_schedule_task")]
+    pub task: String,
+    /// Task input passed to `run`.
+    #[serde(default)]
+    pub input: BTreeMap<String, toml::Value>,
+    /// What to do at start when a fire was missed while the daemon was down.
+    #[serde(default)]
+    pub missed: MissedRuns,
+}
+
+fn default_schedule_task() -> String {
+    "run".into()
+}
+
+/// Missed-run policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedRuns {
+    /// Wait for the next fire time.
+    #[default]
+    Skip,
+    /// Run once right away (however many fires were missed), then keep the schedule.
+    RunOnce,
+}
+
+impl ScheduleSpec {
+    /// The parsed schedule; errors name the key.
+    pub fn parsed(&self) -> Result<crate::agents::schedule::Schedule, String> {
+        use crate::agents::schedule::Schedule;
+        match (&self.every, &self.cron) {
+            (Some(every), None) => Schedule::every(every),
+            (None, Some(cron)) => Schedule::cron(cron),
+            (Some(_), Some(_)) => Err("set one of every and cron, not both".into()),
+            (None, None) => Err("set every (e.g. \"5m\") or cron (e.g. \"0 * * * *\")".into()),
+        }
+    }
+
+    /// The task input as a JSON object.
+    pub fn input_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.input).unwrap_or(serde_json::Value::Null)
+    }
+}
+
 /// A parsed and validated `plugin.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +182,9 @@ pub struct Manifest {
     pub permissions: Permissions,
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// Meta agents only: how the agent manager runs it.
+    #[serde(default)]
+    pub agent: Option<AgentSpec>,
 }
 
 impl Manifest {
@@ -168,6 +251,15 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(agent) = &self.agent {
+            if self.kind != PluginKind::MetaAgent {
+                return Err(format!(
+                    "[agent] is only for meta agents; a {} is run by the mesh (remove the section)",
+                    self.kind
+                ));
+            }
+            agent.validate()?;
+        }
         let mut guests = std::collections::BTreeSet::new();
         for dir in &perms.dirs {
             if !dir.guest.starts_with('/') || dir.guest.split('/').any(|p| p == "..") {
@@ -192,6 +284,40 @@ impl Manifest {
     /// The plugin's `[config]` table as a JSON object, for the `config` import.
     pub fn config_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl AgentSpec {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(retries) = self.max_retries
+            && retries > MAX_AGENT_RETRIES
+        {
+            return Err(format!(
+                "agent.max_retries = {retries}: at most {MAX_AGENT_RETRIES}"
+            ));
+        }
+        if let Some(backoff) = self.retry_backoff_ms
+            && backoff > MAX_RETRY_BACKOFF_MS
+        {
+            return Err(format!(
+                "agent.retry_backoff_ms = {backoff}: at most {MAX_RETRY_BACKOFF_MS}"
+            ));
+        }
+        if let Some(schedule) = &self.schedule {
+            schedule
+                .parsed()
+                .map_err(|e| format!("agent.schedule: {e}"))?;
+            if schedule.jitter_s > MAX_SCHEDULE_JITTER_S {
+                return Err(format!(
+                    "agent.schedule.jitter_s = {}: at most {MAX_SCHEDULE_JITTER_S}",
+                    schedule.jitter_s
+                ));
+            }
+            if schedule.task.trim().is_empty() {
+                return Err("agent.schedule.task must not be empty".into());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! | [`sandbox`] | WASI grants, guest stdio and logs → tracing, outbound-HTTP allow-list |
 //! | [`state`] | the `Store` data and the host side of the plugin imports |
 //! | [`inventory`] | the system view plugins read |
+//! | [`probes`] | the active checks meta agents can make (`probes` import) |
 //! | [`aot`] | compiled-artifact cache |
 //! | [`engine`] | engine configuration and the epoch ticker |
 //! | [`bindings`] | host bindings generated from `wit/` |
@@ -23,6 +24,7 @@ pub mod inventory;
 pub mod limits;
 pub mod manifest;
 pub mod plugin;
+pub mod probes;
 pub mod sandbox;
 pub mod state;
 pub mod supervision;
@@ -41,6 +43,7 @@ use wasmtime::component::{HasSelf, Linker};
 pub use self::aot::{AotCache, CacheStats};
 pub use self::error::{CallError, LoadError};
 pub use self::inventory::{DetachedInventory, Snapshot, SystemInventory};
+pub use self::probes::{DetachedProbes, ProbeTimer, SystemProbes};
 pub use self::limits::{LimitValues, Limits};
 pub use self::manifest::{Manifest, PluginKind};
 pub use self::plugin::{Answer, Call, CallReport, Description, Loaded, Plugin};
@@ -125,6 +128,7 @@ struct Shared {
     /// `config.protected_dirs` plus the AOT cache, canonicalised once.
     protected_dirs: Vec<PathBuf>,
     system: RwLock<Arc<dyn SystemInventory>>,
+    probes: RwLock<Arc<dyn SystemProbes>>,
     _ticker: EpochTicker,
 }
 
@@ -253,6 +257,7 @@ impl Runtime {
                 generations: Mutex::default(),
                 failures: RwLock::default(),
                 system: RwLock::new(Arc::new(DetachedInventory)),
+                probes: RwLock::new(Arc::new(DetachedProbes)),
                 _ticker: ticker,
             }),
         })
@@ -261,6 +266,11 @@ impl Runtime {
     /// Installs the view of the rest of the system that plugins read through `inventory`.
     pub fn set_system_inventory(&self, system: Arc<dyn SystemInventory>) {
         *write(&self.shared.system) = system;
+    }
+
+    /// Installs the active checks meta agents make through `probes`.
+    pub fn set_system_probes(&self, probes: Arc<dyn SystemProbes>) {
+        *write(&self.shared.probes) = probes;
     }
 
     pub fn engine(&self) -> &Engine {
@@ -681,7 +691,24 @@ impl SnapshotSource for Shared {
             models: system.models(),
             best_models: system.best_models(),
             agents: system.agents(),
+            plugin_sources: read(&self.plugins)
+                .values()
+                .map(|slot| plugin_source(&slot.current))
+                .collect(),
+            api_endpoints: system.api_endpoints(),
         }
+    }
+
+    fn probes(&self) -> Arc<dyn SystemProbes> {
+        Arc::clone(&read(&self.probes))
+    }
+}
+
+fn plugin_source(p: &Plugin) -> inv::PluginSource {
+    inv::PluginSource {
+        name: p.name().to_string(),
+        dir: p.dir.display().to_string(),
+        sha256_pinned: p.manifest.sha256.is_some(),
     }
 }
 

@@ -7,14 +7,16 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::{config, inventory, logging, types};
+use super::bindings::{config, inventory, logging, probes, types};
 use super::inventory::Snapshot;
+use super::probes::{DetachedProbes, SystemProbes};
 use super::limits::StoreLimiter;
 use super::sandbox::{CallLog, HttpPolicy};
 
 /// Anything that can produce an inventory snapshot (the runtime).
 pub trait SnapshotSource: Send + Sync {
     fn snapshot(&self) -> Snapshot;
+    fn probes(&self) -> Arc<dyn SystemProbes>;
 }
 
 /// Per-plugin data shared by all of its calls.
@@ -56,6 +58,8 @@ impl PluginState {
                 models: Vec::new(),
                 best_models: Vec::new(),
                 agents: Vec::new(),
+                plugin_sources: Vec::new(),
+                api_endpoints: Vec::new(),
             },
         });
         self.snapshot = Some(Arc::clone(&snapshot));
@@ -123,5 +127,41 @@ impl inventory::Host for PluginState {
 
     fn agents(&mut self) -> Vec<inventory::AgentSummary> {
         self.snapshot().agents.clone()
+    }
+
+    fn plugin_sources(&mut self) -> Vec<inventory::PluginSource> {
+        self.snapshot().plugin_sources.clone()
+    }
+
+    fn api_endpoints(&mut self) -> Vec<inventory::ApiEndpoint> {
+        self.snapshot().api_endpoints.clone()
+    }
+}
+
+impl PluginState {
+    fn probes(&self) -> Arc<dyn SystemProbes> {
+        match self.snapshot_source.upgrade() {
+            Some(source) => source.probes(),
+            None => Arc::new(DetachedProbes),
+        }
+    }
+}
+
+impl probes::Host for PluginState {
+    async fn probe_service(&mut self, name: String) -> probes::ProbeResult {
+        self.probes().service(&name).await
+    }
+
+    async fn probe_checker(&mut self, name: String) -> probes::ProbeResult {
+        self.probes().checker(&name).await
+    }
+
+    async fn probe_best_model(&mut self, task_type: String) -> probes::ProbeResult {
+        self.probes().best_model(&task_type).await
+    }
+
+    async fn probe_agent(&mut self, name: String) -> probes::ProbeResult {
+        let caller = Arc::clone(&self.plugin.name);
+        self.probes().agent(&caller, &name).await
     }
 }

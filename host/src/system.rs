@@ -1,0 +1,100 @@
+//! What plugins see of the whole daemon: the [`SystemInventory`] (read-only snapshot parts
+//! outside the runtime) and the [`SystemProbes`] (active checks for meta agents).
+//!
+//! Both are assembled here, at the top of the data flow, so the runtime never depends on the
+//! agents, mesh or registry: the daemon installs them into the runtime at start.
+
+use std::time::Instant;
+
+use crate::agents::AgentManager;
+use crate::api::ENDPOINTS;
+use crate::runtime::bindings::inventory::{AgentSummary, ApiEndpoint, HostSummary};
+use crate::runtime::bindings::probes::ProbeResult;
+use crate::runtime::bindings::types::HealthStatus;
+use crate::runtime::{ProbeTimer, Runtime, SystemInventory, SystemProbes};
+
+/// The daemon's part of the plugin inventory.
+pub struct DaemonInventory {
+    pub listen: String,
+    pub auth: bool,
+    pub started: Instant,
+    pub agents: AgentManager,
+}
+
+impl SystemInventory for DaemonInventory {
+    fn host(&self) -> HostSummary {
+        HostSummary {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            api_listen: self.listen.clone(),
+            api_auth: self.auth,
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn agents(&self) -> Vec<AgentSummary> {
+        self.agents.inventory()
+    }
+
+    fn api_endpoints(&self) -> Vec<ApiEndpoint> {
+        ENDPOINTS
+            .iter()
+            .map(|e| ApiEndpoint {
+                method: e.method.to_string(),
+                path: e.path.to_string(),
+                summary: e.summary.to_string(),
+            })
+            .collect()
+    }
+}
+
+/// The daemon's probes.
+pub struct DaemonProbes {
+    pub runtime: Runtime,
+}
+
+#[async_trait::async_trait]
+impl SystemProbes for DaemonProbes {
+    async fn service(&self, name: &str) -> ProbeResult {
+        ProbeTimer::start().fail(format!(
+            "service `{name}`: this daemon has no service mesh to reach it through"
+        ))
+    }
+
+    async fn checker(&self, name: &str) -> ProbeResult {
+        let timer = ProbeTimer::start();
+        match self.runtime.describe(name).await {
+            Ok(report) => timer.pass(format!(
+                "checker `{name}` (generation {}) answered describe()",
+                report.generation
+            )),
+            Err(error) => timer.fail(format!("checker `{name}`: {error}")),
+        }
+    }
+
+    async fn best_model(&self, task_type: &str) -> ProbeResult {
+        ProbeTimer::start().fail(format!(
+            "task `{task_type}`: this daemon has no model registry to ask"
+        ))
+    }
+
+    async fn agent(&self, caller: &str, name: &str) -> ProbeResult {
+        let timer = ProbeTimer::start();
+        if caller == name {
+            return timer.fail(format!(
+                "agent `{name}` cannot probe itself (its own health call would wait behind the running call)"
+            ));
+        }
+        match self.runtime.agent_health(name).await {
+            Ok(report) if report.value.status != HealthStatus::Unhealthy => timer.pass(format!(
+                "agent `{name}` is {}: {}",
+                report.value.status.as_str(),
+                report.value.detail
+            )),
+            Ok(report) => timer.fail(format!(
+                "agent `{name}` is unhealthy: {}",
+                report.value.detail
+            )),
+            Err(error) => timer.fail(format!("agent `{name}`: {error}")),
+        }
+    }
+}
