@@ -19,7 +19,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use evolve_host::events::EventBus;
 use evolve_host::reload::{ReloadConfig, Reloader};
 use evolve_host::runtime::bindings::meta_agent::{MetaAgent, MetaAgentPre};
-use evolve_host::runtime::bindings::{config, inventory, logging, types};
+use evolve_host::runtime::bindings::{config, inventory, logging, probes, types};
 use evolve_host::runtime::{LimitValues, Runtime, RuntimeConfig, SupervisionConfig};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -208,6 +208,35 @@ impl inventory::Host for PlainState {
     }
     fn agents(&mut self) -> Vec<inventory::AgentSummary> {
         Vec::new()
+    }
+    fn plugin_sources(&mut self) -> Vec<inventory::PluginSource> {
+        Vec::new()
+    }
+    fn api_endpoints(&mut self) -> Vec<inventory::ApiEndpoint> {
+        Vec::new()
+    }
+}
+
+impl probes::Host for PlainState {
+    async fn probe_service(&mut self, _: String) -> probes::ProbeResult {
+        unanswered()
+    }
+    async fn probe_checker(&mut self, _: String) -> probes::ProbeResult {
+        unanswered()
+    }
+    async fn probe_best_model(&mut self, _: String) -> probes::ProbeResult {
+        unanswered()
+    }
+    async fn probe_agent(&mut self, _: String) -> probes::ProbeResult {
+        unanswered()
+    }
+}
+
+fn unanswered() -> probes::ProbeResult {
+    probes::ProbeResult {
+        ok: false,
+        detail: "the plain host has no system to probe".into(),
+        latency_us: 0,
     }
 }
 

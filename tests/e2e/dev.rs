@@ -119,7 +119,11 @@ fn dev_builds_installs_and_reloads_with_one_line_per_attempt() {
     let manifest = std::fs::read_to_string(crate_dir.join("plugin.toml")).unwrap();
     std::fs::write(
         crate_dir.join("plugin.toml"),
-        manifest.replace("kind = \"meta-agent\"", "kind = \"health-checker\""),
+        // `[agent]` is for meta agents only; drop it so the daemon, not the local manifest
+        // check, is what refuses the mismatched world.
+        manifest
+            .replace("kind = \"meta-agent\"", "kind = \"health-checker\"")
+            .replace("[agent]\noverlap = true\n", ""),
     )
     .unwrap();
     let (code, stdout, _) = dev();

@@ -7,7 +7,9 @@ use serde_json::json;
 
 #[test]
 fn bundled_plugins_are_ready_and_doc_generator_writes_the_inventory() {
-    let env = Env::new();
+    let mut env = Env::new();
+    env.extra_config
+        .push_str("[agents]\nhealth_interval_s = 86400\n");
     env.install("bundled", "doc-generator", |_| {});
     env.install("bundled", "http-health", |_| {});
     let daemon = env.start();
@@ -50,7 +52,8 @@ fn bundled_plugins_are_ready_and_doc_generator_writes_the_inventory() {
     );
 
     let stats = daemon.plugin("doc-generator");
-    // The load-time canary (describe) plus the two runs.
+    // The load-time canary (describe) plus the two runs; the agent manager's first health
+    // check is a day away.
     assert_eq!(stats["calls"]["ok"], 3, "{stats:#}");
     assert!(
         daemon.terminate(),

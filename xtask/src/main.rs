@@ -120,6 +120,7 @@ fn serve(root: &Path, args: &[String]) -> Result<()> {
 /// `test`: build, then every test in release.
 fn test(root: &Path, args: &[String]) -> Result<()> {
     build_plugins(root)?;
+    test_bundled_plugins(root)?;
     // Every target at once (the `evolve` binary, tests, benches): one feature resolution with
     // dev-dependencies, the same `cargo test` uses, so nothing is compiled twice.
     run(cargo()
@@ -129,6 +130,24 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .args(["test", "--release", "--workspace"])
         .args(args)
         .current_dir(root))
+}
+
+/// Runs the bundled plugins' own unit tests (their pure logic: rendering, analysis, audit
+/// rules) natively: the guest bindings compile for the host too, and tests never call imports.
+fn test_bundled_plugins(root: &Path) -> Result<()> {
+    let plugins_dir = root.join("plugins");
+    let mut cmd = cargo();
+    cmd.args(["test", "--target-dir"])
+        .arg(root.join("target").join("plugin-tests"))
+        .current_dir(&plugins_dir);
+    for source in discover(&plugins_dir)? {
+        if source.group == Group::Bundled
+            && let Some(name) = source.dir.file_name()
+        {
+            cmd.arg("--package").arg(name);
+        }
+    }
+    run(&mut cmd)
 }
 
 /// The repository root: the parent of this crate's directory.
@@ -170,7 +189,7 @@ fn cargo() -> Command {
 }
 
 /// Where a plugin gets installed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Group {
     /// Shipped with the daemon.
     Bundled,

@@ -75,9 +75,10 @@ impl HealthLog {
     }
 }
 
-/// Checks every agent each `interval`, forever.
+/// Checks every agent each `interval`, forever. The first round is one interval after start:
+/// every agent just passed its load canary.
 pub async fn monitor(manager: super::AgentManager, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

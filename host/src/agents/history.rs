@@ -15,8 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 /// Schema migrations; entry `i` takes a file from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE runs (
+const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         agent TEXT NOT NULL,
         task TEXT NOT NULL,
@@ -33,8 +32,7 @@ const MIGRATIONS: &[&str] = &[
         generation INTEGER,
         attempts INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX runs_by_agent ON runs(agent, id);",
-];
+    CREATE INDEX runs_by_agent ON runs(agent, id);"];
 
 /// Most runs a single listing returns.
 pub const MAX_PAGE: u32 = 1_000;
@@ -411,9 +409,8 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         summary: row.get(9)?,
         // Stored as the agent wrote it (the runtime checked it is JSON); a hand-edited row
         // that no longer parses is shown as a string rather than lost.
-        output: output.map(|text| {
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
-        }),
+        output: output
+            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))),
         error_code: row.get(11)?,
         error: row.get(12)?,
         generation: row.get::<_, Option<i64>>(13)?.map(|g| g.max(0) as u64),
@@ -450,7 +447,10 @@ mod tests {
                 .begin("doc", "generate", Trigger::Api, Some("ops"), t0)
                 .expect("begin");
             history
-                .finish(done, &finish(Outcome::Succeeded, t0 + chrono::Duration::milliseconds(250)))
+                .finish(
+                    done,
+                    &finish(Outcome::Succeeded, t0 + chrono::Duration::milliseconds(250)),
+                )
                 .expect("finish");
             let open = history
                 .begin("doc", "generate", Trigger::Schedule, None, t0)
@@ -475,10 +475,19 @@ mod tests {
         let (history, _) = History::open(&dir.path().join("a.db")).expect("open");
         let t0 = Utc.timestamp_millis_opt(0).single().expect("time");
         for i in 1..=100i64 {
-            let id = history.begin("a", "t", Trigger::Api, None, t0).expect("begin");
-            let outcome = if i % 4 == 0 { Outcome::Failed } else { Outcome::Succeeded };
+            let id = history
+                .begin("a", "t", Trigger::Api, None, t0)
+                .expect("begin");
+            let outcome = if i % 4 == 0 {
+                Outcome::Failed
+            } else {
+                Outcome::Succeeded
+            };
             history
-                .finish(id, &finish(outcome, t0 + chrono::Duration::milliseconds(i * 10)))
+                .finish(
+                    id,
+                    &finish(outcome, t0 + chrono::Duration::milliseconds(i * 10)),
+                )
                 .expect("finish");
         }
         let stats = history.stats("a").expect("stats");

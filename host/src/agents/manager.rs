@@ -6,9 +6,8 @@
 //!    `[agent] overlap = true`, a run already in progress refuses the new one (409).
 //! 2. **Record**: the run is written to the history as `running` (fsynced) and gets its id.
 //! 3. **Attempt**: the runtime runs the task (the plugin's own deadline and limits apply).
-//! 4. **Retry** when the agent answered an error it marked `retryable` (or the host refused
-//!    for overload or quarantine), after an exponential, jittered backoff, up to `max_retries`
-//!    extra attempts and never past the run's deadline.
+//! 4. **Retry** when the agent answered an error it marked `retryable`, after an exponential,
+//!    jittered backoff, up to `max_retries` extra attempts and never past the run's deadline.
 //! 5. **Finish**: succeeded, failed (with the reason), or cancelled; the outcome is written
 //!    (fsynced) before anyone waiting is answered, then `agent.run_finished` is published.
 //!
@@ -57,7 +56,9 @@ pub enum Failure {
     /// The agent answered with an error.
     Plugin(PluginError),
     /// The run as a whole passed its deadline.
-    Deadline { deadline_ms: u64 },
+    Deadline {
+        deadline_ms: u64,
+    },
     Cancelled,
 }
 
@@ -303,13 +304,12 @@ impl AgentManager {
             let task = tokio::spawn(async move {
                 let history = manager.inner.history.clone();
                 let agent = name.clone();
-                let last_scheduled = tokio::task::spawn_blocking(move || {
-                    history.last_scheduled_start(&agent)
-                })
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
+                let last_scheduled =
+                    tokio::task::spawn_blocking(move || history.last_scheduled_start(&agent))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten();
                 let plan = Plan {
                     schedule,
                     jitter: Duration::from_secs(spec.jitter_s),
@@ -399,17 +399,24 @@ impl AgentManager {
     }
 
     fn agent(&self, name: &str) -> Result<Arc<Plugin>, AgentError> {
-        self.inner
-            .runtime
-            .get(name)
-            .filter(|p| p.kind() == PluginKind::MetaAgent)
-            .ok_or_else(|| AgentError::NotFound {
+        match self.inner.runtime.get(name) {
+            Some(plugin) if plugin.kind() == PluginKind::MetaAgent => Ok(plugin),
+            Some(plugin) => Err(AgentError::NotAnAgent {
                 agent: name.to_string(),
-            })
+                kind: plugin.kind().world(),
+            }),
+            None => Err(AgentError::NotFound {
+                agent: name.to_string(),
+            }),
+        }
     }
 
     /// The first loaded agent whose `describe()` lists `capability`.
-    pub fn by_capability(&self, capability: &str, bundled: &'static str) -> Result<String, AgentError> {
+    pub fn by_capability(
+        &self,
+        capability: &str,
+        bundled: &'static str,
+    ) -> Result<String, AgentError> {
         let mut agents = self.meta_agents();
         // The bundled agent wins a tie, so replacing it means removing it.
         agents.sort_by_key(|p| (p.name() != bundled, p.name().to_string()));
@@ -427,7 +434,11 @@ impl AgentManager {
     }
 
     /// Steps 1–2, then spawns steps 3–5. The run continues if the caller stops waiting.
-    pub async fn start_run(&self, name: &str, request: RunRequest) -> Result<StartedRun, AgentError> {
+    pub async fn start_run(
+        &self,
+        name: &str,
+        request: RunRequest,
+    ) -> Result<StartedRun, AgentError> {
         // Step 1: admit.
         let plugin = self.agent(name)?;
         let policy = Policy::of(plugin.manifest.agent.as_ref(), &self.inner.config);
@@ -446,7 +457,7 @@ impl AgentManager {
             {
                 return Err(AgentError::AlreadyRunning {
                     agent: name.to_string(),
-                    run_id: busy.id.load(Ordering::SeqCst),
+                    run_id: Some(busy.id.load(Ordering::SeqCst)).filter(|id| *id > 0),
                     started_at: busy.started_at,
                 });
             }
@@ -524,7 +535,12 @@ impl AgentManager {
         let mut duration_us = 0;
         let (outcome, failure_note): (Result<_, Failure>, Option<String>) = loop {
             attempts += 1;
-            generation = self.inner.runtime.get(name).map(|p| p.generation).or(generation);
+            generation = self
+                .inner
+                .runtime
+                .get(name)
+                .map(|p| p.generation)
+                .or(generation);
             let task = Task {
                 name: request.task.clone(),
                 input: input.clone(),
@@ -550,13 +566,9 @@ impl AgentManager {
                         }
                     }
                 }
-                Err(error) => {
-                    let transient = matches!(
-                        error,
-                        CallError::Overloaded { .. } | CallError::Quarantined { .. }
-                    );
-                    (Failure::Call(error), transient)
-                }
+                // Host-side failures (trap, deadline, limits, overload) are not retried: only
+                // the agent knows whether trying again can help.
+                Err(error) => (Failure::Call(error), false),
             };
             // Step 4: retry?
             if !retryable || attempts > policy.max_retries {
@@ -569,7 +581,13 @@ impl AgentManager {
                     Some("no retry: the backoff would pass the run's deadline".to_string()),
                 );
             }
-            tracing::info!(agent = name, run_id = id, attempt = attempts, backoff_ms = backoff.as_millis() as u64, "retrying agent run");
+            tracing::info!(
+                agent = name,
+                run_id = id,
+                attempt = attempts,
+                backoff_ms = backoff.as_millis() as u64,
+                "retrying agent run"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = cancelled.wait_for(|c| *c) => break (Err(Failure::Cancelled), None),
@@ -622,7 +640,10 @@ impl AgentManager {
                     Ok(Ok(_)) => "the run's row is gone".to_string(),
                 };
                 tracing::error!(agent = name, run_id = id, %reason, "cannot record the run's outcome");
-                (fallback_record(id, name, &request, control.started_at, &finish), false)
+                (
+                    fallback_record(id, name, &request, control.started_at, &finish),
+                    false,
+                )
             }
         };
         if id % 64 == 0 {
@@ -647,9 +668,22 @@ impl AgentManager {
             "error_code": record.error_code,
         });
         if record.outcome == Outcome::Succeeded {
-            tracing::info!(agent = name, run_id = id, attempts, duration_ms = record.duration_ms, "agent run succeeded");
+            tracing::info!(
+                agent = name,
+                run_id = id,
+                attempts,
+                duration_ms = record.duration_ms,
+                "agent run succeeded"
+            );
         } else {
-            tracing::warn!(agent = name, run_id = id, attempts, outcome = record.outcome.as_str(), error = record.error.as_deref().unwrap_or(""), "agent run failed");
+            tracing::warn!(
+                agent = name,
+                run_id = id,
+                attempts,
+                outcome = record.outcome.as_str(),
+                error = record.error.as_deref().unwrap_or(""),
+                "agent run failed"
+            );
         }
         self.inner
             .events
@@ -667,9 +701,12 @@ impl AgentManager {
     /// Cancels a run in progress.
     pub fn cancel(&self, name: &str, run_id: i64) -> Result<(), AgentError> {
         let agents = lock(&self.inner.agents);
-        let control = agents
-            .get(name)
-            .and_then(|s| s.running.iter().find(|c| c.id.load(Ordering::SeqCst) == run_id));
+        let control = agents.get(name).and_then(|s| {
+            s.running
+                .iter()
+                // Id 0 is a run still being recorded; it cannot be named yet.
+                .find(|c| run_id > 0 && c.id.load(Ordering::SeqCst) == run_id)
+        });
         match control {
             Some(control) => {
                 control.cancel.send_replace(true);
@@ -741,7 +778,12 @@ impl AgentManager {
             retry_backoff_ms: u64::try_from(policy.backoff.as_millis()).unwrap_or(u64::MAX),
             schedule: schedule_view(plugin, state.and_then(|s| s.next_fire)),
             running: state
-                .map(|s| s.running.iter().map(|c| c.id.load(Ordering::SeqCst)).collect())
+                .map(|s| {
+                    s.running
+                        .iter()
+                        .map(|c| c.id.load(Ordering::SeqCst))
+                        .collect()
+                })
                 .unwrap_or_default(),
             health: state.and_then(|s| s.health.latest().cloned()),
             stats,
@@ -851,9 +893,15 @@ fn describe_failure(failure: &Failure) -> (Outcome, String, String) {
         Failure::Deadline { deadline_ms } => (
             Outcome::Failed,
             "run_deadline_exceeded".into(),
-            format!("the run exceeded its deadline of {deadline_ms} ms (attempts and backoffs together)"),
+            format!(
+                "the run exceeded its deadline of {deadline_ms} ms (attempts and backoffs together)"
+            ),
         ),
-        Failure::Cancelled => (Outcome::Cancelled, "cancelled".into(), "the run was cancelled".into()),
+        Failure::Cancelled => (
+            Outcome::Cancelled,
+            "cancelled".into(),
+            "the run was cancelled".into(),
+        ),
     }
 }
 

@@ -67,7 +67,8 @@ impl Default for AgentsConfig {
 impl AgentsConfig {
     /// Checks ranges; the message names the key.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let invalid = |key: &str, message: &str| Err((format!("agents.{key}"), message.to_string()));
+        let invalid =
+            |key: &str, message: &str| Err((format!("agents.{key}"), message.to_string()));
         if self.health_interval_s == 0 || self.health_interval_s > 86_400 {
             return invalid("health_interval_s", "must be between 1 and 86400");
         }
@@ -95,12 +96,16 @@ impl AgentsConfig {
 pub enum AgentError {
     #[error("no meta agent named '{agent}' is loaded; see GET /v1/agents")]
     NotFound { agent: String },
+    #[error("plugin '{agent}' is a {kind}, not a meta-agent")]
+    NotAnAgent { agent: String, kind: &'static str },
     #[error(
-        "agent '{agent}' is already running (run {run_id}, started {started_at}); wait for it, cancel it (POST /v1/agents/{agent}/runs/{run_id}/cancel), or set [agent] overlap = true in its plugin.toml"
+        "agent '{agent}' is already running (run {}, started {started_at}); wait for it, cancel it (POST /v1/agents/{agent}/runs/<id>/cancel), or set [agent] overlap = true in its plugin.toml",
+        run_id.map_or_else(|| "being recorded".to_string(), |id| id.to_string())
     )]
     AlreadyRunning {
         agent: String,
-        run_id: i64,
+        /// `None` while the run in progress is still being recorded.
+        run_id: Option<i64>,
         started_at: chrono::DateTime<chrono::Utc>,
     },
     #[error("agent '{agent}' has no run {run_id}")]
@@ -111,7 +116,9 @@ pub enum AgentError {
         run_id: i64,
         outcome: &'static str,
     },
-    #[error("no loaded meta agent offers the capability '{capability}'; install one (the bundled {bundled} does)")]
+    #[error(
+        "no loaded meta agent offers the capability '{capability}'; install one (the bundled {bundled} does)"
+    )]
     NoCapability {
         capability: String,
         bundled: &'static str,

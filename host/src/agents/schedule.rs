@@ -145,7 +145,13 @@ pub fn format_duration(duration: Duration) -> String {
         return "0s".into();
     }
     let mut out = String::new();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if millis >= size {
             out.push_str(&format!("{}{unit}", millis / size));
             millis %= size;
@@ -219,7 +225,8 @@ impl Cron {
 
     /// The first matching minute strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut t = after.duration_trunc(ChronoDuration::minutes(1)).ok()? + ChronoDuration::minutes(1);
+        let mut t =
+            after.duration_trunc(ChronoDuration::minutes(1)).ok()? + ChronoDuration::minutes(1);
         let horizon = after + ChronoDuration::days(CRON_HORIZON_DAYS);
         while t <= horizon {
             // Skip whole months, days and hours that cannot match before testing minutes.
@@ -317,7 +324,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).single().expect("valid time")
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid time")
     }
 
     #[test]
@@ -325,32 +334,62 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(
+            parse_duration("5")
+                .expect_err("must fail")
+                .contains("no unit")
+        );
         assert!(parse_duration("5 minutes").is_err());
-        assert!(parse_duration("3w").unwrap_err().contains("unknown unit \"w\""));
+        assert!(
+            parse_duration("3w")
+                .expect_err("must fail")
+                .contains("unknown unit \"w\"")
+        );
         assert_eq!(format_duration(Duration::from_secs(5_400)), "1h30m");
-        assert!(Schedule::every("0s").unwrap_err().contains("out of range"));
+        assert!(
+            Schedule::every("0s")
+                .expect_err("must fail")
+                .contains("out of range")
+        );
     }
 
     #[test]
     fn every_skips_missed_intervals_without_drifting() {
         let schedule = Schedule::every("10m").expect("valid");
         let anchor = at(2026, 1, 1, 12, 0);
-        assert_eq!(schedule.next_after(anchor, anchor), Some(at(2026, 1, 1, 12, 10)));
+        assert_eq!(
+            schedule.next_after(anchor, anchor),
+            Some(at(2026, 1, 1, 12, 10))
+        );
         // Woken 35 minutes late: the next fire stays on the 10-minute grid.
         let late = at(2026, 1, 1, 12, 35);
-        assert_eq!(schedule.next_after(late, anchor), Some(at(2026, 1, 1, 12, 40)));
+        assert_eq!(
+            schedule.next_after(late, anchor),
+            Some(at(2026, 1, 1, 12, 40))
+        );
     }
 
     #[test]
     fn cron_steps_ranges_and_lists() {
         let cron = Cron::parse("*/15 9-17 * * 1-5").expect("valid");
         // Saturday 2026-01-03 → Monday 09:00.
-        assert_eq!(cron.next_after(at(2026, 1, 3, 10, 0)), Some(at(2026, 1, 5, 9, 0)));
-        assert_eq!(cron.next_after(at(2026, 1, 5, 9, 0)), Some(at(2026, 1, 5, 9, 15)));
-        assert_eq!(cron.next_after(at(2026, 1, 5, 17, 45)), Some(at(2026, 1, 6, 9, 0)));
+        assert_eq!(
+            cron.next_after(at(2026, 1, 3, 10, 0)),
+            Some(at(2026, 1, 5, 9, 0))
+        );
+        assert_eq!(
+            cron.next_after(at(2026, 1, 5, 9, 0)),
+            Some(at(2026, 1, 5, 9, 15))
+        );
+        assert_eq!(
+            cron.next_after(at(2026, 1, 5, 17, 45)),
+            Some(at(2026, 1, 6, 9, 0))
+        );
         let monthly = Cron::parse("@monthly").expect("valid");
-        assert_eq!(monthly.next_after(at(2026, 12, 15, 0, 0)), Some(at(2027, 1, 1, 0, 0)));
+        assert_eq!(
+            monthly.next_after(at(2026, 12, 15, 0, 0)),
+            Some(at(2027, 1, 1, 0, 0))
+        );
     }
 
     #[test]
@@ -358,18 +397,39 @@ mod tests {
         // The 13th, or any Friday.
         let cron = Cron::parse("0 0 13 * 5").expect("valid");
         // 2026-02-06 is a Friday, before the 13th.
-        assert_eq!(cron.next_after(at(2026, 2, 1, 0, 0)), Some(at(2026, 2, 6, 0, 0)));
+        assert_eq!(
+            cron.next_after(at(2026, 2, 1, 0, 0)),
+            Some(at(2026, 2, 6, 0, 0))
+        );
         let sunday = Cron::parse("0 0 * * 7").expect("7 is Sunday");
-        assert_eq!(sunday.next_after(at(2026, 1, 1, 0, 0)), Some(at(2026, 1, 4, 0, 0)));
+        assert_eq!(
+            sunday.next_after(at(2026, 1, 1, 0, 0)),
+            Some(at(2026, 1, 4, 0, 0))
+        );
     }
 
     #[test]
     fn bad_cron_names_the_field() {
         let err = Cron::parse("61 * * * *").expect_err("minute out of range");
-        assert!(err.contains("minute field \"61\"") && err.contains("outside 0-59"), "{err}");
-        assert!(Cron::parse("* * *").unwrap_err().contains("has 3 fields"));
-        assert!(Schedule::cron("0 0 31 2 *").unwrap_err().contains("never fires"));
-        assert!(Cron::parse("*/0 * * * *").unwrap_err().contains("at least 1"));
+        assert!(
+            err.contains("minute field \"61\"") && err.contains("outside 0-59"),
+            "{err}"
+        );
+        assert!(
+            Cron::parse("* * *")
+                .expect_err("must fail")
+                .contains("has 3 fields")
+        );
+        assert!(
+            Schedule::cron("0 0 31 2 *")
+                .expect_err("must fail")
+                .contains("never fires")
+        );
+        assert!(
+            Cron::parse("*/0 * * * *")
+                .expect_err("must fail")
+                .contains("at least 1")
+        );
     }
 
     #[test]
@@ -378,7 +438,11 @@ mod tests {
         let samples: Vec<Duration> = (0..200).map(|_| random_jitter(bound)).collect();
         assert!(samples.iter().all(|d| *d <= bound));
         let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
-        assert!(distinct.len() > 100, "only {} distinct values", distinct.len());
+        assert!(
+            distinct.len() > 100,
+            "only {} distinct values",
+            distinct.len()
+        );
         assert_eq!(random_jitter(Duration::ZERO), Duration::ZERO);
     }
 }

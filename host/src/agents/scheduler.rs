@@ -109,7 +109,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     fn noon() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0).single().expect("time")
+        Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0)
+            .single()
+            .expect("time")
     }
 
     /// Runs `drive` for `span` of paused time and returns the fires with their (loop) times.
@@ -128,8 +130,7 @@ mod tests {
         ));
         tokio::time::sleep(span).await;
         task.abort();
-        let out = seen.lock().expect("lock").clone();
-        out
+        seen.lock().expect("lock").clone()
     }
 
     #[tokio::test(start_paused = true)]
@@ -141,7 +142,10 @@ mod tests {
             last_scheduled: None,
         };
         let seen = fires(plan, Duration::from_secs(35 * 60)).await;
-        let minutes: Vec<i64> = seen.iter().map(|(_, t)| (*t - noon()).num_minutes()).collect();
+        let minutes: Vec<i64> = seen
+            .iter()
+            .map(|(_, t)| (*t - noon()).num_minutes())
+            .collect();
         assert_eq!(minutes, vec![10, 20, 30]);
         assert!(seen.iter().all(|(t, _)| *t == Trigger::Schedule));
     }

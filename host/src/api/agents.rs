@@ -17,10 +17,25 @@ use crate::agents::{RunRequest, Trigger};
 /// The system shortcuts: URL segment, capability the agent must offer, the bundled agent that
 /// offers it, and the task it runs.
 pub const SYSTEM_JOBS: &[(&str, &str, &str, &str)] = &[
-    ("integration-tests", "integration-tests", "integration-tester", "run"),
+    (
+        "integration-tests",
+        "integration-tests",
+        "integration-tester",
+        "run",
+    ),
     ("log-analysis", "log-analysis", "log-analyzer", "analyze"),
-    ("documentation", "documentation", "doc-generator", "generate"),
-    ("security-audit", "security-audit", "security-auditor", "audit"),
+    (
+        "documentation",
+        "documentation",
+        "doc-generator",
+        "generate",
+    ),
+    (
+        "security-audit",
+        "security-audit",
+        "security-auditor",
+        "audit",
+    ),
 ];
 
 /// Longest run deadline a request may ask for, ms (the config's `run_deadline_s` caps it
@@ -53,7 +68,11 @@ fn yes() -> bool {
 }
 
 impl RunBody {
-    fn into_request(self, trigger: Trigger, caller: Option<Extension<Caller>>) -> Result<(RunRequest, bool), ApiError> {
+    fn into_request(
+        self,
+        trigger: Trigger,
+        caller: Option<Extension<Caller>>,
+    ) -> Result<(RunRequest, bool), ApiError> {
         if let Some(ms) = self.deadline_ms
             && (ms == 0 || ms > MAX_REQUEST_DEADLINE_MS)
         {
@@ -147,7 +166,9 @@ async fn start_and_answer(
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "run_lost",
-            format!("run {id} of '{name}' ended without an answer; see GET /v1/agents/{name}/runs/{id}"),
+            format!(
+                "run {id} of '{name}' ended without an answer; see GET /v1/agents/{name}/runs/{id}"
+            ),
         )
     })?;
     answer(name, result).map(IntoResponse::into_response)

@@ -84,6 +84,7 @@ impl From<AgentError> for ApiError {
             AgentError::NotFound { .. } | AgentError::RunNotFound { .. } => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
+            AgentError::NotAnAgent { .. } => (StatusCode::CONFLICT, "wrong_kind"),
             AgentError::AlreadyRunning { .. } => (StatusCode::CONFLICT, "already_running"),
             AgentError::RunFinished { .. } => (StatusCode::CONFLICT, "run_finished"),
             AgentError::NoCapability { .. } => (StatusCode::NOT_FOUND, "no_agent_for_capability"),

@@ -87,25 +87,73 @@ const fn endpoint(method: &'static str, path: &'static str, summary: &'static st
 
 /// Every route [`router`] serves (an end-to-end test requests each one).
 pub const ENDPOINTS: &[Endpoint] = &[
-    endpoint("GET", "/healthz", "liveness and a summary of loaded plugins"),
+    endpoint(
+        "GET",
+        "/healthz",
+        "liveness and a summary of loaded plugins",
+    ),
     endpoint("GET", "/metrics", "Prometheus metrics (text format)"),
     endpoint("GET", "/v1/plugins", "serving, draining and failed plugins"),
-    endpoint("GET", "/v1/plugins/{name}", "one plugin: limits, permissions, calls, reloads"),
-    endpoint("POST", "/v1/plugins/{name}/reload", "reconcile one plugin directory now"),
+    endpoint(
+        "GET",
+        "/v1/plugins/{name}",
+        "one plugin: limits, permissions, calls, reloads",
+    ),
+    endpoint(
+        "POST",
+        "/v1/plugins/{name}/reload",
+        "reconcile one plugin directory now",
+    ),
     endpoint("GET", "/v1/events", "recent events of the internal bus"),
-    endpoint("GET", "/v1/runtime", "instance pool, AOT cache, default limits and ceilings"),
-    endpoint("GET", "/v1/agents", "meta agents with policy, schedule, health and run stats"),
+    endpoint(
+        "GET",
+        "/v1/runtime",
+        "instance pool, AOT cache, default limits and ceilings",
+    ),
+    endpoint(
+        "GET",
+        "/v1/agents",
+        "meta agents with policy, schedule, health and run stats",
+    ),
     endpoint("GET", "/v1/agents/health", "every agent's health history"),
-    endpoint("POST", "/v1/agents/{name}/run", "run a task on a meta agent (recorded)"),
-    endpoint("GET", "/v1/agents/{name}/health", "ask a meta agent for its health now"),
-    endpoint("GET", "/v1/agents/{name}/runs", "an agent's run history and stats"),
+    endpoint(
+        "POST",
+        "/v1/agents/{name}/run",
+        "run a task on a meta agent (recorded)",
+    ),
+    endpoint(
+        "GET",
+        "/v1/agents/{name}/health",
+        "ask a meta agent for its health now",
+    ),
+    endpoint(
+        "GET",
+        "/v1/agents/{name}/runs",
+        "an agent's run history and stats",
+    ),
     endpoint("GET", "/v1/agents/{name}/runs/{id}", "one run"),
-    endpoint("POST", "/v1/agents/{name}/runs/{id}/cancel", "cancel a run in progress"),
-    endpoint("POST", "/v1/system/integration-tests", "run the integration tester"),
+    endpoint(
+        "POST",
+        "/v1/agents/{name}/runs/{id}/cancel",
+        "cancel a run in progress",
+    ),
+    endpoint(
+        "POST",
+        "/v1/system/integration-tests",
+        "run the integration tester",
+    ),
     endpoint("POST", "/v1/system/log-analysis", "run the log analyzer"),
     endpoint("POST", "/v1/system/documentation", "run the doc generator"),
-    endpoint("POST", "/v1/system/security-audit", "run the security auditor"),
-    endpoint("POST", "/v1/checkers/{name}/check", "check a service instance with a health checker"),
+    endpoint(
+        "POST",
+        "/v1/system/security-audit",
+        "run the security auditor",
+    ),
+    endpoint(
+        "POST",
+        "/v1/checkers/{name}/check",
+        "check a service instance with a health checker",
+    ),
 ];
 
 /// The API router.

@@ -7,7 +7,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use super::ApiArgs;
-use super::client::{call, call_ok};
+use super::client::call_ok;
 use crate::api::plugins::PluginView;
 use crate::config::HostConfig;
 use crate::runtime::{LoadError, PluginKind, Runtime};
@@ -67,7 +67,7 @@ pub async fn plugin_list(api: &ApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table<const N: usize>(rows: &[[String; N]]) {
+pub(super) fn print_table<const N: usize>(rows: &[[String; N]]) {
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -203,51 +203,6 @@ async fn check_bare_component(
         Some(e) => Err(e.into()),
         None => bail!("{}: not a plugin component", wasm.display()),
     }
-}
-
-pub async fn agent_run(api: &ApiArgs, name: &str, task: &str, input: &str) -> anyhow::Result<()> {
-    let input: Value =
-        serde_json::from_str(input).with_context(|| format!("--input is not JSON: {input}"))?;
-    let body = json!({ "task": task, "input": input });
-    let (status, value) = call(
-        api,
-        Method::POST,
-        &format!("/v1/agents/{name}/run"),
-        Some(&body),
-    )
-    .await?;
-    if api.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    }
-    if !status.is_success() {
-        let message = value
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("(no message)");
-        bail!("{status}: {message}");
-    }
-    if !api.json {
-        println!(
-            "{}",
-            value
-                .pointer("/outcome/summary")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        );
-        if let Some(artifacts) = value
-            .pointer("/outcome/artifacts")
-            .and_then(Value::as_array)
-        {
-            for artifact in artifacts.iter().filter_map(Value::as_str) {
-                println!("artifact: {artifact}");
-            }
-        }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value["outcome"]["output"])?
-        );
-    }
-    Ok(())
 }
 
 pub async fn checker_check(

@@ -1,6 +1,7 @@
 //! The `evolve` command line. This is the binary's edge: errors are `anyhow` here, with the
 //! library's typed errors as their sources.
 
+mod agent;
 mod client;
 mod commands;
 mod dev;
@@ -38,9 +39,12 @@ pub enum Command {
     /// Inspect and validate plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Work with meta agents.
+    /// Work with meta agents: list, health, run, history, cancel.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Run the bundled system jobs (by the capability of the agent that does them).
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Work with health checkers.
     #[command(subcommand)]
     Checker(CheckerCommand),
@@ -118,18 +122,71 @@ pub enum PluginCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
-    /// Run a task on a meta agent in the running daemon.
+    /// List the meta agents: policy, schedule, health and run stats.
+    List(ApiArgs),
+    /// Every agent's latest health and its history.
+    Health(ApiArgs),
+    /// Run a task on a meta agent in the running daemon (recorded in its history).
     Run {
         name: String,
         /// Task name (the agent's default task when omitted).
         #[arg(long, default_value = "")]
         task: String,
-        /// Task input as JSON.
-        #[arg(long, default_value = "{}")]
-        input: String,
+        #[command(flatten)]
+        run: RunArgs,
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// An agent's run history, newest first, with its stats.
+    Runs {
+        name: String,
+        /// Most runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel a run in progress.
+    Cancel {
+        name: String,
+        run_id: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// How to run: input, deadline, waiting.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Task input as JSON.
+    #[arg(long, default_value = "{}")]
+    pub input: String,
+    /// Deadline of the whole run (attempts and backoffs), ms.
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+    /// Print the run id and return at once instead of waiting for the outcome.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Check services, health checkers, the registry and agents (integration-tester).
+    IntegrationTests(SystemArgs),
+    /// Analyze the daemon's logs: counts, bursts, top errors (log-analyzer).
+    LogAnalysis(SystemArgs),
+    /// Write markdown documentation of the live system (doc-generator).
+    Documentation(SystemArgs),
+    /// Audit permissions, exposure, transport and limits (security-auditor).
+    SecurityAudit(SystemArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SystemArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,12 +218,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await
         }
-        Command::Agent(AgentCommand::Run {
-            name,
-            task,
-            input,
-            api,
-        }) => commands::agent_run(&api, &name, &task, &input).await,
+        Command::Agent(command) => agent::agent(command).await,
+        Command::System(command) => agent::system(command).await,
         Command::Checker(CheckerCommand::Check {
             name,
             endpoint,

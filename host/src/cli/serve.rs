@@ -64,7 +64,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("opening the agent run history")??;
     if interrupted > 0 {
-        tracing::warn!(runs = interrupted, "agent runs left running by the previous process were marked interrupted");
+        tracing::warn!(
+            runs = interrupted,
+            "agent runs left running by the previous process were marked interrupted"
+        );
     }
     let agents = AgentManager::new(
         runtime.clone(),
@@ -188,8 +191,9 @@ pub fn init_tracing(
     };
     let (files, guard) = match file_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create log directory {} (log.dir)", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("cannot create log directory {} (log.dir)", dir.display())
+            })?;
             let appender = tracing_appender::rolling::Builder::new()
                 .rotation(tracing_appender::rolling::Rotation::DAILY)
                 .filename_prefix("evolve")

@@ -6,8 +6,8 @@
 //! its first inventory call so calls that never ask pay nothing.
 
 use super::bindings::inventory::{
-    AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, PluginSource,
-    PluginSummary, ServiceStatus,
+    AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, PluginSource, PluginSummary,
+    ServiceStatus,
 };
 
 /// Parts of the system outside the runtime. Every method answers from memory (no I/O): it runs

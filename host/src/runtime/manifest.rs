@@ -456,6 +456,41 @@ mod tests {
         "name = \"a\"\nversion = \"0.1.0\"\nkind = \"meta-agent\"\nwasm = \"a.wasm\"\n";
 
     #[test]
+    fn agent_section_parses_and_is_validated() {
+        let text = format!(
+            "{MINIMAL}[agent]\nmax_retries = 3\n[agent.schedule]\nevery = \"5m\"\njitter_s = 10\nmissed = \"run_once\"\ninput = {{ deep = true }}\n"
+        );
+        let m = parse(&text).expect("valid");
+        let agent = m.agent.expect("section");
+        assert_eq!(agent.max_retries, Some(3));
+        assert!(!agent.overlap);
+        let schedule = agent.schedule.expect("schedule");
+        assert_eq!(schedule.missed, MissedRuns::RunOnce);
+        assert_eq!(schedule.task, "run");
+        assert_eq!(schedule.input_json(), serde_json::json!({"deep": true}));
+        assert_eq!(schedule.parsed().expect("parses").to_string(), "every 5m");
+
+        let both = format!("{MINIMAL}[agent.schedule]\nevery = \"5m\"\ncron = \"* * * * *\"\n");
+        assert!(parse(&both).expect_err("both").contains("not both"));
+        let neither = format!("{MINIMAL}[agent.schedule]\njitter_s = 5\n");
+        assert!(parse(&neither).expect_err("neither").contains("set every"));
+        let retries = format!("{MINIMAL}[agent]\nmax_retries = 11\n");
+        assert!(
+            parse(&retries)
+                .expect_err("too many")
+                .contains("at most 10")
+        );
+        let typo = format!("{MINIMAL}[agent]\noverlapp = true\n");
+        assert!(parse(&typo).expect_err("typo").contains("overlapp"));
+        let checker = MINIMAL.replace("meta-agent", "health-checker") + "[agent]\noverlap = true\n";
+        assert!(
+            parse(&checker)
+                .expect_err("checker")
+                .contains("only for meta agents")
+        );
+    }
+
+    #[test]
     fn minimal_manifest_takes_defaults() {
         let m = parse(MINIMAL).expect("valid");
         assert_eq!(m.kind, PluginKind::MetaAgent);

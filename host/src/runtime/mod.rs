@@ -43,10 +43,10 @@ use wasmtime::component::{HasSelf, Linker};
 pub use self::aot::{AotCache, CacheStats};
 pub use self::error::{CallError, LoadError};
 pub use self::inventory::{DetachedInventory, Snapshot, SystemInventory};
-pub use self::probes::{DetachedProbes, ProbeTimer, SystemProbes};
 pub use self::limits::{LimitValues, Limits};
 pub use self::manifest::{Manifest, PluginKind};
 pub use self::plugin::{Answer, Call, CallReport, Description, Loaded, Plugin};
+pub use self::probes::{DetachedProbes, ProbeTimer, SystemProbes};
 
 use self::bindings::health_checker::HealthChecker;
 use self::bindings::inventory as inv;

@@ -9,8 +9,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{config, inventory, logging, probes, types};
 use super::inventory::Snapshot;
-use super::probes::{DetachedProbes, SystemProbes};
 use super::limits::StoreLimiter;
+use super::probes::{DetachedProbes, SystemProbes};
 use super::sandbox::{CallLog, HttpPolicy};
 
 /// Anything that can produce an inventory snapshot (the runtime).

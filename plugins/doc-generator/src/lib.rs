@@ -2,8 +2,9 @@
 //!
 //! Task `generate` (also the default, for an empty task name) reads the whole inventory and
 //! writes `inventory.md` into the granted output directory (config `output_dir`, default
-//! `/out`): the daemon, every loaded plugin with its permissions, limits and call counts, then
-//! services, models and agents. Each of the last three sections says "none registered" when
+//! `/out`): the daemon, every loaded plugin with its permissions, limits, pin and call counts,
+//! then services with health, models with aliases and the best per task, agents with schedules
+//! and run stats, and the API's endpoints. Each of the last three sections says "none registered" when
 //! empty, so the file always has the same outline.
 //!
 //! `health` is healthy when the output directory is writable.
@@ -87,6 +88,8 @@ fn generate() -> Result<TaskOutcome, PluginError> {
         models: inventory::models(),
         best_models: inventory::best_models(),
         agents: inventory::agents(),
+        sources: inventory::plugin_sources(),
+        endpoints: inventory::api_endpoints(),
     };
     let markdown = snapshot.render();
 

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use evolve_plugin_sdk::HealthReport;
 use evolve_plugin_sdk::inventory::{
-    AgentSummary, HostSummary, ModelChoice, ModelSummary, PluginLimits, PluginPermissions,
-    PluginSummary, ServiceStatus,
+    AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, PluginLimits,
+    PluginPermissions, PluginSource, PluginSummary, ServiceStatus,
 };
 
 /// What the inventory said during one call.
@@ -19,6 +19,8 @@ pub(crate) struct Snapshot {
     pub models: Vec<ModelSummary>,
     pub best_models: Vec<ModelChoice>,
     pub agents: Vec<AgentSummary>,
+    pub sources: Vec<PluginSource>,
+    pub endpoints: Vec<ApiEndpoint>,
 }
 
 /// Text for an empty section; stable so tools can look for it.
@@ -44,7 +46,36 @@ impl Snapshot {
         self.write_plugins(md)?;
         self.write_services(md)?;
         self.write_models(md)?;
-        self.write_agents(md)
+        self.write_agents(md)?;
+        self.write_api(md)
+    }
+
+    fn write_api(&self, md: &mut String) -> std::fmt::Result {
+        writeln!(md, "## API\n")?;
+        if self.endpoints.is_empty() {
+            return writeln!(md, "{NONE_REGISTERED}\n");
+        }
+        writeln!(md, "| Method | Path | What |")?;
+        writeln!(md, "|---|---|---|")?;
+        for e in &self.endpoints {
+            writeln!(
+                md,
+                "| {} | `{}` | {} |",
+                cell(&e.method),
+                cell(&e.path),
+                cell(&e.summary)
+            )?;
+        }
+        writeln!(md)
+    }
+
+    /// Whether the plugin's manifest pins its component, when the inventory says.
+    fn pinned(&self, name: &str) -> &'static str {
+        match self.sources.iter().find(|s| s.name == name) {
+            Some(s) if s.sha256_pinned => "pinned",
+            Some(_) => "not pinned",
+            None => "unknown",
+        }
     }
 
     fn write_host(&self, md: &mut String) -> std::fmt::Result {
@@ -73,13 +104,13 @@ impl Snapshot {
         writeln!(md, "{} loaded.\n", self.plugins.len())?;
         writeln!(
             md,
-            "| Name | Version | Kind | WIT | State | Generation | sha256 | Permissions | Limits | Calls | Failures |"
+            "| Name | Version | Kind | WIT | State | Generation | sha256 | Pin | Permissions | Limits | Calls | Failures |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---:|---|---|---|---:|---:|")?;
+        writeln!(md, "|---|---|---|---|---|---:|---|---|---|---|---:|---:|")?;
         for p in &self.plugins {
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | `{}` | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | `{}` | {} | {} | {} | {} | {} |",
                 cell(&p.name),
                 cell(&p.version),
                 p.kind,
@@ -87,6 +118,7 @@ impl Snapshot {
                 cell(&p.state),
                 p.generation,
                 cell(p.short_sha256()),
+                self.pinned(&p.name),
                 permissions(&p.permissions),
                 limits(&p.limits),
                 p.calls,
@@ -181,7 +213,7 @@ impl Snapshot {
         }
         writeln!(
             md,
-            "| Name | Version | Schedule | Health | Runs | Successes | Last run |"
+            "| Name | Version | Schedule | Health | Runs | Success rate | Last run |"
         )?;
         writeln!(md, "|---|---|---|---|---:|---:|---|")?;
         for a in &self.agents {
@@ -195,11 +227,22 @@ impl Snapshot {
                     .map_or_else(|| "on demand".into(), cell),
                 health(a.health.as_ref()),
                 a.runs,
-                a.successes,
+                success_rate(a.successes, a.runs),
                 a.last_run_ms.map_or_else(|| "never".to_owned(), utc)
             )?;
         }
         writeln!(md)
+    }
+}
+
+fn success_rate(successes: u64, runs: u64) -> String {
+    if runs == 0 {
+        "—".to_owned()
+    } else {
+        format!(
+            "{:.0}% ({successes})",
+            successes as f64 * 100.0 / runs as f64
+        )
     }
 }
 
@@ -335,6 +378,16 @@ mod tests {
             models: Vec::new(),
             best_models: Vec::new(),
             agents: Vec::new(),
+            sources: vec![PluginSource {
+                name: "doc-generator".into(),
+                dir: "data/plugins/doc-generator".into(),
+                sha256_pinned: true,
+            }],
+            endpoints: vec![ApiEndpoint {
+                method: "GET".into(),
+                path: "/v1/agents".into(),
+                summary: "meta agents".into(),
+            }],
         }
     }
 
@@ -377,13 +430,14 @@ mod tests {
         assert!(md.contains("| Uptime | 1h 2m 5s |"), "{md}");
         assert!(
             md.contains(
-                "| doc-generator | 0.1.0 | meta-agent | 0.1.0 | ready | 2 | `0123456789ab` \
+                "| doc-generator | 0.1.0 | meta-agent | 0.1.0 | ready | 2 | `0123456789ab` | pinned \
                  | dir /out → data/docs (rw) | memory 64 MiB, deadline 5000 ms, concurrency 4, \
                  queue 16, output 1 MiB, logs 256 KiB | 7 | 1 |"
             ),
             "{md}"
         );
         assert!(md.contains("writes \\| docs"), "{md}");
+        assert!(md.contains("| GET | `/v1/agents` | meta agents |"), "{md}");
         for section in ["## Services", "## Models", "## Agents"] {
             let rest = &md[md.find(section).expect(section)..];
             assert!(

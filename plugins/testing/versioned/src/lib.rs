@@ -77,7 +77,9 @@ impl MetaAgent for Versioned {
     fn health() -> HealthReport {
         match evolve_plugin_sdk::config::get::<Config>() {
             Ok(config) if config.healthy => HealthReport::healthy(format!("tag {}", config.tag)),
-            Ok(config) => HealthReport::unhealthy(format!("tag {} is configured unhealthy", config.tag)),
+            Ok(config) => {
+                HealthReport::unhealthy(format!("tag {} is configured unhealthy", config.tag))
+            }
             Err(e) => HealthReport::unhealthy(e.message),
         }
     }
