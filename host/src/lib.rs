@@ -6,6 +6,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`runtime`] | engine, plugin lifecycle, sandbox, limits, calls |
+//! | [`registry`] | model registry: versions, aliases, performance, best-model selection, backups |
 //! | [`reload`] | hot reload: watcher, reload pipeline, drain |
 //! | [`events`] | the internal event bus |
 //! | [`api`] | HTTP API (axum) |
@@ -17,5 +18,6 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod fsutil;
+pub mod registry;
 pub mod reload;
 pub mod runtime;

@@ -11,9 +11,11 @@
 //! | `GET /v1/agents/{name}/health` | a meta agent's own health |
 //! | `POST /v1/checkers/{name}/check` | check a service with a health checker |
 //! | `GET /metrics` | Prometheus text format |
+//! | `/v1/models…`, `/v1/registry…` | the model registry: see [`models`] |
 
 mod error;
 mod metrics;
+pub mod models;
 pub mod plugins;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use axum::routing::{get, post};
 pub use self::error::{ApiError, JsonBody};
 use crate::config::HostConfig;
 use crate::events::EventBus;
+use crate::registry::Registry;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 
@@ -41,6 +44,8 @@ pub struct ApiState {
     pub config: Arc<HostConfig>,
     pub started: Instant,
     metrics: Arc<prometheus_client::registry::Registry>,
+    /// The model registry; its routes answer 503 without one.
+    pub registry: Option<Arc<Registry>>,
 }
 
 impl ApiState {
@@ -58,7 +63,13 @@ impl ApiState {
             config,
             started: Instant::now(),
             metrics,
+            registry: None,
         }
+    }
+
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> ApiState {
+        self.registry = Some(registry);
+        self
     }
 }
 
@@ -76,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/{name}/run", post(plugins::run_agent))
         .route("/v1/agents/{name}/health", get(plugins::agent_health))
         .route("/v1/checkers/{name}/check", post(plugins::check_service))
+        .merge(models::routes(&state))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
