@@ -67,7 +67,7 @@ pub async fn plugin_list(api: &ApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table<const N: usize>(rows: &[[String; N]]) {
+pub(super) fn print_table<const N: usize>(rows: &[[String; N]]) {
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

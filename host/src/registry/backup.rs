@@ -45,7 +45,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     move |source| StoreError::Io {
         what,
         path: path.to_path_buf(),
-        source,
+        error: source,
     }
 }
 

@@ -32,15 +32,23 @@ pub enum StoreError {
         "{path}: the file system refused WAL mode (journal_mode stayed {mode}); put the registry on a local disk"
     )]
     NoWal { path: PathBuf, mode: String },
+    // Not a `#[from]`/source: the message already carries SQLite's text once.
     #[error("registry store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("{what} {path}: {source}")]
+    Sqlite(rusqlite::Error),
+    // The OS error is part of the message (API answers show only the message), so it is not
+    // also a `source` that `{:#}` would print twice.
+    #[error("{what} {path}: {error}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(error)
+    }
 }
 
 /// A registry request failed.

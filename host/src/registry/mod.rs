@@ -177,7 +177,7 @@ impl Registry {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
                 what: "cannot create directory",
                 path: dir.to_path_buf(),
-                source,
+                error: source,
             })?;
         }
         let hint = store::restore_hint(&config.db_path, &config.backup_dir);

@@ -165,7 +165,7 @@ fn check_header(path: &Path, restore_hint: &str) -> Result<(), StoreError> {
             return Err(StoreError::Io {
                 what: "cannot read",
                 path: path.to_path_buf(),
-                source,
+                error: source,
             });
         }
     };
@@ -176,7 +176,7 @@ fn check_header(path: &Path, restore_hint: &str) -> Result<(), StoreError> {
         .map_err(|source| StoreError::Io {
             what: "cannot read",
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
     // An empty file is what a crash between create and first write leaves: SQLite treats it as
     // a new database.
@@ -284,7 +284,7 @@ pub fn check_candidate(path: &Path) -> Result<i64, StoreError> {
     let metadata = std::fs::metadata(path).map_err(|source| StoreError::Io {
         what: "cannot read",
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     if metadata.len() == 0 {
         return Err(StoreError::Foreign {
