@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentsConfig;
+use crate::registry::{RegistryConfig, ScoringPolicy, scoring};
 use crate::reload::ReloadConfig;
 use crate::runtime::{LimitValues, RuntimeConfig, SupervisionConfig};
 
@@ -49,6 +50,7 @@ pub struct HostConfig {
     pub reload: ReloadConfig,
     pub log: LogConfig,
     pub agents: AgentsConfig,
+    pub registry: RegistrySection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +93,86 @@ pub struct RuntimeSection {
     pub supervision: SupervisionConfig,
 }
 
+/// `[registry]`: the model registry's store, backups, limits and scoring policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// SQLite file; default `<data_dir>/registry.db`.
+    pub db: Option<PathBuf>,
+    /// Backup directory; default `<data_dir>/backups/registry`.
+    pub backup_dir: Option<PathBuf>,
+    /// Seconds between scheduled backups (0 = only on demand), s.
+    pub backup_interval_s: u64,
+    /// Backups kept; older ones are removed after each new one.
+    pub backup_keep: u32,
+    /// Most points in one recording batch.
+    pub max_batch_points: u32,
+    /// Largest JSON import body, MiB (the general body limit is far smaller).
+    pub import_limit_mb: u64,
+    /// Policy used when a best-model query names none.
+    pub default_policy: String,
+    /// Named scoring policies (`[registry.policies.<name>]`); `default` exists unless redefined.
+    pub policies: BTreeMap<String, ScoringPolicy>,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            db: None,
+            backup_dir: None,
+            backup_interval_s: 3_600,
+            backup_keep: 24,
+            max_batch_points: 10_000,
+            import_limit_mb: 512,
+            default_policy: scoring::DEFAULT_POLICY.into(),
+            policies: BTreeMap::new(),
+        }
+    }
+}
+
+impl RegistrySection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("registry.{key}"),
+            message,
+        };
+        if self.backup_keep == 0 || self.backup_keep > 10_000 {
+            return Err(invalid("backup_keep", "must be between 1 and 10000".into()));
+        }
+        if self.max_batch_points == 0 || self.max_batch_points > 1_000_000 {
+            return Err(invalid(
+                "max_batch_points",
+                "must be between 1 and 1000000".into(),
+            ));
+        }
+        if self.import_limit_mb == 0 || self.import_limit_mb > 16_384 {
+            return Err(invalid(
+                "import_limit_mb",
+                "must be between 1 and 16384".into(),
+            ));
+        }
+        for (name, policy) in &self.policies {
+            crate::registry::models::check_name("policy", name, false)
+                .map_err(|e| invalid(&format!("policies.{name}"), e.to_string()))?;
+            policy
+                .validate(&format!("registry.policies.{name}"))
+                .map_err(|message| invalid(&format!("policies.{name}"), message))?;
+        }
+        let known = scoring::with_default(self.policies.clone());
+        if !known.contains_key(&self.default_policy) {
+            return Err(invalid(
+                "default_policy",
+                format!(
+                    "\"{}\" is not a policy; known: {}",
+                    self.default_policy,
+                    known.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -123,6 +205,7 @@ impl Default for HostConfig {
             reload: ReloadConfig::default(),
             log: LogConfig::default(),
             agents: AgentsConfig::default(),
+            registry: RegistrySection::default(),
         }
     }
 }
@@ -253,6 +336,7 @@ impl HostConfig {
         if self.reload.debounce_ms > 60_000 {
             return Err(invalid("reload.debounce_ms", "must be at most 60000"));
         }
+        self.registry.validate()?;
         if self.server.body_limit_kb == 0 {
             return Err(invalid("server.body_limit_kb", "must be at least 1"));
         }
@@ -307,6 +391,29 @@ impl HostConfig {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The registry's settings with paths resolved against `data_dir`.
+    pub fn registry_config(&self) -> RegistryConfig {
+        RegistryConfig {
+            db_path: self
+                .registry
+                .db
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("registry.db")),
+            backup_dir: self.registry_backup_dir(),
+            backup_keep: self.registry.backup_keep,
+            max_batch_points: self.registry.max_batch_points,
+            default_policy: self.registry.default_policy.clone(),
+            policies: scoring::with_default(self.registry.policies.clone()),
+        }
+    }
+
+    pub fn registry_backup_dir(&self) -> PathBuf {
+        self.registry
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("backups").join("registry"))
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {
@@ -378,6 +485,39 @@ mod tests {
             .expect("valid env");
         assert_eq!(config.server.listen.port(), 9999);
         assert_eq!(config.plugins_dir(), PathBuf::from("/tmp/x/plugins"));
+    }
+
+    #[test]
+    fn registry_policies_parse_validate_and_resolve_paths() {
+        let text = "[registry]\nbackup_keep = 3\ndefault_policy = \"risk\"\n[registry.policies.risk]\nmetrics = [{ name = \"max_drawdown\", weight = 2.0 }, { name = \"sharpe_ratio\" }]\nwindow_days = 10\n";
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("valid policy");
+        let registry = config.registry_config();
+        assert_eq!(registry.db_path, PathBuf::from("data/registry.db"));
+        assert_eq!(registry.backup_dir, PathBuf::from("data/backups/registry"));
+        assert!(
+            registry.policies.contains_key("default") && registry.policies.contains_key("risk")
+        );
+        assert_eq!(
+            registry.policies["risk"].metrics[0].direction(),
+            crate::registry::scoring::Direction::Down
+        );
+
+        let bad_weight =
+            "[registry.policies.x]\nmetrics = [{ name = \"sharpe_ratio\", weight = -1.0 }]\n";
+        let err = HostConfig::parse(bad_weight, Path::new("c.toml"))
+            .expect("parses")
+            .validate()
+            .expect_err("negative weight");
+        assert!(err.to_string().contains("registry.policies.x"), "{err}");
+        let unknown = "[registry]\ndefault_policy = \"nope\"\n";
+        let err = HostConfig::parse(unknown, Path::new("c.toml"))
+            .expect("parses")
+            .validate()
+            .expect_err("unknown policy");
+        assert!(err.to_string().contains("known: default"), "{err}");
+        let typo = "[registry.policies.x]\nwindow_dayz = 3\n";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
     }
 
     #[test]

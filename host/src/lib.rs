@@ -6,6 +6,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`runtime`] | engine, plugin lifecycle, sandbox, limits, calls |
+//! | [`registry`] | model registry: versions, aliases, performance, best-model selection, backups |
 //! | [`reload`] | hot reload: watcher, reload pipeline, drain |
 //! | [`agents`] | the meta-agent manager: runs, retries, schedules, health, run history |
 //! | [`system`] | the daemon's inventory and probes: what plugins see of the whole system |
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod fsutil;
+pub mod registry;
 pub mod reload;
 pub mod runtime;
 pub mod system;

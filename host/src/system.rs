@@ -4,11 +4,15 @@
 //! Both are assembled here, at the top of the data flow, so the runtime never depends on the
 //! agents, mesh or registry: the daemon installs them into the runtime at start.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::agents::AgentManager;
 use crate::api::ENDPOINTS;
-use crate::runtime::bindings::inventory::{AgentSummary, ApiEndpoint, HostSummary};
+use crate::registry::Registry;
+use crate::runtime::bindings::inventory::{
+    AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary,
+};
 use crate::runtime::bindings::probes::ProbeResult;
 use crate::runtime::bindings::types::HealthStatus;
 use crate::runtime::{ProbeTimer, Runtime, SystemInventory, SystemProbes};
@@ -19,6 +23,7 @@ pub struct DaemonInventory {
     pub auth: bool,
     pub started: Instant,
     pub agents: AgentManager,
+    pub registry: Option<Arc<Registry>>,
 }
 
 impl SystemInventory for DaemonInventory {
@@ -29,6 +34,18 @@ impl SystemInventory for DaemonInventory {
             api_auth: self.auth,
             uptime_s: self.started.elapsed().as_secs(),
         }
+    }
+
+    fn models(&self) -> Vec<ModelSummary> {
+        self.registry
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.inventory_models())
+    }
+
+    fn best_models(&self) -> Vec<ModelChoice> {
+        self.registry
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.inventory_best())
     }
 
     fn agents(&self) -> Vec<AgentSummary> {
@@ -50,6 +67,7 @@ impl SystemInventory for DaemonInventory {
 /// The daemon's probes.
 pub struct DaemonProbes {
     pub runtime: Runtime,
+    pub registry: Option<Arc<Registry>>,
 }
 
 #[async_trait::async_trait]
@@ -72,9 +90,25 @@ impl SystemProbes for DaemonProbes {
     }
 
     async fn best_model(&self, task_type: &str) -> ProbeResult {
-        ProbeTimer::start().fail(format!(
-            "task `{task_type}`: this daemon has no model registry to ask"
-        ))
+        let timer = ProbeTimer::start();
+        let Some(registry) = self.registry.clone() else {
+            return timer.fail(format!(
+                "task `{task_type}`: this daemon has no model registry to ask"
+            ));
+        };
+        let task = task_type.to_string();
+        match tokio::task::spawn_blocking(move || registry.best_for_task(&task, None)).await {
+            Ok(Ok(answer)) => timer.pass(format!(
+                "best `{task_type}` model is {} v{} (score {:.3}, {} candidates, policy {})",
+                answer.winner.model,
+                answer.winner.version,
+                answer.winner.score,
+                answer.candidates.len(),
+                answer.policy
+            )),
+            Ok(Err(error)) => timer.fail(format!("task `{task_type}`: {error}")),
+            Err(error) => timer.fail(format!("task `{task_type}`: the query failed: {error}")),
+        }
     }
 
     async fn agent(&self, caller: &str, name: &str) -> ProbeResult {

@@ -431,10 +431,20 @@ fn the_doc_generator_documents_what_is_registered_and_every_endpoint_is_routed()
     assert!(endpoints.len() >= 15, "{api}");
     assert!(endpoints.contains(&("POST".into(), "/v1/system/security-audit".into())));
     for (method, path) in &endpoints {
-        let path = path.replace("{name}", "echo").replace("{id}", "1");
+        let path = path
+            .replace("{name}", "echo")
+            .replace("{id}", "1")
+            .replace("{version}", "1")
+            .replace("{alias}", "champion");
         let response = match method.as_str() {
             "GET" => daemon.get(&path),
-            _ => daemon.post(&path, &json!({})),
+            other => evolve_e2e::http::request(
+                &daemon.addr(),
+                other,
+                &path,
+                &[("content-type", "application/json")],
+                Some(b"{}"),
+            ),
         };
         let text = response.text();
         assert!(

@@ -6,5 +6,6 @@ mod api;
 mod containment;
 mod dev;
 mod loading;
+mod registry;
 mod reload;
 mod serving;

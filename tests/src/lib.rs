@@ -365,6 +365,14 @@ impl Daemon {
         child.wait().unwrap().success()
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        // `Child::kill` sends SIGKILL on Unix.
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Waits for the process to exit by itself (start-up failures); returns its status code.
     pub fn wait_exit(mut self) -> (Option<i32>, String) {
         let mut child = self.child.take().unwrap();

@@ -13,10 +13,12 @@
 //!
 //! [`ENDPOINTS`] lists every route for the inventory (the doc-generator documents it); an
 //! end-to-end test checks each one is routed.
+//! | `/v1/models…`, `/v1/registry…` | the model registry: see [`models`] |
 
 pub mod agents;
 mod error;
 mod metrics;
+pub mod models;
 pub mod plugins;
 
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub use self::error::{ApiError, JsonBody};
 use crate::agents::AgentManager;
 use crate::config::HostConfig;
 use crate::events::EventBus;
+use crate::registry::Registry;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 
@@ -46,6 +49,8 @@ pub struct ApiState {
     pub agents: AgentManager,
     pub started: Instant,
     metrics: Arc<prometheus_client::registry::Registry>,
+    /// The model registry; its routes answer 503 without one.
+    pub registry: Option<Arc<Registry>>,
 }
 
 impl ApiState {
@@ -65,7 +70,13 @@ impl ApiState {
             agents,
             started: Instant::now(),
             metrics,
+            registry: None,
         }
+    }
+
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> ApiState {
+        self.registry = Some(registry);
+        self
     }
 }
 
@@ -149,6 +160,29 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/system/security-audit",
         "run the security auditor",
     ),
+    endpoint("GET", "/v1/models", "models: list and search by task, tag, name"),
+    endpoint("POST", "/v1/models", "register a model"),
+    endpoint("GET", "/v1/models/best", "the best model of a task type under a scoring policy, explained"),
+    endpoint("GET", "/v1/models/{name}", "one model with its versions and aliases"),
+    endpoint("GET", "/v1/models/{name}/versions", "a model's versions"),
+    endpoint("POST", "/v1/models/{name}/versions", "create the next version"),
+    endpoint("GET", "/v1/models/{name}/versions/{version}", "one version"),
+    endpoint("POST", "/v1/models/{name}/versions/{version}/status", "set a version's status"),
+    endpoint("GET", "/v1/models/{name}/aliases", "a model's aliases"),
+    endpoint("GET", "/v1/models/{name}/aliases/{alias}", "one alias"),
+    endpoint("PUT", "/v1/models/{name}/aliases/{alias}", "point an alias at a version (promotion)"),
+    endpoint("DELETE", "/v1/models/{name}/aliases/{alias}", "delete an alias"),
+    endpoint("POST", "/v1/models/{name}/aliases/{alias}/rollback", "move an alias back to its previous target"),
+    endpoint("GET", "/v1/models/{name}/aliases/{alias}/history", "an alias's append-only history of moves"),
+    endpoint("GET", "/v1/models/{name}/performance", "performance history and aggregates"),
+    endpoint("POST", "/v1/models/{name}/performance", "record performance points (one or a batch)"),
+    endpoint("GET", "/v1/registry", "the registry's health: counts, integrity, backups"),
+    endpoint("GET", "/v1/registry/policies", "the named scoring policies"),
+    endpoint("GET", "/v1/registry/backups", "the registry's backups"),
+    endpoint("POST", "/v1/registry/backups", "take an online backup now"),
+    endpoint("POST", "/v1/registry/restore", "restore the registry from a backup"),
+    endpoint("GET", "/v1/registry/export", "the whole registry as JSON"),
+    endpoint("POST", "/v1/registry/import", "import a JSON export"),
     endpoint(
         "POST",
         "/v1/checkers/{name}/check",
@@ -176,6 +210,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/{name}/runs/{id}/cancel", post(agents::cancel))
         .route("/v1/system/{job}", post(agents::system))
         .route("/v1/checkers/{name}/check", post(plugins::check_service))
+        .merge(models::routes(&state))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -5,6 +5,7 @@ mod agent;
 mod client;
 mod commands;
 mod dev;
+pub mod model;
 mod serve;
 
 use std::net::SocketAddr;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Work with health checkers.
     #[command(subcommand)]
     Checker(CheckerCommand),
+    /// The model registry: models, versions, aliases, performance, best model, backups.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Plugin dev loop: rebuild a plugin crate on every change and hot-reload it into a running
     /// daemon, one line per attempt.
     Dev(DevArgs),
@@ -214,6 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Dev(args) => dev::dev(args).await,
+        Command::Model(command) => model::run(command).await,
         Command::Plugin(PluginCommand::List(api)) => commands::plugin_list(&api).await,
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await

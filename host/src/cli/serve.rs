@@ -12,6 +12,7 @@ use crate::agents::{AgentManager, History};
 use crate::api::{self, ApiState};
 use crate::config::{HostConfig, LogConfig, LogFormat};
 use crate::events::EventBus;
+use crate::registry::Registry;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use crate::system::{DaemonInventory, DaemonProbes};
@@ -75,14 +76,70 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         history,
         config.agents.clone(),
     );
+    // ---- model registry (issue 5): open the store, refresh the inventory view, scheduled
+    // backups. A foreign or damaged file stops the daemon with how to restore it.
+    let registry_config = config.registry_config();
+    let registry = {
+        let opened = Instant::now();
+        let to_open = registry_config.clone();
+        let registry = tokio::task::spawn_blocking(move || Registry::open(to_open))
+            .await
+            .context("registry open task failed")?
+            .context("cannot open the model registry")?;
+        let health_points = registry.counts();
+        if let Ok((models, versions, points)) = health_points {
+            tracing::info!(
+                path = %registry_config.db_path.display(),
+                models, versions, points,
+                ms = opened.elapsed().as_millis() as u64,
+                "model registry opened"
+            );
+        }
+        Arc::new(registry)
+    };
+    {
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REGISTRY_INVENTORY_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let registry = Arc::clone(&registry);
+                let _ = tokio::task::spawn_blocking(move || registry.refresh_inventory()).await;
+            }
+        });
+    }
+    if config.registry.backup_interval_s > 0 {
+        let registry = Arc::clone(&registry);
+        let period = Duration::from_secs(config.registry.backup_interval_s);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let registry = Arc::clone(&registry);
+                match tokio::task::spawn_blocking(move || registry.backup_now()).await {
+                    Ok(Ok(backup)) => {
+                        tracing::info!(file = %backup.path.display(), bytes = backup.bytes, "registry backup written")
+                    }
+                    Ok(Err(error)) => tracing::error!(%error, "scheduled registry backup failed"),
+                    Err(error) => tracing::error!(%error, "scheduled registry backup task failed"),
+                }
+            }
+        });
+    }
+    // ---- end model registry
+
     runtime.set_system_inventory(Arc::new(DaemonInventory {
         listen: listen.to_string(),
         auth: !config.server.tokens.is_empty(),
         started,
         agents: agents.clone(),
+        registry: Some(Arc::clone(&registry)),
     }));
     runtime.set_system_probes(Arc::new(DaemonProbes {
         runtime: runtime.clone(),
+        registry: Some(Arc::clone(&registry)),
     }));
     let reloader = Reloader::new(
         runtime.clone(),
@@ -118,7 +175,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         events,
         Arc::new(config),
         agents,
-    ));
+    )
+    .with_registry(registry));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -221,3 +279,7 @@ pub fn init_tracing(
     let _ = result;
     Ok(guard)
 }
+
+/// How often the registry's inventory view (models, best per task) is recomputed when it
+/// changed: plugins see registry writes at most this late.
+const REGISTRY_INVENTORY_REFRESH: Duration = Duration::from_secs(1);
