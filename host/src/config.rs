@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::mesh::MeshConfig;
 use crate::reload::ReloadConfig;
 use crate::runtime::{LimitValues, RuntimeConfig, SupervisionConfig};
 
@@ -47,6 +48,8 @@ pub struct HostConfig {
     pub runtime: RuntimeSection,
     pub reload: ReloadConfig,
     pub log: LogConfig,
+    /// The service mesh (`[mesh]`).
+    pub mesh: MeshConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +112,7 @@ impl Default for HostConfig {
             runtime: RuntimeSection::default(),
             reload: ReloadConfig::default(),
             log: LogConfig::default(),
+            mesh: MeshConfig::default(),
         }
     }
 }
@@ -247,6 +251,9 @@ impl HostConfig {
                 });
             }
         }
+        self.mesh
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         if !self.server.listen.ip().is_loopback() && self.server.tokens.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "server.listen".into(),
@@ -264,6 +271,14 @@ impl HostConfig {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The mesh's catalog file (services registered through the API).
+    pub fn mesh_catalog_file(&self) -> PathBuf {
+        self.mesh
+            .catalog_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mesh").join("catalog.json"))
     }
 
     pub fn runtime_config(&self) -> RuntimeConfig {
@@ -321,6 +336,44 @@ mod tests {
         assert_eq!(config.reload.watch_window_s, 2);
         let typo = "[runtime.supervision]\nquarantine_bsae_ms = 5\n";
         assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn mesh_section_parses_routes_and_services_and_validates_ranges() {
+        let text = r#"
+[mesh]
+lb = "weighted"
+[mesh.routes]
+forecast = "forecast"
+predict = { capability = "forecast", path = "/v2/predict", timeout_ms = 500, lb = "least_loaded" }
+[mesh.breaker]
+max_in_flight = 10
+[[mesh.services]]
+name = "fc"
+capabilities = ["forecast"]
+instances = [{ endpoint = "http://127.0.0.1:9000", weight = 50 }]
+"#;
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("in range");
+        assert_eq!(
+            config.mesh.route("predict").path.as_deref(),
+            Some("/v2/predict")
+        );
+        assert_eq!(config.mesh.route("forecast").capability, "forecast");
+        assert_eq!(config.mesh.services[0].instances[0].weight, 50);
+        let typo = "[mesh.breaker]
+max_in_fligth = 3
+";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+        let bad = HostConfig::parse(
+            "[mesh]
+timeout_ms = 0
+",
+            Path::new("c.toml"),
+        )
+        .expect("parses");
+        let err = bad.validate().expect_err("zero timeout");
+        assert!(err.to_string().contains("mesh.timeout_ms"), "{err}");
     }
 
     #[test]

@@ -40,6 +40,18 @@ pub enum EventKind {
     PluginRetired,
     #[serde(rename = "plugin.released")]
     PluginReleased,
+    #[serde(rename = "service.registered")]
+    ServiceRegistered,
+    #[serde(rename = "service.deregistered")]
+    ServiceDeregistered,
+    #[serde(rename = "health.changed")]
+    HealthChanged,
+    #[serde(rename = "circuit.opened")]
+    CircuitOpened,
+    #[serde(rename = "circuit.closed")]
+    CircuitClosed,
+    #[serde(rename = "instance.ejected")]
+    InstanceEjected,
 }
 
 impl EventKind {
@@ -53,6 +65,12 @@ impl EventKind {
             EventKind::PluginUnloaded => "plugin.unloaded",
             EventKind::PluginRetired => "plugin.retired",
             EventKind::PluginReleased => "plugin.released",
+            EventKind::ServiceRegistered => "service.registered",
+            EventKind::ServiceDeregistered => "service.deregistered",
+            EventKind::HealthChanged => "health.changed",
+            EventKind::CircuitOpened => "circuit.opened",
+            EventKind::CircuitClosed => "circuit.closed",
+            EventKind::InstanceEjected => "instance.ejected",
         }
     }
 }
@@ -63,7 +81,7 @@ pub struct Event {
     pub v: u32,
     pub kind: EventKind,
     pub at: DateTime<Utc>,
-    /// The subject: a plugin name.
+    /// The subject: a plugin name, or a service name for mesh events.
     pub subject: String,
     /// Kind-specific fields (generation, sha256, reason, durations, ...).
     pub data: serde_json::Value,
@@ -109,7 +127,9 @@ impl EventBus {
         match event.kind {
             EventKind::PluginReloadFailed
             | EventKind::PluginRolledBack
-            | EventKind::PluginQuarantined => {
+            | EventKind::PluginQuarantined
+            | EventKind::CircuitOpened
+            | EventKind::InstanceEjected => {
                 tracing::warn!(event = event.kind.as_str(), subject = %event.subject, data = %data, "{}", event.kind.as_str());
             }
             _ => {

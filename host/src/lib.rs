@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`runtime`] | engine, plugin lifecycle, sandbox, limits, calls |
 //! | [`reload`] | hot reload: watcher, reload pipeline, drain |
+//! | [`mesh`] | service mesh: catalog, routing, load balancing, health, breakers, retries |
 //! | [`events`] | the internal event bus |
 //! | [`api`] | HTTP API (axum) |
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
@@ -17,5 +18,6 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod fsutil;
+pub mod mesh;
 pub mod reload;
 pub mod runtime;

@@ -11,10 +11,12 @@
 //! | `GET /v1/agents/{name}/health` | a meta agent's own health |
 //! | `POST /v1/checkers/{name}/check` | check a service with a health checker |
 //! | `GET /metrics` | Prometheus text format |
+//! | `/v1/services…`, `POST /v1/route/{type}` | the service mesh, see [`services`] |
 
 mod error;
 mod metrics;
 pub mod plugins;
+pub mod services;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +43,8 @@ pub struct ApiState {
     pub config: Arc<HostConfig>,
     pub started: Instant,
     metrics: Arc<prometheus_client::registry::Registry>,
+    /// The service mesh, when the daemon runs one.
+    pub mesh: Option<crate::mesh::Mesh>,
 }
 
 impl ApiState {
@@ -58,7 +62,17 @@ impl ApiState {
             config,
             started: Instant::now(),
             metrics,
+            mesh: None,
         }
+    }
+
+    /// Adds the service mesh: its endpoints answer and its metrics are scraped.
+    pub fn with_mesh(mut self, mesh: crate::mesh::Mesh) -> ApiState {
+        let mut registry = metrics::registry(self.runtime.clone());
+        metrics::register_mesh(&mut registry, mesh.clone());
+        self.metrics = Arc::new(registry);
+        self.mesh = Some(mesh);
+        self
     }
 }
 
@@ -76,6 +90,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/{name}/run", post(plugins::run_agent))
         .route("/v1/agents/{name}/health", get(plugins::agent_health))
         .route("/v1/checkers/{name}/check", post(plugins::check_service))
+        .merge(services::routes())
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

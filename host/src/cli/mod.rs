@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod dev;
 mod serve;
+mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Plugin dev loop: rebuild a plugin crate on every change and hot-reload it into a running
     /// daemon, one line per attempt.
     Dev(DevArgs),
+    /// The service mesh catalog: register, list, remove, health, probe.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Dev(args) => dev::dev(args).await,
+        Command::Service(command) => service::run(command).await,
         Command::Plugin(PluginCommand::List(api)) => commands::plugin_list(&api).await,
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await

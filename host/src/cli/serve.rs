@@ -11,8 +11,9 @@ use super::ServeArgs;
 use crate::api::{self, ApiState};
 use crate::config::{HostConfig, LogConfig, LogFormat};
 use crate::events::EventBus;
+use crate::mesh::Mesh;
 use crate::reload::Reloader;
-use crate::runtime::bindings::inventory::HostSummary;
+use crate::runtime::bindings::inventory::{HostSummary, ServiceStatus};
 use crate::runtime::{Runtime, SystemInventory};
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -48,10 +49,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let events = EventBus::new();
     let runtime = Runtime::new(config.runtime_config(), events.clone())?;
     let started = Instant::now();
+    // ---- service mesh (issue 4): catalog from the config file and the catalog file; health
+    // checks start once the checker plugins are loaded (below). ----
+    let mesh = Mesh::new(
+        config.mesh.clone(),
+        config.mesh_catalog_file(),
+        Arc::new(runtime.clone()),
+        events.clone(),
+    )
+    .context("cannot start the service mesh")?;
+    tracing::info!(
+        services = mesh.services().len(),
+        catalog = %config.mesh_catalog_file().display(),
+        "mesh catalog loaded"
+    );
+    // ---- end service mesh ----
     runtime.set_system_inventory(Arc::new(DaemonInventory {
         listen: listen.to_string(),
         auth: !config.server.tokens.is_empty(),
         started,
+        mesh: mesh.clone(),
     }));
     let reloader = Reloader::new(
         runtime.clone(),
@@ -67,6 +84,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .reconcile_all(false)
         .await
         .with_context(|| format!("cannot read plugins dir {}", plugins_dir.display()))?;
+    mesh.start_health_checks(); // service mesh: checkers are loaded now
     let cache = runtime.cache_stats();
     tracing::info!(
         dir = %plugins_dir.display(),
@@ -79,7 +97,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
-    let app = api::router(ApiState::new(runtime, reloader, events, Arc::new(config)));
+    let app = api::router(
+        ApiState::new(runtime, reloader, events, Arc::new(config)).with_mesh(mesh), // service mesh
+    );
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -148,6 +168,7 @@ struct DaemonInventory {
     listen: String,
     auth: bool,
     started: Instant,
+    mesh: Mesh,
 }
 
 impl SystemInventory for DaemonInventory {
@@ -158,5 +179,9 @@ impl SystemInventory for DaemonInventory {
             api_auth: self.auth,
             uptime_s: self.started.elapsed().as_secs(),
         }
+    }
+
+    fn services(&self) -> Vec<ServiceStatus> {
+        self.mesh.inventory()
     }
 }
