@@ -5,5 +5,6 @@ mod api;
 mod containment;
 mod dev;
 mod loading;
+mod mesh;
 mod reload;
 mod serving;
