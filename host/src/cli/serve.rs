@@ -98,7 +98,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
     let app = api::router(
-        ApiState::new(runtime, reloader, events, Arc::new(config)).with_mesh(mesh), // service mesh
+        ApiState::new(runtime, reloader, events, Arc::new(config)).with_mesh(mesh.clone()), // service mesh
     );
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -107,6 +107,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     tracing::info!(addr = %listen, "evolve API listening on http://{listen}");
 
+    // ---- service mesh: the optional data-plane listener ----
+    if let (Some(addr), Some(service)) =
+        (mesh.config().listen, mesh.config().listen_service.clone())
+    {
+        let socket = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on mesh.listen = {addr}"))?;
+        let mut stop = stop_rx.clone();
+        let app = crate::mesh::listener::router(mesh.clone(), service.clone());
+        tracing::info!(addr = %addr, service = %service, "mesh listener forwarding to {service}");
+        tokio::spawn(async move {
+            let served = axum::serve(socket, app).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            });
+            if let Err(error) = served.await {
+                tracing::error!(%error, "mesh listener failed");
+            }
+        });
+    }
+    // ---- end service mesh ----
     let mut graceful_rx = stop_rx.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = graceful_rx.wait_for(|stop| *stop).await;

@@ -2,6 +2,7 @@
 //! that runs (instances, breakers, budgets) is built from them in the other modules.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,10 @@ impl LbKind {
 pub struct MeshConfig {
     /// Catalog of services registered through the API; default `<data_dir>/mesh/catalog.json`.
     pub catalog_file: Option<PathBuf>,
+    /// A data-plane socket forwarding every request to `listen_service` (none by default).
+    pub listen: Option<SocketAddr>,
+    /// The service the `listen` socket forwards to.
+    pub listen_service: Option<String>,
     /// Algorithm for services and routes that do not choose one.
     pub lb: LbKind,
     /// Time a proxied request may take to its response headers unless its route says
@@ -71,6 +76,8 @@ impl Default for MeshConfig {
     fn default() -> Self {
         MeshConfig {
             catalog_file: None,
+            listen: None,
+            listen_service: None,
             lb: LbKind::P2cEwma,
             timeout_ms: 15_000,
             connect_timeout_ms: 1_000,
@@ -254,6 +261,12 @@ impl MeshConfig {
     /// Checks ranges; `Err((key, message))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, message: &str| Err((format!("mesh.{key}"), message.to_string()));
+        if self.listen.is_some() != self.listen_service.is_some() {
+            return bad(
+                "listen",
+                "listen and listen_service go together: the socket forwards to that service",
+            );
+        }
         if self.timeout_ms == 0 || self.timeout_ms > 3_600_000 {
             return bad("timeout_ms", "must be between 1 and 3600000");
         }

@@ -8,6 +8,7 @@
 //! | [`service`] | a running service: choosing an instance, recording outcomes |
 //! | [`instance`] | a running instance: weight, in-flight, peak EWMA, counters, slow start |
 //! | [`lb`] | load-balancing algorithms, one file each |
+//! | [`listener`] | the optional data-plane socket that forwards every path to one service |
 //! | [`proxy`] | the data path: pooled HTTP/1.1 and h2c, streaming, deadlines, retries |
 //! | [`health`] | active checks by health-checker plugins, with hysteresis |
 //! | [`outlier`] | passive outlier detection and ejection |
@@ -25,6 +26,7 @@ pub mod config;
 pub mod health;
 pub mod instance;
 pub mod lb;
+pub mod listener;
 pub mod outlier;
 pub mod proxy;
 pub mod retry;
@@ -258,13 +260,25 @@ impl Mesh {
         *guard = Arc::new(services);
     }
 
-    fn persist(&self, services: &BTreeMap<String, Arc<ServiceState>>) -> Result<(), MeshError> {
+    /// Writes the API-registered services to the catalog file, off the async workers (the write
+    /// fsyncs).
+    async fn persist(
+        &self,
+        services: &BTreeMap<String, Arc<ServiceState>>,
+    ) -> Result<(), MeshError> {
         let specs: Vec<ServiceSpec> = services
             .values()
             .filter(|s| s.source == Source::Api)
             .map(|s| s.spec.clone())
             .collect();
-        self.inner.store.save(&specs)?;
+        let store = self.inner.store.clone();
+        let path = store.path().to_path_buf();
+        tokio::task::spawn_blocking(move || store.save(&specs))
+            .await
+            .map_err(|e| StoreError::Write {
+                path,
+                source: std::io::Error::other(e.to_string()),
+            })??;
         Ok(())
     }
 
@@ -300,7 +314,7 @@ impl Mesh {
         ));
         let mut next = (*current).clone();
         next.insert(spec.name.clone(), Arc::clone(&state));
-        self.persist(&next)?;
+        self.persist(&next).await?;
         if let Some(previous) = &previous {
             Self::stop_checks(previous);
         }
@@ -332,7 +346,7 @@ impl Mesh {
         }
         let mut next = (*current).clone();
         next.remove(name);
-        self.persist(&next)?;
+        self.persist(&next).await?;
         Self::stop_checks(&existing);
         self.publish_catalog(next);
         self.inner.events.publish(Event::new(
