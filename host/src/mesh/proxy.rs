@@ -161,15 +161,18 @@ pub async fn forward(
 
     let mut tried: Vec<u64> = Vec::new();
     let mut attempt = 0u32;
+    // The failed attempt being retried: if no instance can take the retry, this is the answer.
+    let mut previous: Option<Result<Response<Body>, MeshError>> = None;
     loop {
         attempt += 1;
         // Step 3.
         let pick = match choose(&plan.services, plan.balancer, &tried, config) {
             Ok(pick) => pick,
             Err(why) => {
-                if let Some(service) = plan.services.first()
-                    && attempt == 1
-                {
+                if let Some(answer) = previous {
+                    return answer;
+                }
+                if let Some(service) = plan.services.first() {
                     service.stats.no_instance.fetch_add(1, Ordering::Relaxed);
                 }
                 return Err(MeshError::Unavailable {
@@ -187,6 +190,9 @@ pub async fn forward(
             Ok(permit) => permit,
             Err(reason) => {
                 service.stats.shed.fetch_add(1, Ordering::Relaxed);
+                if let Some(answer) = previous {
+                    return answer;
+                }
                 return Err(MeshError::Shed {
                     service: service.name().to_string(),
                     reason,
@@ -244,6 +250,22 @@ pub async fn forward(
         };
         guard.finish(outcome, elapsed, config, context.events);
 
+        let result = match answer {
+            Ok(response) => Ok(respond(response, &instance, attempt, in_flight)),
+            Err(_) if outcome == AttemptOutcome::Timeout => Err(MeshError::Timeout {
+                service: service.name().to_string(),
+                instance: instance.id.clone(),
+                timeout_ms: budget.as_millis() as u64,
+                attempts: attempt,
+            }),
+            Err(message) => Err(MeshError::Upstream {
+                service: service.name().to_string(),
+                instance: instance.id.clone(),
+                message,
+                attempts: attempt,
+            }),
+        };
+
         // Step 4.
         let connect_only = outcome == AttemptOutcome::ConnectError;
         let can_retry = outcome.is_failure()
@@ -262,8 +284,11 @@ pub async fn forward(
                 if service.budget.try_withdraw() {
                     service.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tried.push(instance.uid);
-                    drop(answer);
-                    drop(in_flight);
+                    // Kept in memory (bounded) so it holds no connection or slot meanwhile.
+                    previous = Some(match result {
+                        Ok(response) => keep(response, cap, deadline).await,
+                        Err(error) => Err(error),
+                    });
                     tokio::time::sleep(pause).await;
                     continue;
                 }
@@ -275,25 +300,45 @@ pub async fn forward(
         }
 
         // Step 5.
-        return match answer {
-            Ok(response) => Ok(respond(response, &instance, attempt, in_flight)),
-            Err(message) if outcome == AttemptOutcome::Timeout => {
-                drop(message);
-                Err(MeshError::Timeout {
-                    service: service.name().to_string(),
-                    instance: instance.id.clone(),
-                    timeout_ms: budget.as_millis() as u64,
-                    attempts: attempt,
-                })
-            }
-            Err(message) => Err(MeshError::Upstream {
-                service: service.name().to_string(),
-                instance: instance.id.clone(),
-                message,
-                attempts: attempt,
-            }),
-        };
+        return result;
     }
+}
+
+/// A failed attempt's response, read into memory (up to `cap` bytes, until `deadline`) so the
+/// retry does not wait on its connection or service slot; too large or too slow to read, it
+/// becomes an error naming its status.
+async fn keep(
+    response: Response<Body>,
+    cap: u64,
+    deadline: Instant,
+) -> Result<Response<Body>, MeshError> {
+    let (parts, body) = response.into_parts();
+    let service = header_text(&parts.headers, HEADER_SERVICE);
+    let instance = header_text(&parts.headers, HEADER_INSTANCE);
+    let limited = http_body_util::Limited::new(body, cap as usize);
+    match tokio::time::timeout_at(deadline, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(Response::from_parts(
+            parts,
+            Body::from(collected.to_bytes()),
+        )),
+        _ => Err(MeshError::Upstream {
+            service,
+            instance,
+            message: format!(
+                "answered HTTP {} with a body that could not be kept for the retry",
+                parts.status.as_u16()
+            ),
+            attempts: 1,
+        }),
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn pool_name(services: &[Arc<ServiceState>]) -> String {

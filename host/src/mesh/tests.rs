@@ -881,3 +881,30 @@ async fn registrations_are_validated_persisted_and_survive_a_restart() {
     let mesh = Mesh::new(config, path, runner, EventBus::new()).expect("restart");
     assert_eq!(mesh.services().len(), 1);
 }
+
+#[tokio::test]
+async fn a_retry_with_nowhere_to_go_returns_the_original_answer_and_frees_its_slot() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = calm();
+    config.retry.max_retries = 1;
+    config.retry.backoff_base_ms = 1;
+    config.retry.backoff_max_ms = 1;
+    config.breaker.consecutive_failures = 1;
+    config.breaker.jitter_pct = 0;
+    let f = fixture(config);
+    let mut spec = service("fc", "forecast", vec![a.instance(100), b.instance(100)]);
+    spec.lb = Some(LbKind::RoundRobin);
+    spec.max_in_flight = Some(1);
+    f.mesh.register(spec, false).await.expect("register");
+    // b fails once: its circuit opens, so a retry of a's failure has nowhere to go.
+    b.set_status(500);
+    a.set_status(200);
+    text(send(&f.mesh, "fc").await.expect("answer")).await; // a
+    text(send(&f.mesh, "fc").await.expect("answer")).await; // b: opens
+    a.set_status(503);
+    let response = send(&f.mesh, "fc").await.expect("the original answer");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&response, proxy::HEADER_INSTANCE), "a");
+    assert!(text(response).await.contains("\"backend\":\"a\""));
+    assert_eq!(f.mesh.service("fc").expect("fc").limit.in_flight(), 0);
+}
