@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentsConfig;
+use crate::mesh::MeshConfig;
 use crate::registry::{RegistryConfig, ScoringPolicy, scoring};
 use crate::reload::ReloadConfig;
 use crate::runtime::{LimitValues, RuntimeConfig, SupervisionConfig};
@@ -51,6 +52,8 @@ pub struct HostConfig {
     pub log: LogConfig,
     pub agents: AgentsConfig,
     pub registry: RegistrySection,
+    /// The service mesh (`[mesh]`).
+    pub mesh: MeshConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,6 +209,7 @@ impl Default for HostConfig {
             log: LogConfig::default(),
             agents: AgentsConfig::default(),
             registry: RegistrySection::default(),
+            mesh: MeshConfig::default(),
         }
     }
 }
@@ -349,6 +353,9 @@ impl HostConfig {
                 });
             }
         }
+        self.mesh
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         self.agents
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
@@ -416,6 +423,14 @@ impl HostConfig {
             .unwrap_or_else(|| self.data_dir.join("backups").join("registry"))
     }
 
+    /// The mesh's catalog file (services registered through the API).
+    pub fn mesh_catalog_file(&self) -> PathBuf {
+        self.mesh
+            .catalog_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mesh").join("catalog.json"))
+    }
+
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             pool_instances: self.runtime.pool_instances,
@@ -471,6 +486,44 @@ mod tests {
         assert_eq!(config.reload.watch_window_s, 2);
         let typo = "[runtime.supervision]\nquarantine_bsae_ms = 5\n";
         assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn mesh_section_parses_routes_and_services_and_validates_ranges() {
+        let text = r#"
+[mesh]
+lb = "weighted"
+[mesh.routes]
+forecast = "forecast"
+predict = { capability = "forecast", path = "/v2/predict", timeout_ms = 500, lb = "least_loaded" }
+[mesh.breaker]
+max_in_flight = 10
+[[mesh.services]]
+name = "fc"
+capabilities = ["forecast"]
+instances = [{ endpoint = "http://127.0.0.1:9000", weight = 50 }]
+"#;
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("in range");
+        assert_eq!(
+            config.mesh.route("predict").path.as_deref(),
+            Some("/v2/predict")
+        );
+        assert_eq!(config.mesh.route("forecast").capability, "forecast");
+        assert_eq!(config.mesh.services[0].instances[0].weight, 50);
+        let typo = "[mesh.breaker]
+max_in_fligth = 3
+";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+        let bad = HostConfig::parse(
+            "[mesh]
+timeout_ms = 0
+",
+            Path::new("c.toml"),
+        )
+        .expect("parses");
+        let err = bad.validate().expect_err("zero timeout");
+        assert!(err.to_string().contains("mesh.timeout_ms"), "{err}");
     }
 
     #[test]

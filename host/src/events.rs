@@ -44,6 +44,18 @@ pub enum EventKind {
     AgentRunFinished,
     #[serde(rename = "agent.health_changed")]
     AgentHealthChanged,
+    #[serde(rename = "service.registered")]
+    ServiceRegistered,
+    #[serde(rename = "service.deregistered")]
+    ServiceDeregistered,
+    #[serde(rename = "health.changed")]
+    HealthChanged,
+    #[serde(rename = "circuit.opened")]
+    CircuitOpened,
+    #[serde(rename = "circuit.closed")]
+    CircuitClosed,
+    #[serde(rename = "instance.ejected")]
+    InstanceEjected,
 }
 
 impl EventKind {
@@ -59,6 +71,12 @@ impl EventKind {
             EventKind::PluginReleased => "plugin.released",
             EventKind::AgentRunFinished => "agent.run_finished",
             EventKind::AgentHealthChanged => "agent.health_changed",
+            EventKind::ServiceRegistered => "service.registered",
+            EventKind::ServiceDeregistered => "service.deregistered",
+            EventKind::HealthChanged => "health.changed",
+            EventKind::CircuitOpened => "circuit.opened",
+            EventKind::CircuitClosed => "circuit.closed",
+            EventKind::InstanceEjected => "instance.ejected",
         }
     }
 }
@@ -69,7 +87,7 @@ pub struct Event {
     pub v: u32,
     pub kind: EventKind,
     pub at: DateTime<Utc>,
-    /// The subject: a plugin name.
+    /// The subject: a plugin name, or a service name for mesh events.
     pub subject: String,
     /// Kind-specific fields (generation, sha256, reason, durations, ...).
     pub data: serde_json::Value,
@@ -115,7 +133,9 @@ impl EventBus {
         match event.kind {
             EventKind::PluginReloadFailed
             | EventKind::PluginRolledBack
-            | EventKind::PluginQuarantined => {
+            | EventKind::PluginQuarantined
+            | EventKind::CircuitOpened
+            | EventKind::InstanceEjected => {
                 tracing::warn!(event = event.kind.as_str(), subject = %event.subject, data = %data, "{}", event.kind.as_str());
             }
             _ => {

@@ -10,6 +10,7 @@
 //! | [`reload`] | hot reload: watcher, reload pipeline, drain |
 //! | [`agents`] | the meta-agent manager: runs, retries, schedules, health, run history |
 //! | [`system`] | the daemon's inventory and probes: what plugins see of the whole system |
+//! | [`mesh`] | service mesh: catalog, routing, load balancing, health, breakers, retries |
 //! | [`events`] | the internal event bus |
 //! | [`api`] | HTTP API (axum) |
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod fsutil;
+pub mod mesh;
 pub mod registry;
 pub mod reload;
 pub mod runtime;

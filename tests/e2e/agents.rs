@@ -435,9 +435,11 @@ fn the_doc_generator_documents_what_is_registered_and_every_endpoint_is_routed()
             .replace("{name}", "echo")
             .replace("{id}", "1")
             .replace("{version}", "1")
-            .replace("{alias}", "champion");
+            .replace("{alias}", "champion")
+            .replace("{path}", "x")
+            .replace("{type}", "forecast");
         let response = match method.as_str() {
-            "GET" => daemon.get(&path),
+            "GET" | "ANY" => daemon.get(&path),
             other => evolve_e2e::http::request(
                 &daemon.addr(),
                 other,
@@ -518,4 +520,101 @@ fn the_security_auditor_flags_a_wildcard_host_and_a_public_api_without_auth() {
     assert_eq!(code, 0, "{stderr}");
     let cli_output: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(cli_output["outcome"]["output"]["counts"]["critical"], 1);
+}
+
+#[test]
+fn the_integration_tester_reports_exactly_the_unreachable_service() {
+    let env = Env::new();
+    env.install("bundled", "integration-tester", |_| {});
+    env.install("bundled", "http-health", |_| {});
+    env.install("testing", "echo", |_| {});
+    let quotes = evolve_e2e::http::Backend::start(200);
+    // A port that was just free: nothing listens there.
+    let unreachable = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let daemon = env.start();
+    let register = |name: &str, endpoint: String, checked: bool| {
+        let mut body = json!({
+            "name": name,
+            "type": "data-feed",
+            "capabilities": [name],
+            "instances": [{"endpoint": endpoint}],
+        });
+        if checked {
+            body["health"] = json!({"checker": "http-health", "path": "/health"});
+        }
+        let response = daemon.post("/v1/services", &body);
+        assert_eq!(response.status, 201, "{}", response.text());
+    };
+    register("quotes", quotes.url(), true);
+    register("ledger", format!("http://127.0.0.1:{unreachable}"), false);
+    let model = daemon.post(
+        "/v1/models",
+        &json!({"name": "momentum", "task_type": "forecasting"}),
+    );
+    assert_eq!(model.status, 201, "{}", model.text());
+    assert_eq!(
+        daemon
+            .post("/v1/models/momentum/versions", &json!({}))
+            .status,
+        201
+    );
+    let recorded = daemon.post(
+        "/v1/models/momentum/performance",
+        &json!({"version": 1, "metrics": {"sharpe_ratio": 1.2, "max_drawdown": 0.1, "win_rate": 0.55}}),
+    );
+    assert_eq!(recorded.status, 201, "{}", recorded.text());
+    // Plugins see registry writes within the inventory's refresh; wait for the model to show.
+    let deadline = std::time::Instant::now() + evolve_e2e::EVENT_TIMEOUT;
+    let output = loop {
+        let response = daemon.post("/v1/system/integration-tests", &json!({}));
+        assert_eq!(response.status, 200, "{}", response.text());
+        let output = response.json()["outcome"]["output"].clone();
+        let has_model_check = output["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "best-model");
+        if has_model_check {
+            break output;
+        }
+        assert!(std::time::Instant::now() < deadline, "{output:#}");
+        std::thread::yield_now();
+    };
+    let checks: Vec<(String, String, bool)> = output["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().to_string(),
+                c["target"].as_str().unwrap().to_string(),
+                c["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checks,
+        vec![
+            ("service".into(), "ledger".into(), false),
+            ("service".into(), "quotes".into(), true),
+            ("checker".into(), "http-health".into(), true),
+            ("best-model".into(), "forecasting".into(), true),
+            ("agent".into(), "echo".into(), true),
+        ],
+        "{output:#}"
+    );
+    assert_eq!(output["failed"], 1);
+    let report = output["report"].as_str().unwrap();
+    assert!(
+        report.lines().any(|l| l.starts_with("FAIL service ledger")),
+        "{report}"
+    );
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("FAIL")).count(),
+        1,
+        "{report}"
+    );
 }

@@ -6,6 +6,7 @@ mod api;
 mod containment;
 mod dev;
 mod loading;
+mod mesh;
 mod registry;
 mod reload;
 mod serving;

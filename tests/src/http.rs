@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -105,11 +105,13 @@ pub fn request(
     }
 }
 
-/// A loopback HTTP server answering every request with `status` and a small body, counting
-/// connections so a test can prove a refused request never reached it.
+/// A loopback HTTP server answering every request with `status` (changeable with
+/// [`Backend::set_status`]) and a small body, counting connections so a test can prove a refused
+/// request never reached it.
 pub struct Backend {
     pub addr: String,
     connections: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
 }
 
 impl Backend {
@@ -118,21 +120,35 @@ impl Backend {
         let addr = listener.local_addr().unwrap().to_string();
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&connections);
+        let status = Arc::new(AtomicU16::new(status));
+        let answer = Arc::clone(&status);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
                 counter.fetch_add(1, Ordering::SeqCst);
+                let status = answer.load(Ordering::SeqCst);
                 std::thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    // Read the request head; bodies are not expected.
+                    // Read the request head, then a body of `content-length` bytes if any.
+                    let mut length = 0usize;
                     loop {
                         let mut line = String::new();
                         match reader.read_line(&mut line) {
                             Ok(0) | Err(_) => return,
                             Ok(_) if line.trim_end().is_empty() => break,
-                            Ok(_) => {}
+                            Ok(_) => {
+                                if let Some((k, v)) = line.split_once(':')
+                                    && k.trim().eq_ignore_ascii_case("content-length")
+                                {
+                                    length = v.trim().parse().unwrap_or(0);
+                                }
+                            }
                         }
+                    }
+                    let mut body = vec![0; length.min(1 << 20)];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
                     }
                     let body = format!("{{\"status\":{status}}}");
                     let _ = write!(
@@ -143,7 +159,16 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, connections }
+        Backend {
+            addr,
+            connections,
+            status,
+        }
+    }
+
+    /// Answers later connections with `status`.
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {

@@ -7,12 +7,15 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::{ApiError, ApiState};
+use crate::mesh::Mesh;
+use crate::mesh::instance::LATENCY_BUCKETS_S;
 use crate::runtime::Runtime;
 
 pub(super) fn registry(runtime: Runtime) -> Registry {
@@ -123,6 +126,214 @@ impl Collector for RuntimeCollector {
         ] {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The mesh's metrics, read from its counters at scrape time (the data path only bumps atomics).
+pub(super) fn register_mesh(registry: &mut Registry, mesh: Mesh) {
+    registry.register_collector(Box::new(MeshCollector { mesh }));
+}
+
+#[derive(Debug)]
+struct MeshCollector {
+    mesh: Mesh,
+}
+
+/// A histogram read from the mesh's own per-instance buckets.
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl Collector for MeshCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::mesh::instance::InstanceState;
+        let services = self.mesh.services();
+        let instances: Vec<&InstanceState> = services
+            .values()
+            .flat_map(|s| s.instances.iter().map(|i| &**i))
+            .collect();
+        let labels =
+            |i: &InstanceState| vec![("service", i.service.clone()), ("instance", i.id.clone())];
+        let counter_type = ConstCounter::new(0u64).metric_type();
+        let gauge_type = ConstGauge::new(0i64).metric_type();
+
+        type Read = fn(&InstanceState) -> u64;
+        let per_instance_counters: [(&str, &str, Read); 2] = [
+            (
+                "evolve_mesh_requests",
+                "Attempts sent to an instance",
+                |i| i.stats.requests.load(Ordering::Relaxed),
+            ),
+            (
+                "evolve_mesh_ejections",
+                "Times outlier detection ejected an instance",
+                |i| i.stats.ejections.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in per_instance_counters {
+            let mut family = encoder.encode_descriptor(name, help, None, counter_type)?;
+            for i in &instances {
+                ConstCounter::new(read(i)).encode(family.encode_family(&labels(i))?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "evolve_mesh_errors",
+            "Failed or error answers by class: 4xx, 5xx, connect, reset, timeout",
+            None,
+            counter_type,
+        )?;
+        for i in &instances {
+            let s = &i.stats;
+            for (class, value) in [
+                ("4xx", &s.responses_4xx),
+                ("5xx", &s.responses_5xx),
+                ("connect", &s.connect_errors),
+                ("reset", &s.resets),
+                ("timeout", &s.timeouts),
+            ] {
+                let mut l = labels(i);
+                l.push(("class", class.to_string()));
+                ConstCounter::new(value.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&l)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "evolve_mesh_health_checks",
+            "Active health checks by result: pass, fail, error (the check could not be made)",
+            None,
+            counter_type,
+        )?;
+        for i in &instances {
+            let s = &i.stats;
+            for (result, value) in [
+                ("pass", &s.checks_passed),
+                ("fail", &s.checks_failed),
+                ("error", &s.checks_errored),
+            ] {
+                let mut l = labels(i);
+                l.push(("result", result.to_string()));
+                ConstCounter::new(value.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&l)?)?;
+            }
+        }
+
+        let histogram_type = MetricType::Histogram;
+        let mut family = encoder.encode_descriptor(
+            "evolve_mesh_request_duration_seconds",
+            "Time from sending a request to an instance to its response headers",
+            None,
+            histogram_type,
+        )?;
+        for i in &instances {
+            let counts: Vec<u64> = i
+                .stats
+                .latency_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect();
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::MAX))
+                .zip(counts.iter().copied())
+                .collect();
+            ConstHistogram {
+                sum: i.stats.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+                count: counts.iter().sum(),
+                buckets,
+            }
+            .encode(family.encode_family(&labels(i))?)?;
+        }
+
+        let now = tokio::time::Instant::now();
+        let mut family = encoder.encode_descriptor(
+            "evolve_mesh_in_flight",
+            "Requests in flight to an instance",
+            None,
+            gauge_type,
+        )?;
+        for i in &instances {
+            ConstGauge::new(i64::from(i.in_flight.load(Ordering::Relaxed)))
+                .encode(family.encode_family(&labels(i))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "evolve_mesh_circuit_state",
+            "Circuit breaker state of an instance: 0 closed, 1 open, 2 half-open",
+            None,
+            gauge_type,
+        )?;
+        for i in &instances {
+            let state = i.lock().breaker.state(now).as_gauge();
+            ConstGauge::new(state).encode(family.encode_family(&labels(i))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "evolve_mesh_instance_healthy",
+            "Active health of an instance: 1 healthy, 0 unhealthy, -1 not checked yet",
+            None,
+            gauge_type,
+        )?;
+        for i in &instances {
+            let value = match i.lock().health.state {
+                crate::mesh::health::HealthState::Healthy => 1,
+                crate::mesh::health::HealthState::Unhealthy => 0,
+                crate::mesh::health::HealthState::Unknown => -1,
+            };
+            ConstGauge::new(value).encode(family.encode_family(&labels(i))?)?;
+        }
+
+        type ReadService = fn(&crate::mesh::service::ServiceState) -> u64;
+        let per_service: [(&str, &str, ReadService); 4] = [
+            (
+                "evolve_mesh_shed",
+                "Requests shed by a service's concurrency limit (503)",
+                |s| s.stats.shed.load(Ordering::Relaxed),
+            ),
+            ("evolve_mesh_retries", "Retries sent", |s| {
+                s.stats.retries.load(Ordering::Relaxed)
+            }),
+            (
+                "evolve_mesh_retries_denied",
+                "Retries the retry budget refused",
+                |s| s.stats.retries_denied_by_budget.load(Ordering::Relaxed),
+            ),
+            (
+                "evolve_mesh_no_instance",
+                "Requests refused because no instance could take them (503)",
+                |s| s.stats.no_instance.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in per_service {
+            let mut family = encoder.encode_descriptor(name, help, None, counter_type)?;
+            for s in services.values() {
+                let l = [("service", s.name().to_string())];
+                ConstCounter::new(read(s)).encode(family.encode_family(&l)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "evolve_mesh_pending",
+            "Requests waiting for a service's in-flight slot",
+            None,
+            gauge_type,
+        )?;
+        for s in services.values() {
+            let l = [("service", s.name().to_string())];
+            ConstGauge::new(i64::from(s.limit.pending())).encode(family.encode_family(&l)?)?;
         }
         Ok(())
     }

@@ -14,12 +14,14 @@
 //! [`ENDPOINTS`] lists every route for the inventory (the doc-generator documents it); an
 //! end-to-end test checks each one is routed.
 //! | `/v1/models…`, `/v1/registry…` | the model registry: see [`models`] |
+//! | `/v1/services…`, `POST /v1/route/{type}` | the service mesh, see [`services`] |
 
 pub mod agents;
 mod error;
 mod metrics;
 pub mod models;
 pub mod plugins;
+pub mod services;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +53,8 @@ pub struct ApiState {
     metrics: Arc<prometheus_client::registry::Registry>,
     /// The model registry; its routes answer 503 without one.
     pub registry: Option<Arc<Registry>>,
+    /// The service mesh, when the daemon runs one.
+    pub mesh: Option<crate::mesh::Mesh>,
 }
 
 impl ApiState {
@@ -71,11 +75,21 @@ impl ApiState {
             started: Instant::now(),
             metrics,
             registry: None,
+            mesh: None,
         }
     }
 
     pub fn with_registry(mut self, registry: Arc<Registry>) -> ApiState {
         self.registry = Some(registry);
+        self
+    }
+
+    /// Adds the service mesh: its endpoints answer and its metrics are scraped.
+    pub fn with_mesh(mut self, mesh: crate::mesh::Mesh) -> ApiState {
+        let mut registry = metrics::registry(self.runtime.clone());
+        metrics::register_mesh(&mut registry, mesh.clone());
+        self.metrics = Arc::new(registry);
+        self.mesh = Some(mesh);
         self
     }
 }
@@ -160,27 +174,108 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/system/security-audit",
         "run the security auditor",
     ),
-    endpoint("GET", "/v1/models", "models: list and search by task, tag, name"),
+    endpoint(
+        "GET",
+        "/v1/services",
+        "services with instances, balancer, health, circuits, latency",
+    ),
+    endpoint("POST", "/v1/services", "register a service"),
+    endpoint(
+        "GET",
+        "/v1/services/health",
+        "per service and instance health, breaker state, last check, EWMA latency",
+    ),
+    endpoint("GET", "/v1/services/{name}", "one service"),
+    endpoint("PUT", "/v1/services/{name}", "replace a service's spec"),
+    endpoint("DELETE", "/v1/services/{name}", "remove a service"),
+    endpoint(
+        "POST",
+        "/v1/services/{name}/probe",
+        "one request of its health path through the mesh",
+    ),
+    endpoint(
+        "ANY",
+        "/v1/services/{name}/proxy/{path}",
+        "forward a request to the named service",
+    ),
+    endpoint(
+        "POST",
+        "/v1/route/{type}",
+        "forward a request to a service offering the type's capability",
+    ),
+    endpoint(
+        "GET",
+        "/v1/models",
+        "models: list and search by task, tag, name",
+    ),
     endpoint("POST", "/v1/models", "register a model"),
-    endpoint("GET", "/v1/models/best", "the best model of a task type under a scoring policy, explained"),
-    endpoint("GET", "/v1/models/{name}", "one model with its versions and aliases"),
+    endpoint(
+        "GET",
+        "/v1/models/best",
+        "the best model of a task type under a scoring policy, explained",
+    ),
+    endpoint(
+        "GET",
+        "/v1/models/{name}",
+        "one model with its versions and aliases",
+    ),
     endpoint("GET", "/v1/models/{name}/versions", "a model's versions"),
-    endpoint("POST", "/v1/models/{name}/versions", "create the next version"),
+    endpoint(
+        "POST",
+        "/v1/models/{name}/versions",
+        "create the next version",
+    ),
     endpoint("GET", "/v1/models/{name}/versions/{version}", "one version"),
-    endpoint("POST", "/v1/models/{name}/versions/{version}/status", "set a version's status"),
+    endpoint(
+        "POST",
+        "/v1/models/{name}/versions/{version}/status",
+        "set a version's status",
+    ),
     endpoint("GET", "/v1/models/{name}/aliases", "a model's aliases"),
     endpoint("GET", "/v1/models/{name}/aliases/{alias}", "one alias"),
-    endpoint("PUT", "/v1/models/{name}/aliases/{alias}", "point an alias at a version (promotion)"),
-    endpoint("DELETE", "/v1/models/{name}/aliases/{alias}", "delete an alias"),
-    endpoint("POST", "/v1/models/{name}/aliases/{alias}/rollback", "move an alias back to its previous target"),
-    endpoint("GET", "/v1/models/{name}/aliases/{alias}/history", "an alias's append-only history of moves"),
-    endpoint("GET", "/v1/models/{name}/performance", "performance history and aggregates"),
-    endpoint("POST", "/v1/models/{name}/performance", "record performance points (one or a batch)"),
-    endpoint("GET", "/v1/registry", "the registry's health: counts, integrity, backups"),
+    endpoint(
+        "PUT",
+        "/v1/models/{name}/aliases/{alias}",
+        "point an alias at a version (promotion)",
+    ),
+    endpoint(
+        "DELETE",
+        "/v1/models/{name}/aliases/{alias}",
+        "delete an alias",
+    ),
+    endpoint(
+        "POST",
+        "/v1/models/{name}/aliases/{alias}/rollback",
+        "move an alias back to its previous target",
+    ),
+    endpoint(
+        "GET",
+        "/v1/models/{name}/aliases/{alias}/history",
+        "an alias's append-only history of moves",
+    ),
+    endpoint(
+        "GET",
+        "/v1/models/{name}/performance",
+        "performance history and aggregates",
+    ),
+    endpoint(
+        "POST",
+        "/v1/models/{name}/performance",
+        "record performance points (one or a batch)",
+    ),
+    endpoint(
+        "GET",
+        "/v1/registry",
+        "the registry's health: counts, integrity, backups",
+    ),
     endpoint("GET", "/v1/registry/policies", "the named scoring policies"),
     endpoint("GET", "/v1/registry/backups", "the registry's backups"),
     endpoint("POST", "/v1/registry/backups", "take an online backup now"),
-    endpoint("POST", "/v1/registry/restore", "restore the registry from a backup"),
+    endpoint(
+        "POST",
+        "/v1/registry/restore",
+        "restore the registry from a backup",
+    ),
     endpoint("GET", "/v1/registry/export", "the whole registry as JSON"),
     endpoint("POST", "/v1/registry/import", "import a JSON export"),
     endpoint(
@@ -211,6 +306,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/system/{job}", post(agents::system))
         .route("/v1/checkers/{name}/check", post(plugins::check_service))
         .merge(models::routes(&state))
+        .merge(services::routes())
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

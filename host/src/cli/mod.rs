@@ -7,6 +7,7 @@ mod commands;
 mod dev;
 pub mod model;
 mod serve;
+mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ pub enum Command {
     /// Plugin dev loop: rebuild a plugin crate on every change and hot-reload it into a running
     /// daemon, one line per attempt.
     Dev(DevArgs),
+    /// The service mesh catalog: register, list, remove, health, probe.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +223,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Dev(args) => dev::dev(args).await,
         Command::Model(command) => model::run(command).await,
+        Command::Service(command) => service::run(command).await,
         Command::Plugin(PluginCommand::List(api)) => commands::plugin_list(&api).await,
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await

@@ -12,6 +12,7 @@ use crate::agents::{AgentManager, History};
 use crate::api::{self, ApiState};
 use crate::config::{HostConfig, LogConfig, LogFormat};
 use crate::events::EventBus;
+use crate::mesh::Mesh;
 use crate::registry::Registry;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
@@ -130,16 +131,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // ---- end model registry
 
+    // ---- service mesh (issue 4): catalog from the config file and the catalog file; health
+    // checks start once the checker plugins are loaded (below). ----
+    let mesh = Mesh::new(
+        config.mesh.clone(),
+        config.mesh_catalog_file(),
+        Arc::new(runtime.clone()),
+        events.clone(),
+    )
+    .context("cannot start the service mesh")?;
+    tracing::info!(
+        services = mesh.services().len(),
+        catalog = %config.mesh_catalog_file().display(),
+        "mesh catalog loaded"
+    );
+    // ---- end service mesh ----
     runtime.set_system_inventory(Arc::new(DaemonInventory {
         listen: listen.to_string(),
         auth: !config.server.tokens.is_empty(),
         started,
         agents: agents.clone(),
         registry: Some(Arc::clone(&registry)),
+        mesh: Some(mesh.clone()),
     }));
     runtime.set_system_probes(Arc::new(DaemonProbes {
         runtime: runtime.clone(),
         registry: Some(Arc::clone(&registry)),
+        mesh: Some(mesh.clone()),
     }));
     let reloader = Reloader::new(
         runtime.clone(),
@@ -155,6 +173,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .reconcile_all(false)
         .await
         .with_context(|| format!("cannot read plugins dir {}", plugins_dir.display()))?;
+    mesh.start_health_checks(); // service mesh: checkers are loaded now
     let cache = runtime.cache_stats();
     tracing::info!(
         dir = %plugins_dir.display(),
@@ -169,14 +188,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     agents.start();
 
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
-    let app = api::router(ApiState::new(
-        runtime,
-        reloader,
-        events,
-        Arc::new(config),
-        agents,
-    )
-    .with_registry(registry));
+    let app = api::router(
+        ApiState::new(runtime, reloader, events, Arc::new(config), agents)
+            .with_registry(registry)
+            .with_mesh(mesh.clone()),
+    );
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -184,6 +200,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     tracing::info!(addr = %listen, "evolve API listening on http://{listen}");
 
+    // ---- service mesh: the optional data-plane listener ----
+    if let (Some(addr), Some(service)) =
+        (mesh.config().listen, mesh.config().listen_service.clone())
+    {
+        let socket = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on mesh.listen = {addr}"))?;
+        let mut stop = stop_rx.clone();
+        let app = crate::mesh::listener::router(mesh.clone(), service.clone());
+        tracing::info!(addr = %addr, service = %service, "mesh listener forwarding to {service}");
+        tokio::spawn(async move {
+            let served = axum::serve(socket, app).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            });
+            if let Err(error) = served.await {
+                tracing::error!(%error, "mesh listener failed");
+            }
+        });
+    }
+    // ---- end service mesh ----
     let mut graceful_rx = stop_rx.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = graceful_rx.wait_for(|stop| *stop).await;

@@ -1,0 +1,518 @@
+//! The service mesh: a catalog of services, capability routing, a proxy with load balancing,
+//! active and passive health, circuit breaking and retries.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | the `[mesh]` section (routes, breaker, outlier, retry) |
+//! | [`catalog`] | service specs, validation, the crash-safe catalog file |
+//! | [`service`] | a running service: choosing an instance, recording outcomes |
+//! | [`instance`] | a running instance: weight, in-flight, peak EWMA, counters, slow start |
+//! | [`lb`] | load-balancing algorithms, one file each |
+//! | [`listener`] | the optional data-plane socket that forwards every path to one service |
+//! | [`proxy`] | the data path: pooled HTTP/1.1 and h2c, streaming, deadlines, retries |
+//! | [`health`] | active checks by health-checker plugins, with hysteresis |
+//! | [`outlier`] | passive outlier detection and ejection |
+//! | [`breaker`] | concurrency caps per service, failure accrual per instance |
+//! | [`retry`] | idempotency, retry budget, backoff |
+//! | [`view`] | what the API, inventory and probes read |
+//! | [`rng`] | a fast per-thread random source for balancing and jitter |
+//!
+//! Data flows API/CLI → [`Mesh`] → proxy → instances, and [`Mesh`] → runtime → checker plugin
+//! for active health.
+
+pub mod breaker;
+pub mod catalog;
+pub mod config;
+pub mod health;
+pub mod instance;
+pub mod lb;
+pub mod listener;
+pub mod outlier;
+pub mod proxy;
+pub mod retry;
+pub mod rng;
+pub mod service;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Method, Request, Response};
+use serde_json::json;
+
+pub use self::catalog::{CheckedSpecError, ServiceSpec, SpecError, StoreError};
+pub use self::config::{LbKind, MeshConfig};
+pub use self::health::{CheckOutcome, CheckRunner};
+pub use self::service::{Source, Unavailable};
+pub use self::view::{ProbeReport, ServiceView};
+
+use self::breaker::Shed;
+use self::catalog::CatalogStore;
+use self::health::CheckContext;
+use self::lb::Balancer;
+use self::proxy::{DataPath, Plan, Upstream};
+use self::service::ServiceState;
+use crate::events::{Event, EventBus, EventKind};
+
+/// Route balancers cached per request type; beyond this, routes get a fresh balancer per
+/// request (still correct for p2c and least-loaded; round-robin state is then per request).
+const MAX_CACHED_ROUTES: usize = 4_096;
+
+/// What can go wrong in the mesh; each maps to one HTTP status in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("no service named \"{0}\" is registered; GET /v1/services lists them")]
+    UnknownService(String),
+    #[error(
+        "no registered service offers capability \"{capability}\" (request type \"{request_type}\"); register one with that capability or map the type in [mesh.routes]"
+    )]
+    NoRoute {
+        request_type: String,
+        capability: String,
+    },
+    #[error("service {target}: {detail}")]
+    Unavailable { target: String, detail: Unavailable },
+    #[error("service {service} is shedding load: {reason}")]
+    Shed { service: String, reason: Shed },
+    #[error(
+        "service {service}: instance {instance} gave no response headers within the deadline of {timeout_ms} ms ({attempts} attempts)"
+    )]
+    Timeout {
+        service: String,
+        instance: String,
+        timeout_ms: u64,
+        attempts: u32,
+    },
+    #[error("service {service}: instance {instance}: {message} ({attempts} attempts)")]
+    Upstream {
+        service: String,
+        instance: String,
+        message: String,
+        attempts: u32,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Spec(#[from] CheckedSpecError),
+    #[error("a service named \"{0}\" is already registered; PUT /v1/services/{0} replaces it")]
+    Duplicate(String),
+    #[error(
+        "service \"{0}\" is defined in the config file ([[mesh.services]]); change it there and restart"
+    )]
+    ConfigOwned(String),
+    #[error("the catalog holds {0} services, the most it may; remove one first")]
+    TooManyServices(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The mesh; cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("services", &self.services().len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: MeshConfig,
+    /// Copy-on-write: the data path clones the `Arc` and never waits for a registration.
+    services: RwLock<Arc<BTreeMap<String, Arc<ServiceState>>>>,
+    /// Serialises registrations and removals with their catalog-file write.
+    writer: tokio::sync::Mutex<()>,
+    store: CatalogStore,
+    upstream: Upstream,
+    events: EventBus,
+    runner: Arc<dyn CheckRunner>,
+    routes: Mutex<HashMap<String, Arc<Balancer>>>,
+    checks_started: AtomicBool,
+}
+
+impl Mesh {
+    /// Builds the mesh from `config` and the catalog file at `catalog_path`. Services of the
+    /// config file come first; a stored service with the same name is refused with an error
+    /// naming both, since the operator must decide which one is meant.
+    pub fn new(
+        config: MeshConfig,
+        catalog_path: PathBuf,
+        runner: Arc<dyn CheckRunner>,
+        events: EventBus,
+    ) -> Result<Mesh, MeshError> {
+        let store = CatalogStore::new(catalog_path);
+        let stored = store.load()?;
+        let mut services = BTreeMap::new();
+        for spec in &config.services {
+            let mut spec = spec.clone();
+            spec.validate(None).map_err(|e| {
+                MeshError::BadRequest(format!("[[mesh.services]] \"{}\": {e}", spec.name))
+            })?;
+            if services.contains_key(&spec.name) {
+                return Err(MeshError::BadRequest(format!(
+                    "[[mesh.services]] defines \"{}\" twice",
+                    spec.name
+                )));
+            }
+            let state = ServiceState::new(spec.clone(), Source::Config, &config, None);
+            services.insert(spec.name, Arc::new(state));
+        }
+        for spec in stored {
+            if services.contains_key(&spec.name) {
+                return Err(MeshError::BadRequest(format!(
+                    "service \"{}\" is both in [[mesh.services]] and in the catalog {} (registered through the API); remove it from one of them",
+                    spec.name,
+                    store.path().display()
+                )));
+            }
+            let state = ServiceState::new(spec.clone(), Source::Api, &config, None);
+            services.insert(spec.name, Arc::new(state));
+        }
+        Ok(Mesh {
+            inner: Arc::new(Inner {
+                upstream: Upstream::new(&config),
+                config,
+                services: RwLock::new(Arc::new(services)),
+                writer: tokio::sync::Mutex::new(()),
+                store,
+                events,
+                runner,
+                routes: Mutex::new(HashMap::new()),
+                checks_started: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &MeshConfig {
+        &self.inner.config
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// Starts active health checks of every service (call once the checker plugins are loaded);
+    /// services registered later start theirs at registration.
+    pub fn start_health_checks(&self) {
+        if self.inner.checks_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for service in self.services().values() {
+            self.spawn_checks(service);
+        }
+    }
+
+    fn spawn_checks(&self, service: &ServiceState) {
+        let Some(spec) = &service.spec.health else {
+            return;
+        };
+        let context = CheckContext {
+            runner: Arc::clone(&self.inner.runner),
+            events: self.inner.events.clone(),
+            service_type: service.spec.service_type.clone(),
+            capabilities: service.spec.capabilities.clone(),
+        };
+        let handles = health::spawn_checks(&service.instances, spec, &context);
+        if let Ok(mut checks) = service.checks.lock() {
+            checks.extend(handles);
+        }
+    }
+
+    fn stop_checks(service: &ServiceState) {
+        if let Ok(mut checks) = service.checks.lock() {
+            for check in checks.drain(..) {
+                check.abort();
+            }
+        }
+    }
+
+    /// A snapshot of the catalog.
+    pub fn services(&self) -> Arc<BTreeMap<String, Arc<ServiceState>>> {
+        let guard = self
+            .inner
+            .services
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(&guard)
+    }
+
+    pub fn service(&self, name: &str) -> Option<Arc<ServiceState>> {
+        self.services().get(name).cloned()
+    }
+
+    fn publish_catalog(&self, services: BTreeMap<String, Arc<ServiceState>>) {
+        let mut guard = self
+            .inner
+            .services
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = Arc::new(services);
+    }
+
+    /// Writes the API-registered services to the catalog file, off the async workers (the write
+    /// fsyncs).
+    async fn persist(
+        &self,
+        services: &BTreeMap<String, Arc<ServiceState>>,
+    ) -> Result<(), MeshError> {
+        let specs: Vec<ServiceSpec> = services
+            .values()
+            .filter(|s| s.source == Source::Api)
+            .map(|s| s.spec.clone())
+            .collect();
+        let store = self.inner.store.clone();
+        let path = store.path().to_path_buf();
+        tokio::task::spawn_blocking(move || store.save(&specs))
+            .await
+            .map_err(|e| StoreError::Write {
+                path,
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        Ok(())
+    }
+
+    /// Registers `spec` (validated here); with `replace`, an API-registered service of the same
+    /// name is replaced, keeping the state of unchanged instances. The catalog file is durable
+    /// before this returns.
+    pub async fn register(
+        &self,
+        mut spec: ServiceSpec,
+        replace: bool,
+    ) -> Result<ServiceView, MeshError> {
+        let runner = Arc::clone(&self.inner.runner);
+        let known = move |name: &str| runner.has_checker(name);
+        spec.validate(Some(&known))?;
+        let _writer = self.inner.writer.lock().await;
+        let current = self.services();
+        let previous = current.get(&spec.name).cloned();
+        match &previous {
+            Some(existing) if existing.source == Source::Config => {
+                return Err(MeshError::ConfigOwned(spec.name));
+            }
+            Some(_) if !replace => return Err(MeshError::Duplicate(spec.name)),
+            None if current.len() >= catalog::MAX_SERVICES => {
+                return Err(MeshError::TooManyServices(current.len()));
+            }
+            _ => {}
+        }
+        let state = Arc::new(ServiceState::new(
+            spec.clone(),
+            Source::Api,
+            &self.inner.config,
+            previous.as_deref(),
+        ));
+        let mut next = (*current).clone();
+        next.insert(spec.name.clone(), Arc::clone(&state));
+        self.persist(&next).await?;
+        if let Some(previous) = &previous {
+            Self::stop_checks(previous);
+        }
+        self.publish_catalog(next);
+        if self.inner.checks_started.load(Ordering::SeqCst) {
+            self.spawn_checks(&state);
+        }
+        self.inner.events.publish(Event::new(
+            EventKind::ServiceRegistered,
+            spec.name.clone(),
+            json!({
+                "replaced": previous.is_some(),
+                "instances": spec.instances.len(),
+                "capabilities": spec.capabilities,
+            }),
+        ));
+        Ok(ServiceView::of(&state, self.slow_start()))
+    }
+
+    /// Removes an API-registered service; durable before this returns.
+    pub async fn remove(&self, name: &str) -> Result<(), MeshError> {
+        let _writer = self.inner.writer.lock().await;
+        let current = self.services();
+        let Some(existing) = current.get(name).cloned() else {
+            return Err(MeshError::UnknownService(name.to_string()));
+        };
+        if existing.source == Source::Config {
+            return Err(MeshError::ConfigOwned(name.to_string()));
+        }
+        let mut next = (*current).clone();
+        next.remove(name);
+        self.persist(&next).await?;
+        Self::stop_checks(&existing);
+        self.publish_catalog(next);
+        self.inner.events.publish(Event::new(
+            EventKind::ServiceDeregistered,
+            name.to_string(),
+            json!({ "instances": existing.instances.len() }),
+        ));
+        Ok(())
+    }
+
+    fn data_path(&self) -> DataPath<'_> {
+        DataPath {
+            config: &self.inner.config,
+            upstream: &self.inner.upstream,
+            events: &self.inner.events,
+        }
+    }
+
+    /// `POST /v1/route/{type}`: forwards to a service offering the route's capability.
+    pub async fn route(
+        &self,
+        request_type: &str,
+        request: Request<Body>,
+        strip_authorization: bool,
+    ) -> Result<Response<Body>, MeshError> {
+        let route = self.inner.config.route(request_type);
+        let pool: Vec<Arc<ServiceState>> = self
+            .services()
+            .values()
+            .filter(|s| s.spec.capabilities.contains(&route.capability))
+            .cloned()
+            .collect();
+        if pool.is_empty() {
+            return Err(MeshError::NoRoute {
+                request_type: request_type.to_string(),
+                capability: route.capability,
+            });
+        }
+        let kind = route.lb.unwrap_or(self.inner.config.lb);
+        let balancer = self.route_balancer(request_type, kind);
+        let query = request
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let path = route
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("/{request_type}"));
+        let method = match &route.method {
+            Some(m) => Some(
+                Method::from_bytes(m.as_bytes())
+                    .map_err(|_| MeshError::BadRequest(format!("route method {m} is invalid")))?,
+            ),
+            None => None,
+        };
+        let plan = Plan {
+            services: pool,
+            balancer: &balancer,
+            path_and_query: format!("{path}{query}"),
+            method,
+            timeout: Duration::from_millis(
+                route.timeout_ms.unwrap_or(self.inner.config.timeout_ms),
+            ),
+            retries: route.retries.unwrap_or(self.inner.config.retry.max_retries),
+            retry_non_idempotent: route.retry_non_idempotent,
+            strip_authorization,
+        };
+        proxy::forward(&self.data_path(), plan, request).await
+    }
+
+    fn route_balancer(&self, request_type: &str, kind: LbKind) -> Arc<Balancer> {
+        let Ok(mut routes) = self.inner.routes.lock() else {
+            return Arc::new(Balancer::new(kind));
+        };
+        if let Some(balancer) = routes.get(request_type)
+            && balancer.kind() == kind
+        {
+            return Arc::clone(balancer);
+        }
+        let balancer = Arc::new(Balancer::new(kind));
+        if routes.len() < MAX_CACHED_ROUTES {
+            routes.insert(request_type.to_string(), Arc::clone(&balancer));
+        }
+        balancer
+    }
+
+    /// `/v1/services/{name}/proxy/{path}`: forwards to the named service; `path_and_query`
+    /// starts with `/`.
+    pub async fn proxy(
+        &self,
+        name: &str,
+        path_and_query: String,
+        request: Request<Body>,
+        strip_authorization: bool,
+    ) -> Result<Response<Body>, MeshError> {
+        let service = self
+            .service(name)
+            .ok_or_else(|| MeshError::UnknownService(name.to_string()))?;
+        let plan = Plan {
+            balancer: &service.balancer,
+            services: vec![Arc::clone(&service)],
+            path_and_query,
+            method: None,
+            timeout: Duration::from_millis(self.inner.config.timeout_ms),
+            retries: self.inner.config.retry.max_retries,
+            retry_non_idempotent: false,
+            strip_authorization,
+        };
+        proxy::forward(&self.data_path(), plan, request).await
+    }
+
+    /// Sends one `GET` of the service's health path (its health spec's, else `/health`)
+    /// through the mesh — balancer, breakers and all — and reports what came back. For other
+    /// subsystems (e.g. a meta agent's probe import).
+    pub async fn probe_service(&self, name: &str) -> Result<ProbeReport, MeshError> {
+        let service = self
+            .service(name)
+            .ok_or_else(|| MeshError::UnknownService(name.to_string()))?;
+        let path = service
+            .spec
+            .health
+            .as_ref()
+            .map_or_else(|| "/health".to_string(), |h| h.path.clone());
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(&path)
+            .body(Body::empty())
+            .map_err(|e| MeshError::BadRequest(e.to_string()))?;
+        let started = tokio::time::Instant::now();
+        let response = self.proxy(name, path.clone(), request, false).await?;
+        let latency_us = started.elapsed().as_micros() as u64;
+        let header = |h: &str| {
+            response
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(ProbeReport {
+            service: name.to_string(),
+            instance: header(proxy::HEADER_INSTANCE),
+            path,
+            status: response.status().as_u16(),
+            healthy: response.status().is_success(),
+            latency_us,
+        })
+    }
+
+    /// Every service with its instances' health, breaker state and latency.
+    pub fn views(&self) -> Vec<ServiceView> {
+        let slow_start = self.slow_start();
+        self.services()
+            .values()
+            .map(|s| ServiceView::of(s, slow_start))
+            .collect()
+    }
+
+    fn slow_start(&self) -> Duration {
+        Duration::from_millis(self.inner.config.slow_start_ms)
+    }
+
+    /// One inventory entry per instance, for the plugins' `inventory.services()`.
+    pub fn inventory(&self) -> Vec<crate::runtime::bindings::inventory::ServiceStatus> {
+        let services: Vec<Arc<ServiceState>> = self.services().values().cloned().collect();
+        view::inventory(&services)
+    }
+}

@@ -1,0 +1,536 @@
+//! The data path: forwards one request to an instance chosen by the balancer, over pooled
+//! keep-alive connections (hyper-util; HTTP/1.1, or h2c with prior knowledge), streaming both
+//! bodies, and retries within the rules of [`super::retry`].
+//!
+//! Per request:
+//! 1. The deadline is now + the route's timeout, or sooner if the caller sent
+//!    `x-evolve-deadline-ms` (its remaining budget); the instance gets the remainder in the same
+//!    header, so deadlines propagate down a call chain.
+//! 2. The body is buffered only when it may be retried and is at most `retry_buffer_kb`;
+//!    otherwise it streams and the request gets exactly one attempt.
+//! 3. Per attempt: choose an instance (not one already tried), take a slot of the service's
+//!    concurrency limit (or shed with 503), send, and wait for response headers until the
+//!    deadline; record the outcome (latency, breaker, outlier detection).
+//! 4. A failed attempt (5xx, connect error, reset, timeout) is retried when allowed; the last
+//!    response or error is returned otherwise.
+//! 5. The response streams back with `x-evolve-service`, `x-evolve-instance` and
+//!    `x-evolve-attempts`; the instance's in-flight count and the service slot are released when
+//!    the response body ends or is dropped.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use super::MeshError;
+use super::breaker::Admission;
+use super::catalog::Protocol;
+use super::config::MeshConfig;
+use super::instance::InstanceState;
+use super::lb::Balancer;
+use super::retry::{backoff, is_idempotent};
+use super::service::{AttemptOutcome, Pick, ServiceState, choose, record};
+use crate::events::EventBus;
+
+/// Names the service that answered.
+pub const HEADER_SERVICE: &str = "x-evolve-service";
+/// Names the instance (its id) that answered.
+pub const HEADER_INSTANCE: &str = "x-evolve-instance";
+/// Attempts made (1 = no retry).
+pub const HEADER_ATTEMPTS: &str = "x-evolve-attempts";
+/// Remaining time budget of a request, ms: read from callers, set for instances.
+pub const HEADER_DEADLINE: &str = "x-evolve-deadline-ms";
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Pooled clients to instances.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    http1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
+}
+
+impl Upstream {
+    pub fn new(config: &MeshConfig) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let build = |http2_only: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_s))
+                .pool_max_idle_per_host(config.pool_max_idle_per_host)
+                .http2_only(http2_only)
+                .build(connector.clone())
+        };
+        Upstream {
+            http1: build(false),
+            h2c: build(true),
+        }
+    }
+
+    fn client(&self, protocol: Protocol) -> &Client<HttpConnector, Body> {
+        match protocol {
+            Protocol::Http1 => &self.http1,
+            Protocol::H2c => &self.h2c,
+        }
+    }
+}
+
+/// What to forward where: the pool of services, how to balance and how long to try.
+pub struct Plan<'a> {
+    pub services: Vec<Arc<ServiceState>>,
+    pub balancer: &'a Balancer,
+    /// Path (and query) on the instance, starting with `/`.
+    pub path_and_query: String,
+    pub method: Option<Method>,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub retry_non_idempotent: bool,
+    /// Strip `Authorization`: it carried the caller's token for this daemon, not for the instance.
+    pub strip_authorization: bool,
+}
+
+/// Shared parts of the mesh the data path needs.
+pub struct DataPath<'a> {
+    pub config: &'a MeshConfig,
+    pub upstream: &'a Upstream,
+    pub events: &'a EventBus,
+}
+
+/// Forwards `request` per `plan`; see the module docs for the steps.
+pub async fn forward(
+    context: &DataPath<'_>,
+    plan: Plan<'_>,
+    request: Request<Body>,
+) -> Result<Response<Body>, MeshError> {
+    let config = context.config;
+    let started = Instant::now();
+    // Step 1.
+    let caller_budget = request
+        .headers()
+        .get(HEADER_DEADLINE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let budget = caller_budget.map_or(plan.timeout, |b| b.min(plan.timeout));
+    let deadline = started + budget;
+
+    let (parts, body) = request.into_parts();
+    let method = plan.method.clone().unwrap_or(parts.method.clone());
+    let may_retry = plan.retries > 0 && (is_idempotent(&method) || plan.retry_non_idempotent);
+    // Step 2.
+    let cap = config.retry_buffer_kb.saturating_mul(1024);
+    let (replayable, mut streamed) = match body.size_hint().exact() {
+        Some(0) => (Some(Bytes::new()), None),
+        Some(len) if may_retry && len <= cap => {
+            let limited = http_body_util::Limited::new(body, cap as usize);
+            let collected = limited.collect().await.map_err(|e| {
+                MeshError::BadRequest(format!("reading the request body failed: {e}"))
+            })?;
+            (Some(collected.to_bytes()), None)
+        }
+        _ => (None, Some(body)),
+    };
+    let headers = forwarded_headers(&parts.headers, plan.strip_authorization);
+
+    let mut tried: Vec<u64> = Vec::new();
+    let mut attempt = 0u32;
+    // The failed attempt being retried: if no instance can take the retry, this is the answer.
+    let mut previous: Option<Result<Response<Body>, MeshError>> = None;
+    loop {
+        attempt += 1;
+        // Step 3.
+        let pick = match choose(&plan.services, plan.balancer, &tried, config) {
+            Ok(pick) => pick,
+            Err(why) => {
+                if let Some(answer) = previous {
+                    return answer;
+                }
+                if let Some(service) = plan.services.first() {
+                    service.stats.no_instance.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(MeshError::Unavailable {
+                    target: pool_name(&plan.services),
+                    detail: why,
+                });
+            }
+        };
+        let mut guard = AttemptGuard::new(pick);
+        let service = Arc::clone(&guard.pick.service);
+        if attempt == 1 {
+            service.budget.deposit();
+        }
+        let permit = match service.limit.acquire(deadline).await {
+            Ok(permit) => permit,
+            Err(reason) => {
+                service.stats.shed.fetch_add(1, Ordering::Relaxed);
+                if let Some(answer) = previous {
+                    return answer;
+                }
+                return Err(MeshError::Shed {
+                    service: service.name().to_string(),
+                    reason,
+                });
+            }
+        };
+        let instance = Arc::clone(&guard.pick.instance);
+        instance.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::enter(Arc::clone(&instance), permit);
+
+        let body = match (&replayable, streamed.take()) {
+            (Some(bytes), _) => Body::from(bytes.clone()),
+            (None, Some(body)) => body,
+            // A streamed body is sent once; `can_retry` below never loops back without a copy.
+            (None, None) => Body::empty(),
+        };
+        let uri = instance_uri(&instance, &plan.path_and_query)?;
+        let mut outgoing = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|e| MeshError::BadRequest(format!("cannot form the request: {e}")))?;
+        *outgoing.headers_mut() = headers.clone();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Ok(value) = HeaderValue::from_str(&remaining.as_millis().to_string()) {
+            outgoing.headers_mut().insert(HEADER_DEADLINE, value);
+        }
+        let sent = Instant::now();
+        let result = tokio::time::timeout_at(
+            deadline,
+            context
+                .upstream
+                .client(instance.protocol())
+                .request(outgoing),
+        )
+        .await;
+        let elapsed = sent.elapsed();
+        let (outcome, answer) = match result {
+            Ok(Ok(response)) => (
+                AttemptOutcome::Status(response.status().as_u16()),
+                Ok(response),
+            ),
+            Ok(Err(error)) if error.is_connect() => (
+                AttemptOutcome::ConnectError,
+                Err(format!("cannot connect: {}", error_chain(&error))),
+            ),
+            Ok(Err(error)) => (
+                AttemptOutcome::Reset,
+                Err(format!(
+                    "the connection failed before a response: {}",
+                    error_chain(&error)
+                )),
+            ),
+            Err(_) => (AttemptOutcome::Timeout, Err(String::new())),
+        };
+        guard.finish(outcome, elapsed, config, context.events);
+
+        let result = match answer {
+            Ok(response) => Ok(respond(response, &instance, attempt, in_flight)),
+            Err(_) if outcome == AttemptOutcome::Timeout => Err(MeshError::Timeout {
+                service: service.name().to_string(),
+                instance: instance.id.clone(),
+                timeout_ms: budget.as_millis() as u64,
+                attempts: attempt,
+            }),
+            Err(message) => Err(MeshError::Upstream {
+                service: service.name().to_string(),
+                instance: instance.id.clone(),
+                message,
+                attempts: attempt,
+            }),
+        };
+
+        // Step 4.
+        let connect_only = outcome == AttemptOutcome::ConnectError;
+        let can_retry = outcome.is_failure()
+            && attempt <= plan.retries
+            && replayable.is_some()
+            && (may_retry || (connect_only && plan.retries > 0));
+        if can_retry {
+            let pause = backoff(&config.retry, attempt);
+            let in_time = Instant::now() + pause < deadline;
+            let another = plan
+                .services
+                .iter()
+                .flat_map(|s| s.instances.iter())
+                .any(|i| i.uid != instance.uid && !tried.contains(&i.uid));
+            if in_time && another {
+                if service.budget.try_withdraw() {
+                    service.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tried.push(instance.uid);
+                    // Kept in memory (bounded) so it holds no connection or slot meanwhile.
+                    previous = Some(match result {
+                        Ok(response) => keep(response, cap, deadline).await,
+                        Err(error) => Err(error),
+                    });
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                service
+                    .stats
+                    .retries_denied_by_budget
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        // Step 5.
+        return result;
+    }
+}
+
+/// A failed attempt's response, read into memory (up to `cap` bytes, until `deadline`) so the
+/// retry does not wait on its connection or service slot; too large or too slow to read, it
+/// becomes an error naming its status.
+async fn keep(
+    response: Response<Body>,
+    cap: u64,
+    deadline: Instant,
+) -> Result<Response<Body>, MeshError> {
+    let (parts, body) = response.into_parts();
+    let service = header_text(&parts.headers, HEADER_SERVICE);
+    let instance = header_text(&parts.headers, HEADER_INSTANCE);
+    let limited = http_body_util::Limited::new(body, cap as usize);
+    match tokio::time::timeout_at(deadline, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(Response::from_parts(
+            parts,
+            Body::from(collected.to_bytes()),
+        )),
+        _ => Err(MeshError::Upstream {
+            service,
+            instance,
+            message: format!(
+                "answered HTTP {} with a body that could not be kept for the retry",
+                parts.status.as_u16()
+            ),
+            attempts: 1,
+        }),
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn pool_name(services: &[Arc<ServiceState>]) -> String {
+    services
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// The request headers an instance gets: hop-by-hop headers (and those `Connection` names),
+/// `Host` (the client sets the instance's) and the caller's deadline (re-set per attempt) go.
+fn forwarded_headers(incoming: &HeaderMap, strip_authorization: bool) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(HEADER_DEADLINE);
+    if strip_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(host) = incoming.get(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    headers
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn instance_uri(instance: &InstanceState, path_and_query: &str) -> Result<Uri, MeshError> {
+    let text = format!(
+        "{}{}{}",
+        instance.target.origin, instance.target.prefix, path_and_query
+    );
+    text.parse()
+        .map_err(|_| MeshError::BadRequest(format!("\"{path_and_query}\" is not a valid path")))
+}
+
+fn respond(
+    response: Response<Incoming>,
+    instance: &InstanceState,
+    attempts: u32,
+    in_flight: InFlight,
+) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let headers = &mut parts.headers;
+    if let Ok(value) = HeaderValue::from_str(&instance.service) {
+        headers.insert(HEADER_SERVICE, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&instance.id) {
+        headers.insert(HEADER_INSTANCE, value);
+    }
+    headers.insert(HEADER_ATTEMPTS, HeaderValue::from(attempts));
+    Response::from_parts(
+        parts,
+        Body::new(TrackedBody {
+            inner: body,
+            _in_flight: in_flight,
+        }),
+    )
+}
+
+/// Counts a request in flight on its instance and holds its service slot until dropped.
+struct InFlight {
+    instance: Arc<InstanceState>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn enter(instance: Arc<InstanceState>, permit: OwnedSemaphorePermit) -> InFlight {
+        instance.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            instance,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.instance.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Makes sure a chosen half-open probe is released when the request is dropped before it
+/// reported (the caller went away): otherwise the circuit would wait for it forever.
+struct AttemptGuard {
+    pick: Pick,
+    finished: bool,
+}
+
+impl AttemptGuard {
+    fn new(pick: Pick) -> AttemptGuard {
+        AttemptGuard {
+            pick,
+            finished: false,
+        }
+    }
+
+    fn finish(
+        &mut self,
+        outcome: AttemptOutcome,
+        elapsed: Duration,
+        config: &MeshConfig,
+        events: &EventBus,
+    ) {
+        self.finished = true;
+        record(&self.pick, outcome, elapsed, config, events);
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if !self.finished && self.pick.admission == Admission::Probe {
+            self.pick.instance.lock().breaker.abandon_probe();
+        }
+    }
+}
+
+/// The instance's response body, streamed, releasing the in-flight count when it ends.
+struct TrackedBody {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("host", HeaderValue::from_static("evolve:7070"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        headers.insert(HEADER_DEADLINE, HeaderValue::from_static("50"));
+        headers.insert("x-keep", HeaderValue::from_static("yes"));
+        let out = forwarded_headers(&headers, true);
+        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(out["x-keep"], "yes");
+        assert_eq!(out["x-forwarded-host"], "evolve:7070");
+        assert!(forwarded_headers(&headers, false).contains_key("authorization"));
+    }
+}

@@ -1,0 +1,395 @@
+//! A running service: its instances, concurrency limit, retry budget and balancer; choosing an
+//! instance for a request (health, ejection, breaker, panic threshold, slow start) and recording
+//! what happened to it (latency, breaker, outlier detection, events).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::breaker::{Admission, ConcurrencyLimit, Transition};
+use super::catalog::ServiceSpec;
+use super::config::MeshConfig;
+use super::health::HealthState;
+use super::instance::InstanceState;
+use super::lb::{Balancer, Candidate};
+use super::outlier::OutlierVerdict;
+use super::retry::RetryBudget;
+use super::rng::with_thread_rng;
+use crate::events::{Event, EventBus, EventKind};
+
+/// Where a service's definition lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `[[mesh.services]]` in the config file.
+    Config,
+    /// The API or CLI (persisted in the catalog file).
+    Api,
+}
+
+/// Service-level counters.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub shed: AtomicU64,
+    pub retries: AtomicU64,
+    pub retries_denied_by_budget: AtomicU64,
+    pub no_instance: AtomicU64,
+}
+
+pub struct ServiceState {
+    pub spec: ServiceSpec,
+    pub source: Source,
+    pub instances: Vec<Arc<InstanceState>>,
+    pub limit: ConcurrencyLimit,
+    pub budget: RetryBudget,
+    pub balancer: Balancer,
+    pub stats: ServiceStats,
+    pub(super) checks: Mutex<Vec<AbortHandle>>,
+}
+
+impl std::fmt::Debug for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceState")
+            .field("name", &self.spec.name)
+            .field("instances", &self.instances.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ServiceState {
+    fn drop(&mut self) {
+        if let Ok(checks) = self.checks.get_mut() {
+            for check in checks.drain(..) {
+                check.abort();
+            }
+        }
+    }
+}
+
+impl ServiceState {
+    /// `spec` must be validated. Instances of `previous` that are the same (id, endpoint,
+    /// protocol) keep their state: a weight change must not reset a breaker or a latency.
+    pub fn new(
+        spec: ServiceSpec,
+        source: Source,
+        config: &MeshConfig,
+        previous: Option<&ServiceState>,
+    ) -> ServiceState {
+        let instances = spec
+            .instances
+            .iter()
+            .map(|instance| {
+                match previous.and_then(|p| p.instances.iter().find(|i| i.same_as(instance))) {
+                    Some(existing) => {
+                        existing.weight.store(instance.weight, Ordering::Relaxed);
+                        Arc::clone(existing)
+                    }
+                    None => Arc::new(InstanceState::new(&spec.name, instance, config)),
+                }
+            })
+            .collect();
+        ServiceState {
+            limit: ConcurrencyLimit::new(
+                spec.max_in_flight.unwrap_or(config.breaker.max_in_flight),
+                spec.max_pending.unwrap_or(config.breaker.max_pending),
+            ),
+            budget: RetryBudget::new(&config.retry),
+            balancer: Balancer::new(spec.lb.unwrap_or(config.lb)),
+            stats: ServiceStats::default(),
+            checks: Mutex::new(Vec::new()),
+            instances,
+            source,
+            spec,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// An instance chosen for one attempt.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    pub service: Arc<ServiceState>,
+    pub instance: Arc<InstanceState>,
+    pub admission: Admission,
+}
+
+/// Why no instance could be chosen, with the counts an operator needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unavailable {
+    pub instances: usize,
+    pub drained: usize,
+    pub unhealthy: usize,
+    pub ejected: usize,
+    pub circuit_open: usize,
+    /// Left out because an earlier attempt of this request used them.
+    pub already_tried: usize,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "none of {} instances can take the request ({} drained with weight 0, {} unhealthy, {} ejected, {} with an open circuit, {} already tried)",
+            self.instances,
+            self.drained,
+            self.unhealthy,
+            self.ejected,
+            self.circuit_open,
+            self.already_tried
+        )
+    }
+}
+
+/// One instance that passed the filters, before balancing.
+struct Eligible {
+    service: usize,
+    instance: Arc<InstanceState>,
+    candidate: Candidate,
+}
+
+/// Chooses an instance among `services` with `balancer`, skipping instances whose uid is in
+/// `exclude`.
+pub fn choose(
+    services: &[Arc<ServiceState>],
+    balancer: &Balancer,
+    exclude: &[u64],
+    config: &MeshConfig,
+) -> Result<Pick, Unavailable> {
+    let now = Instant::now();
+    let slow_start = Duration::from_millis(config.slow_start_ms);
+    let mut why = Unavailable::default();
+    let mut eligible: Vec<Eligible> = Vec::new();
+    for (s, service) in services.iter().enumerate() {
+        // Two passes: normal, and (when too few instances are healthy) panic mode, which
+        // ignores health and ejection so the service degrades instead of failing entirely.
+        let mut normal = Vec::new();
+        let mut panic = Vec::new();
+        let mut weighted = 0usize;
+        let mut sick = 0usize;
+        for instance in &service.instances {
+            why.instances += 1;
+            let weight = instance.weight.load(Ordering::Relaxed);
+            if weight == 0 {
+                why.drained += 1;
+                continue;
+            }
+            weighted += 1;
+            let mut status = instance.lock();
+            let (ejected, returned) = status.outlier.check(now);
+            if returned {
+                status.returned_at = Some(now);
+            }
+            let unhealthy = status.health.state == HealthState::Unhealthy;
+            let admits = status.breaker.would_admit(now);
+            let candidate = Candidate {
+                uid: instance.uid,
+                weight: f64::from(weight) * status.slow_start_factor(slow_start, now),
+                in_flight: instance.in_flight.load(Ordering::Relaxed),
+                ewma_us: status.ewma.get(now),
+            };
+            drop(status);
+            if unhealthy || ejected {
+                sick += 1;
+            }
+            let tried = exclude.contains(&instance.uid);
+            if !admits {
+                why.circuit_open += 1;
+                continue;
+            }
+            if tried {
+                why.already_tried += 1;
+            }
+            let entry = || Eligible {
+                service: s,
+                instance: Arc::clone(instance),
+                candidate,
+            };
+            if !tried {
+                panic.push(entry());
+            }
+            if unhealthy {
+                why.unhealthy += 1;
+            } else if ejected {
+                why.ejected += 1;
+            } else if !tried {
+                normal.push(entry());
+            }
+        }
+        let healthy = weighted - sick;
+        let in_panic = weighted > 0
+            && (healthy as u64) * 100
+                < u64::from(config.outlier.panic_threshold_pct) * weighted as u64;
+        eligible.extend(if in_panic { panic } else { normal });
+    }
+    loop {
+        let candidates: Vec<Candidate> = eligible.iter().map(|e| e.candidate).collect();
+        let Some(index) = with_thread_rng(|rng| balancer.pick(&candidates, rng)) else {
+            return Err(why);
+        };
+        let chosen = eligible.swap_remove(index);
+        let admission = chosen.instance.lock().breaker.admit(now);
+        if admission != Admission::Refused {
+            return Ok(Pick {
+                service: Arc::clone(&services[chosen.service]),
+                instance: chosen.instance,
+                admission,
+            });
+        }
+        // Another request took the half-open probe between the filter and now.
+        why.circuit_open += 1;
+    }
+}
+
+/// How one attempt ended, for breakers, outlier detection and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Response headers arrived with this status.
+    Status(u16),
+    ConnectError,
+    /// The request was sent but the connection failed before response headers.
+    Reset,
+    Timeout,
+    /// The caller went away before an answer: says nothing about the instance.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// 5xx, connect errors and timeouts count against an instance.
+    pub fn is_failure(self) -> bool {
+        match self {
+            AttemptOutcome::Status(status) => status >= 500,
+            AttemptOutcome::ConnectError | AttemptOutcome::Reset | AttemptOutcome::Timeout => true,
+            AttemptOutcome::Cancelled => false,
+        }
+    }
+}
+
+/// Records an attempt's outcome on its instance and publishes resulting events.
+pub fn record(
+    pick: &Pick,
+    outcome: AttemptOutcome,
+    elapsed: Duration,
+    config: &MeshConfig,
+    events: &EventBus,
+) {
+    let instance = &pick.instance;
+    let stats = &instance.stats;
+    let now = Instant::now();
+    match outcome {
+        AttemptOutcome::Status(status) => {
+            stats.observe_latency(elapsed);
+            if status >= 500 {
+                stats.responses_5xx.fetch_add(1, Ordering::Relaxed);
+            } else if status >= 400 {
+                stats.responses_4xx.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        AttemptOutcome::ConnectError => {
+            stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        AttemptOutcome::Reset => {
+            stats.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        AttemptOutcome::Timeout => {
+            stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        AttemptOutcome::Cancelled => {}
+    }
+    if outcome == AttemptOutcome::Cancelled {
+        if pick.admission == Admission::Probe {
+            instance.lock().breaker.abandon_probe();
+        }
+        return;
+    }
+    let failure = outcome.is_failure();
+    let (transition, wants_ejection) = {
+        let mut status = instance.lock();
+        if !matches!(outcome, AttemptOutcome::ConnectError) {
+            status.ewma.observe(elapsed.as_micros() as f64, now);
+        }
+        let transition = status
+            .breaker
+            .record(pick.admission, failure, &config.breaker, now);
+        if transition == Some(Transition::Closed) {
+            status.returned_at = Some(now);
+        }
+        let verdict = status.outlier.record(failure, &config.outlier);
+        (transition, verdict == OutlierVerdict::WantsEjection)
+    };
+    match transition {
+        Some(Transition::Opened { for_, openings }) => events.publish(Event::new(
+            EventKind::CircuitOpened,
+            instance.service.clone(),
+            json!({
+                "instance": instance.id,
+                "open_ms": for_.as_millis() as u64,
+                "openings": openings,
+                "last_outcome": describe(outcome),
+            }),
+        )),
+        Some(Transition::Closed) => events.publish(Event::new(
+            EventKind::CircuitClosed,
+            instance.service.clone(),
+            json!({ "instance": instance.id }),
+        )),
+        None => {}
+    }
+    if wants_ejection {
+        eject_if_allowed(pick, outcome, config, events, now);
+    }
+}
+
+fn eject_if_allowed(
+    pick: &Pick,
+    outcome: AttemptOutcome,
+    config: &MeshConfig,
+    events: &EventBus,
+    now: Instant,
+) {
+    let service = &pick.service;
+    let total = service.instances.len() as u64;
+    let ejected = service
+        .instances
+        .iter()
+        .filter(|i| i.lock().outlier.is_ejected(now))
+        .count() as u64;
+    // Envoy's rule: eject while the ejected share is below the maximum.
+    if ejected * 100 >= u64::from(config.outlier.max_ejected_pct) * total {
+        return;
+    }
+    let instance = &pick.instance;
+    let period = {
+        let mut status = instance.lock();
+        if status.outlier.is_ejected(now) {
+            return;
+        }
+        status.outlier.eject(&config.outlier, now)
+    };
+    instance.stats.ejections.fetch_add(1, Ordering::Relaxed);
+    events.publish(Event::new(
+        EventKind::InstanceEjected,
+        instance.service.clone(),
+        json!({
+            "instance": instance.id,
+            "ejected_ms": period.as_millis() as u64,
+            "last_outcome": describe(outcome),
+        }),
+    ));
+}
+
+fn describe(outcome: AttemptOutcome) -> String {
+    match outcome {
+        AttemptOutcome::Status(status) => format!("HTTP {status}"),
+        AttemptOutcome::ConnectError => "connect error".into(),
+        AttemptOutcome::Reset => "connection reset".into(),
+        AttemptOutcome::Timeout => "timeout".into(),
+        AttemptOutcome::Cancelled => "cancelled".into(),
+    }
+}

@@ -1,0 +1,910 @@
+//! Mesh tests against real in-process hyper backends on ephemeral loopback ports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use super::catalog::{HealthCheckSpec, InstanceSpec, Protocol};
+use super::config::{RouteConfig, RouteEntry};
+use super::*;
+use crate::events::EventKind;
+use crate::runtime::bindings::types::{HealthReport, HealthStatus, Service};
+
+/// What a backend saw of the last request.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+    deadline_ms: Option<u64>,
+    version: String,
+    authorization: bool,
+}
+
+/// A loopback backend answering `status` (switchable) after `delay_ms`, naming itself.
+struct Backend {
+    name: &'static str,
+    addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+    last: Arc<Mutex<Seen>>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        Backend::start_with(name, false).await
+    }
+
+    async fn start_with(name: &'static str, h2: bool) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicU64::new(0));
+        let status = Arc::new(AtomicU16::new(200));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let last = Arc::new(Mutex::new(Seen::default()));
+        let (h, s, d, l) = (
+            Arc::clone(&hits),
+            Arc::clone(&status),
+            Arc::clone(&delay_ms),
+            Arc::clone(&last),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (h, s, d, l) = (
+                    Arc::clone(&h),
+                    Arc::clone(&s),
+                    Arc::clone(&d),
+                    Arc::clone(&l),
+                );
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let (h, s, d, l) = (
+                        Arc::clone(&h),
+                        Arc::clone(&s),
+                        Arc::clone(&d),
+                        Arc::clone(&l),
+                    );
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let (parts, body) = request.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().to_vec())
+                            .unwrap_or_default();
+                        *l.lock().expect("lock") = Seen {
+                            method: parts.method.to_string(),
+                            path: parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
+                            body,
+                            deadline_ms: parts
+                                .headers
+                                .get(proxy::HEADER_DEADLINE)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse().ok()),
+                            version: format!("{:?}", parts.version),
+                            authorization: parts.headers.contains_key("authorization"),
+                        };
+                        let delay = d.load(Ordering::SeqCst);
+                        if delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
+                        let status = s.load(Ordering::SeqCst);
+                        let response = Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(format!(
+                                "{{\"backend\":\"{name}\",\"status\":{status}}}"
+                            ))))
+                            .expect("response");
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let io = TokioIo::new(stream);
+                tokio::spawn(async move {
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                });
+            }
+        });
+        Backend {
+            name,
+            addr,
+            hits,
+            status,
+            delay_ms,
+            last,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn last(&self) -> Seen {
+        self.last.lock().expect("lock").clone()
+    }
+
+    fn instance(&self, weight: u32) -> InstanceSpec {
+        InstanceSpec {
+            id: Some(self.name.to_string()),
+            endpoint: self.url(),
+            weight,
+            protocol: Protocol::Http1,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// Checks answered from a table the test controls: instance endpoint → healthy?
+#[derive(Default)]
+struct ScriptedChecks {
+    healthy: Mutex<HashMap<String, bool>>,
+    calls: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl CheckRunner for ScriptedChecks {
+    fn has_checker(&self, name: &str) -> bool {
+        name == "scripted"
+    }
+
+    async fn check(&self, _checker: &str, target: Service) -> CheckOutcome {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let healthy = self
+            .healthy
+            .lock()
+            .expect("lock")
+            .get(&target.endpoint)
+            .copied()
+            .unwrap_or(true);
+        CheckOutcome::Report(HealthReport {
+            status: if healthy {
+                HealthStatus::Healthy
+            } else {
+                HealthStatus::Unhealthy
+            },
+            latency_us: 10,
+            detail: "scripted".into(),
+            checked_at_ms: 0,
+        })
+    }
+}
+
+struct Fixture {
+    mesh: Mesh,
+    events: EventBus,
+    _dir: tempfile::TempDir,
+    checks: Arc<ScriptedChecks>,
+}
+
+fn fixture(config: MeshConfig) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = EventBus::new();
+    let checks = Arc::new(ScriptedChecks::default());
+    let mesh = Mesh::new(
+        config,
+        dir.path().join("catalog.json"),
+        Arc::clone(&checks) as Arc<dyn CheckRunner>,
+        events.clone(),
+    )
+    .expect("mesh");
+    Fixture {
+        mesh,
+        events,
+        _dir: dir,
+        checks,
+    }
+}
+
+fn service(name: &str, capability: &str, instances: Vec<InstanceSpec>) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        service_type: "model-server".into(),
+        capabilities: vec![capability.into()],
+        instances,
+        health: None,
+        lb: None,
+        max_in_flight: None,
+        max_pending: None,
+    }
+}
+
+fn post(path: &str, body: &'static str) -> Request<Body> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("request")
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .body(Body::empty())
+        .expect("request")
+}
+
+async fn text(response: Response<Body>) -> String {
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn header(response: &Response<Body>, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Quiet outlier detection and breakers so a test sees only what it turns on.
+fn calm() -> MeshConfig {
+    let mut config = MeshConfig::default();
+    config.outlier.consecutive_errors = 0;
+    config.breaker.consecutive_failures = 0;
+    config.breaker.failure_rate_pct = 0;
+    config.retry.max_retries = 0;
+    config.slow_start_ms = 0;
+    config
+}
+
+#[tokio::test]
+async fn route_forwards_to_a_service_offering_the_capability() {
+    let a = Backend::start("a").await;
+    let mut config = calm();
+    config.routes.insert(
+        "predict".into(),
+        RouteEntry::Full(RouteConfig {
+            path: Some("/v2/forecast".into()),
+            timeout_ms: Some(4_000),
+            ..RouteConfig::for_type("forecast")
+        }),
+    );
+    let f = fixture(config);
+    f.mesh
+        .register(service("fc", "forecast", vec![a.instance(100)]), false)
+        .await
+        .expect("register");
+    f.mesh
+        .register(
+            service(
+                "other",
+                "audit",
+                vec![Backend::start("x").await.instance(100)],
+            ),
+            false,
+        )
+        .await
+        .expect("register");
+
+    let response = f
+        .mesh
+        .route(
+            "predict",
+            post("/v1/route/predict?h=24", "{\"x\":1}"),
+            false,
+        )
+        .await
+        .expect("routed");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, proxy::HEADER_SERVICE), "fc");
+    assert_eq!(header(&response, proxy::HEADER_INSTANCE), "a");
+    assert_eq!(header(&response, proxy::HEADER_ATTEMPTS), "1");
+    assert!(text(response).await.contains("\"backend\":\"a\""));
+    let seen = a.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path, "/v2/forecast?h=24");
+    assert_eq!(seen.body, b"{\"x\":1}");
+    // The instance learns the remaining budget, at most the route's timeout.
+    let deadline = seen.deadline_ms.expect("deadline header");
+    assert!(deadline <= 4_000 && deadline > 3_000, "{deadline}");
+
+    // An unmapped type falls back to the capability of its own name.
+    let response = f
+        .mesh
+        .route("forecast", post("/v1/route/forecast", "{}"), false)
+        .await
+        .expect("routed");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(a.last().path, "/forecast");
+
+    let err = f
+        .mesh
+        .route("weather", post("/v1/route/weather", "{}"), false)
+        .await
+        .expect_err("nobody offers weather");
+    assert!(matches!(err, MeshError::NoRoute { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn named_proxy_streams_bodies_and_honours_a_shorter_caller_deadline() {
+    let a = Backend::start("a").await;
+    let f = fixture(calm());
+    f.mesh
+        .register(service("fc", "forecast", vec![a.instance(100)]), false)
+        .await
+        .expect("register");
+    // A body of unknown length streams (no buffering, no retry).
+    let body = Body::new(Chunks(
+        vec![Bytes::from_static(b"hello "), Bytes::from_static(b"world")].into(),
+    ));
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/services/fc/proxy/items/7?full=1")
+        .header(proxy::HEADER_DEADLINE, "1500")
+        .header("authorization", "Bearer daemon-token")
+        .body(body)
+        .expect("request");
+    let response = f
+        .mesh
+        .proxy("fc", "/items/7?full=1".into(), request, true)
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = a.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("PUT", "/items/7?full=1")
+    );
+    assert_eq!(seen.body, b"hello world");
+    assert!(seen.deadline_ms.expect("deadline") <= 1_500);
+    assert!(
+        !seen.authorization,
+        "the daemon's token must not reach the instance"
+    );
+    assert_eq!(seen.version, "HTTP/1.1");
+}
+
+/// A body of unknown length, sent in chunks.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn h2c_instances_are_reached_over_http2() {
+    let a = Backend::start_with("a", true).await;
+    let f = fixture(calm());
+    let mut instance = a.instance(100);
+    instance.protocol = Protocol::H2c;
+    f.mesh
+        .register(service("fc", "forecast", vec![instance]), false)
+        .await
+        .expect("register");
+    for _ in 0..3 {
+        let response = f
+            .mesh
+            .proxy("fc", "/x".into(), get("/v1/services/fc/proxy/x"), false)
+            .await
+            .expect("proxied");
+        assert_eq!(response.status(), StatusCode::OK);
+        text(response).await;
+    }
+    assert_eq!(a.last().version, "HTTP/2.0");
+    assert_eq!(a.hits(), 3);
+}
+
+/// Moves tokio's clock forward by `by` without sleeping: pause, advance, resume. Only for
+/// waits the mesh measures on tokio time (breaker and ejection periods, slow start).
+async fn skip(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+async fn send(mesh: &Mesh, name: &str) -> Result<Response<Body>, MeshError> {
+    mesh.proxy(
+        name,
+        "/work".into(),
+        get("/v1/services/x/proxy/work"),
+        false,
+    )
+    .await
+}
+
+/// Waits for the next bus event of `kind` (an observed event, not a sleep).
+async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<crate::events::Event>,
+    kind: EventKind,
+) -> crate::events::Event {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match rx.recv().await {
+                Ok(event) if event.kind == kind => return event,
+                Ok(_) => {}
+                Err(e) => panic!("event bus: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {} event", kind.as_str()))
+}
+
+#[tokio::test]
+async fn weights_are_honoured_over_real_backends_and_weight_zero_drains() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let f = fixture(calm());
+    let mut spec = service(
+        "fc",
+        "forecast",
+        vec![a.instance(500), b.instance(300), c.instance(200)],
+    );
+    spec.lb = Some(LbKind::Weighted);
+    f.mesh
+        .register(spec.clone(), false)
+        .await
+        .expect("register");
+    for _ in 0..1_000 {
+        let response = send(&f.mesh, "fc").await.expect("proxied");
+        text(response).await;
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (500, 300, 200));
+
+    // Weight 0 drains c; a and b keep their state (same instance objects).
+    let uid_a = f.mesh.service("fc").expect("fc").instances[0].uid;
+    spec.instances[2].weight = 0;
+    f.mesh.register(spec, true).await.expect("replace");
+    assert_eq!(f.mesh.service("fc").expect("fc").instances[0].uid, uid_a);
+    for _ in 0..800 {
+        text(send(&f.mesh, "fc").await.expect("proxied")).await;
+    }
+    assert_eq!(c.hits(), 200, "a drained instance got traffic");
+    assert_eq!((a.hits(), b.hits()), (1_000, 600));
+}
+
+#[tokio::test]
+async fn a_failing_instance_gets_only_the_single_half_open_probe_then_slow_starts_back() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = calm();
+    config.breaker.consecutive_failures = 3;
+    config.breaker.open_base_ms = 1_000;
+    config.breaker.jitter_pct = 0;
+    config.slow_start_ms = 60_000;
+    let f = fixture(config);
+    let mut rx = f.events.subscribe();
+    let mut spec = service("fc", "forecast", vec![a.instance(100), b.instance(100)]);
+    spec.lb = Some(LbKind::Weighted);
+    f.mesh.register(spec, false).await.expect("register");
+
+    a.set_status(500);
+    // Weighted alternates a, b: a's third failure opens its circuit.
+    for _ in 0..6 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    let opened = next_event(&mut rx, EventKind::CircuitOpened).await;
+    assert_eq!(opened.data["instance"], "a");
+    assert_eq!(a.hits(), 3);
+    for _ in 0..20 {
+        let response = send(&f.mesh, "fc").await.expect("answer");
+        assert_eq!(header(&response, proxy::HEADER_INSTANCE), "b");
+        text(response).await;
+    }
+    assert_eq!(a.hits(), 3, "an open circuit let traffic through");
+
+    // The open period ends: of 10 concurrent requests exactly one (the probe) reaches a.
+    a.delay_ms.store(200, Ordering::SeqCst);
+    skip(Duration::from_millis(1_000)).await;
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let mesh = f.mesh.clone();
+            tokio::spawn(async move { text(send(&mesh, "fc").await.expect("answer")).await })
+        })
+        .collect();
+    for request in burst {
+        request.await.expect("join");
+    }
+    assert_eq!(a.hits(), 4, "half-open must admit exactly one probe");
+    // The probe failed: open again, for twice as long.
+    let reopened = next_event(&mut rx, EventKind::CircuitOpened).await;
+    assert_eq!(reopened.data["open_ms"], 2_000);
+    assert_eq!(reopened.data["openings"], 2);
+
+    // Recovered: after the period, one probe succeeds and closes the circuit.
+    a.set_status(200);
+    a.delay_ms.store(0, Ordering::SeqCst);
+    skip(Duration::from_millis(2_000)).await;
+    for _ in 0..2 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    let closed = next_event(&mut rx, EventKind::CircuitClosed).await;
+    assert_eq!(closed.data["instance"], "a");
+    assert_eq!(a.hits(), 5);
+
+    // Slow start: a comes back at 10 % of its weight (10 vs 100: 1 in 11 requests)...
+    let before = a.hits();
+    for _ in 0..110 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    let share = a.hits() - before;
+    assert!((9..=12).contains(&share), "slow start share {share} of 110");
+    // ...and at full weight once the window has passed.
+    skip(Duration::from_millis(60_000)).await;
+    let before = a.hits();
+    for _ in 0..100 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    assert_eq!(a.hits() - before, 50);
+}
+
+#[tokio::test]
+async fn consecutive_errors_eject_within_the_max_share_and_the_instance_returns() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = calm();
+    config.outlier.consecutive_errors = 2;
+    config.outlier.base_ejection_ms = 5_000;
+    config.outlier.max_ejected_pct = 50;
+    let f = fixture(config);
+    let mut rx = f.events.subscribe();
+    let mut spec = service("fc", "forecast", vec![a.instance(100), b.instance(100)]);
+    spec.lb = Some(LbKind::RoundRobin);
+    f.mesh.register(spec, false).await.expect("register");
+    a.set_status(502);
+    b.set_status(502);
+    for _ in 0..4 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    // Both reached the threshold, but only half the instances may be ejected.
+    let ejected = next_event(&mut rx, EventKind::InstanceEjected).await;
+    assert_eq!(ejected.data["ejected_ms"], 5_000);
+    let service = f.mesh.service("fc").expect("fc");
+    let now = tokio::time::Instant::now();
+    let ejected_now = service
+        .instances
+        .iter()
+        .filter(|i| i.lock().outlier.is_ejected(now))
+        .count();
+    assert_eq!(ejected_now, 1);
+    let (out, kept) = if ejected.data["instance"] == "a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let (out_hits, kept_hits) = (out.hits(), kept.hits());
+    for _ in 0..10 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    assert_eq!(out.hits(), out_hits, "an ejected instance got traffic");
+    assert_eq!(kept.hits(), kept_hits + 10);
+    skip(Duration::from_millis(5_000)).await;
+    out.set_status(200);
+    kept.set_status(200);
+    for _ in 0..10 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    assert!(out.hits() > out_hits, "the instance never came back");
+}
+
+#[tokio::test]
+async fn retries_go_to_another_instance_only_when_safe_and_stay_inside_the_budget() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = calm();
+    config.retry.max_retries = 1;
+    config.retry.backoff_base_ms = 1;
+    config.retry.backoff_max_ms = 2;
+    config.retry.budget_pct = 20;
+    // A floor of 1 retry/s over 10 s: 10 retries even before traffic earned any.
+    config.retry.budget_min_per_s = 1;
+    config.retry.budget_window_s = 10;
+    let f = fixture(config);
+    let mut spec = service("fc", "forecast", vec![a.instance(100), b.instance(100)]);
+    spec.lb = Some(LbKind::RoundRobin);
+    f.mesh.register(spec, false).await.expect("register");
+    a.set_status(503);
+
+    // Round-robin starts at a: the GET fails there and is retried on b.
+    let response = send(&f.mesh, "fc").await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, proxy::HEADER_INSTANCE), "b");
+    assert_eq!(header(&response, proxy::HEADER_ATTEMPTS), "2");
+    text(response).await;
+    // A POST is not idempotent: its 503 comes back as is, after one attempt.
+    let service = f.mesh.service("fc").expect("fc");
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let response = f
+            .mesh
+            .proxy("fc", "/work".into(), post("/work", "{}"), false)
+            .await
+            .expect("answer");
+        answers.push((
+            header(&response, proxy::HEADER_INSTANCE),
+            response.status().as_u16(),
+            header(&response, proxy::HEADER_ATTEMPTS),
+        ));
+        text(response).await;
+    }
+    assert!(
+        answers.contains(&("a".into(), 503, "1".into())),
+        "{answers:?}"
+    );
+    assert_eq!(service.stats.retries.load(Ordering::SeqCst), 1);
+
+    // Everything fails: retries stop at 20 % of the requests.
+    b.set_status(503);
+    let service_retries = service.stats.retries.load(Ordering::SeqCst);
+    let hits = a.hits() + b.hits();
+    for _ in 0..100 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    let retries = service.stats.retries.load(Ordering::SeqCst) - service_retries;
+    // Budget: 10 (floor) + 20 % of 103 requests = 30 retries in the window; 1 was spent above.
+    assert_eq!(retries, 29, "retries outside the budget");
+    assert_eq!(a.hits() + b.hits() - hits, 100 + retries);
+    assert_eq!(
+        service
+            .stats
+            .retries_denied_by_budget
+            .load(Ordering::SeqCst),
+        100 - retries
+    );
+}
+
+#[tokio::test]
+async fn concurrency_cap_sheds_with_503_and_the_reason_and_deadlines_time_out() {
+    let a = Backend::start("a").await;
+    let f = fixture(calm());
+    let mut spec = service("fc", "forecast", vec![a.instance(100)]);
+    spec.max_in_flight = Some(1);
+    spec.max_pending = Some(0);
+    f.mesh.register(spec, false).await.expect("register");
+    a.delay_ms.store(300, Ordering::SeqCst);
+    let first = {
+        let mesh = f.mesh.clone();
+        tokio::spawn(async move { text(send(&mesh, "fc").await.expect("answer")).await })
+    };
+    let service = f.mesh.service("fc").expect("fc");
+    while service.limit.in_flight() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let err = send(&f.mesh, "fc").await.expect_err("over the cap");
+    assert!(matches!(err, MeshError::Shed { .. }), "{err}");
+    assert!(err.to_string().contains("max_in_flight = 1"), "{err}");
+    first.await.expect("join");
+
+    // The caller's deadline (100 ms) is shorter than the instance's 300 ms.
+    let request = Request::builder()
+        .uri("/work")
+        .header(proxy::HEADER_DEADLINE, "100")
+        .body(Body::empty())
+        .expect("request");
+    let err = f
+        .mesh
+        .proxy("fc", "/work".into(), request, false)
+        .await
+        .expect_err("too slow");
+    assert!(
+        matches!(
+            err,
+            MeshError::Timeout {
+                timeout_ms: 100,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn active_checks_drive_health_with_thresholds_and_panic_routes_to_all() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = calm();
+    config.outlier.panic_threshold_pct = 50;
+    let f = fixture(config);
+    let mut rx = f.events.subscribe();
+    let mut spec = service("fc", "forecast", vec![a.instance(100), b.instance(100)]);
+    spec.health = Some(HealthCheckSpec {
+        checker: "scripted".into(),
+        interval_ms: 100,
+        jitter_pct: 0,
+        healthy_threshold: 2,
+        unhealthy_threshold: 1,
+        ..HealthCheckSpec::default()
+    });
+    f.mesh.register(spec, false).await.expect("register");
+    f.checks
+        .healthy
+        .lock()
+        .expect("lock")
+        .insert(a.url(), false);
+    f.mesh.start_health_checks();
+    loop {
+        let event = next_event(&mut rx, EventKind::HealthChanged).await;
+        if event.data["instance"] == "a" {
+            assert_eq!(event.data["to"], "unhealthy");
+            break;
+        }
+    }
+    let a_hits = a.hits();
+    for _ in 0..10 {
+        text(send(&f.mesh, "fc").await.expect("answer")).await;
+    }
+    assert_eq!(a.hits(), a_hits, "an unhealthy instance got traffic");
+
+    // Both unhealthy: below the panic threshold the mesh routes to all instead of failing.
+    f.checks
+        .healthy
+        .lock()
+        .expect("lock")
+        .insert(b.url(), false);
+    loop {
+        let event = next_event(&mut rx, EventKind::HealthChanged).await;
+        if event.data["instance"] == "b" && event.data["to"] == "unhealthy" {
+            break;
+        }
+    }
+    let response = send(&f.mesh, "fc").await.expect("panic mode routes");
+    assert_eq!(response.status(), StatusCode::OK);
+    text(response).await;
+
+    f.checks.healthy.lock().expect("lock").clear();
+    let mut recovered = std::collections::BTreeSet::new();
+    while recovered.len() < 2 {
+        let event = next_event(&mut rx, EventKind::HealthChanged).await;
+        assert_eq!(event.data["to"], "healthy");
+        recovered.insert(event.data["instance"].as_str().unwrap_or("").to_string());
+    }
+    assert!(f.checks.calls.load(Ordering::SeqCst) >= 6);
+    let view = f.mesh.views();
+    assert_eq!(view[0].status, "healthy");
+    assert!(view[0].instances.iter().all(|i| i.last_check.is_some()));
+}
+
+#[tokio::test]
+async fn registrations_are_validated_persisted_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mesh/catalog.json");
+    let runner: Arc<dyn CheckRunner> = Arc::new(ScriptedChecks::default());
+    let mut config = calm();
+    config.services = vec![service(
+        "from-config",
+        "audit",
+        vec![Backend::start("c").await.instance(100)],
+    )];
+    let mesh = Mesh::new(
+        config.clone(),
+        path.clone(),
+        Arc::clone(&runner),
+        EventBus::new(),
+    )
+    .expect("mesh");
+    let a = Backend::start("a").await;
+    mesh.register(service("fc", "forecast", vec![a.instance(100)]), false)
+        .await
+        .expect("register");
+
+    let err = mesh
+        .register(service("fc", "forecast", vec![a.instance(100)]), false)
+        .await
+        .expect_err("duplicate");
+    assert!(matches!(err, MeshError::Duplicate(_)), "{err}");
+    let mut bad = service("bad", "x", vec![a.instance(100)]);
+    bad.instances[0].endpoint = "not a url".into();
+    assert!(matches!(
+        mesh.register(bad.clone(), false).await,
+        Err(MeshError::Spec(CheckedSpecError::Spec(
+            SpecError::BadUrl { .. }
+        )))
+    ));
+    bad.instances[0] = a.instance(5_000);
+    assert!(matches!(
+        mesh.register(bad.clone(), false).await,
+        Err(MeshError::Spec(CheckedSpecError::Spec(
+            SpecError::WeightOutOfRange { .. }
+        )))
+    ));
+    bad.instances[0] = a.instance(1);
+    bad.health = Some(HealthCheckSpec {
+        checker: "no-such-checker".into(),
+        ..HealthCheckSpec::default()
+    });
+    assert!(matches!(
+        mesh.register(bad, false).await,
+        Err(MeshError::Spec(CheckedSpecError::UnknownChecker(_)))
+    ));
+    assert!(matches!(
+        mesh.remove("from-config").await,
+        Err(MeshError::ConfigOwned(_))
+    ));
+    drop(mesh);
+
+    // A new daemon reads the catalog back.
+    let mesh = Mesh::new(
+        config.clone(),
+        path.clone(),
+        Arc::clone(&runner),
+        EventBus::new(),
+    )
+    .expect("restart");
+    let names: Vec<String> = mesh.services().keys().cloned().collect();
+    assert_eq!(names, ["fc", "from-config"]);
+    let report = mesh.probe_service("fc").await.expect("probe");
+    assert_eq!((report.status, report.healthy), (200, true));
+    assert_eq!(report.instance, "a");
+    assert_eq!(a.last().path, "/health");
+    mesh.remove("fc").await.expect("remove");
+    drop(mesh);
+    let mesh = Mesh::new(config, path, runner, EventBus::new()).expect("restart");
+    assert_eq!(mesh.services().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_with_nowhere_to_go_returns_the_original_answer_and_frees_its_slot() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = calm();
+    config.retry.max_retries = 1;
+    config.retry.backoff_base_ms = 1;
+    config.retry.backoff_max_ms = 1;
+    config.breaker.consecutive_failures = 1;
+    config.breaker.jitter_pct = 0;
+    let f = fixture(config);
+    let mut spec = service("fc", "forecast", vec![a.instance(100), b.instance(100)]);
+    spec.lb = Some(LbKind::RoundRobin);
+    spec.max_in_flight = Some(1);
+    f.mesh.register(spec, false).await.expect("register");
+    // b fails once: its circuit opens, so a retry of a's failure has nowhere to go.
+    b.set_status(500);
+    a.set_status(200);
+    text(send(&f.mesh, "fc").await.expect("answer")).await; // a
+    text(send(&f.mesh, "fc").await.expect("answer")).await; // b: opens
+    a.set_status(503);
+    let response = send(&f.mesh, "fc").await.expect("the original answer");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&response, proxy::HEADER_INSTANCE), "a");
+    assert!(text(response).await.contains("\"backend\":\"a\""));
+    assert_eq!(f.mesh.service("fc").expect("fc").limit.in_flight(), 0);
+}
