@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use hyper::Method;
 use serde_json::{Value, json};
 
-use super::client::{call, call_ok};
+use super::client::{call, call_ok, error_text};
 use super::commands::print_table;
 use super::{AgentCommand, ApiArgs, RunArgs, SystemArgs, SystemCommand};
 
@@ -59,15 +59,11 @@ async fn run_and_print(api: &ApiArgs, path: &str, task: &str, run: &RunArgs) -> 
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
     if !status.is_success() {
-        let message = value
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("(no message)");
         let run_id = value
             .pointer("/error/run_id")
             .map(|id| format!(" (run {id})"))
             .unwrap_or_default();
-        bail!("{status}: {message}{run_id}");
+        bail!("{}{run_id}", error_text(status, &value));
     }
     if api.json {
         return Ok(());

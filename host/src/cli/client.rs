@@ -70,15 +70,20 @@ pub async fn call_ok(
 ) -> anyhow::Result<Value> {
     let (status, value) = call(api, method, path, body).await?;
     if !status.is_success() {
-        let message = value
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("(no message)");
-        let code = value
-            .pointer("/error/code")
-            .and_then(Value::as_str)
-            .unwrap_or("error");
-        bail!("{status} {code}: {message}");
+        bail!("{}", error_text(status, &value));
     }
     Ok(value)
+}
+
+/// `STATUS CODE: message` of an API error answer.
+pub fn error_text(status: StatusCode, value: &Value) -> String {
+    let message = value
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("(no message)");
+    let code = value
+        .pointer("/error/code")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    format!("{status} {code}: {message}")
 }
