@@ -398,10 +398,41 @@ fn the_doc_generator_documents_what_is_registered_and_every_endpoint_is_routed()
     env.install("bundled", "doc-generator", |_| {});
     env.install("bundled", "http-health", |_| {});
     env.install("testing", "echo", |_| {});
+    let backend = evolve_e2e::http::Backend::start(200);
     let daemon = env.start();
-    let response = daemon.post("/v1/system/documentation", &json!({}));
-    assert_eq!(response.status, 200, "{}", response.text());
-    let markdown = std::fs::read_to_string(env.data_dir.join("docs/inventory.md")).unwrap();
+    let service = daemon.post(
+        "/v1/services",
+        &json!({
+            "name": "quotes",
+            "type": "data-feed",
+            "capabilities": ["quotes"],
+            "instances": [{"endpoint": backend.url()}],
+        }),
+    );
+    assert_eq!(service.status, 201, "{}", service.text());
+    let model = daemon.post(
+        "/v1/models",
+        &json!({"name": "momentum", "task_type": "forecasting"}),
+    );
+    assert_eq!(model.status, 201, "{}", model.text());
+    // The inventory's registry view refreshes within a second; regenerate until it shows.
+    let deadline = std::time::Instant::now() + evolve_e2e::EVENT_TIMEOUT;
+    let markdown = loop {
+        let response = daemon.post("/v1/system/documentation", &json!({}));
+        assert_eq!(response.status, 200, "{}", response.text());
+        let markdown = std::fs::read_to_string(env.data_dir.join("docs/inventory.md")).unwrap();
+        if markdown.contains("| momentum | forecasting |") {
+            break markdown;
+        }
+        assert!(std::time::Instant::now() < deadline, "{markdown}");
+        std::thread::yield_now();
+    };
+    let services =
+        &markdown[markdown.find("## Services").unwrap()..markdown.find("## Models").unwrap()];
+    assert!(
+        services.contains(&format!("| quotes | data-feed | {} |", backend.url())),
+        "{services}"
+    );
     for plugin in ["doc-generator", "http-health", "echo"] {
         assert!(
             markdown.contains(&format!("| {plugin} | 0.1.0 |")),
