@@ -963,3 +963,46 @@ async fn the_data_plane_listener_forwards_any_path_to_its_service() {
     stop_tx.send(true).expect("stop");
     served.await.expect("listener stops");
 }
+
+#[tokio::test]
+async fn the_inventory_lists_each_instance_with_its_health_and_circuit() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = calm();
+    config.breaker.consecutive_failures = 1;
+    let f = fixture(config);
+    let mut spec = service("fc", "forecast", vec![a.instance(100), b.instance(0)]);
+    spec.lb = Some(LbKind::RoundRobin);
+    spec.health = Some(HealthCheckSpec {
+        checker: "scripted".into(),
+        interval_ms: 100,
+        jitter_pct: 0,
+        ..HealthCheckSpec::default()
+    });
+    f.mesh.register(spec, false).await.expect("register");
+    let mut rx = f.events.subscribe();
+    f.mesh.start_health_checks();
+    for _ in 0..2 {
+        next_event(&mut rx, EventKind::HealthChanged).await;
+    }
+    a.set_status(500);
+    text(send(&f.mesh, "fc").await.expect("answer")).await;
+    let inventory = f.mesh.inventory();
+    assert_eq!(inventory.len(), 2);
+    let entry_a = &inventory[0];
+    assert_eq!(entry_a.service.name, "fc");
+    assert_eq!(entry_a.service.endpoint, a.url());
+    assert_eq!(entry_a.service.capabilities, ["forecast"]);
+    assert_eq!(entry_a.circuit, "open");
+    assert_eq!(
+        entry_a.health.as_ref().map(|h| h.status),
+        Some(HealthStatus::Healthy)
+    );
+    assert!(
+        entry_a
+            .service
+            .metadata
+            .contains(&("instance".to_string(), "a".to_string()))
+    );
+    assert_eq!(inventory[1].service.weight, 0);
+    assert_eq!(inventory[1].circuit, "closed");
+}
