@@ -207,17 +207,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let socket = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on mesh.listen = {addr}"))?;
-        let mut stop = stop_rx.clone();
-        let app = crate::mesh::listener::router(mesh.clone(), service.clone());
         tracing::info!(addr = %addr, service = %service, "mesh listener forwarding to {service}");
-        tokio::spawn(async move {
-            let served = axum::serve(socket, app).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            });
-            if let Err(error) = served.await {
-                tracing::error!(%error, "mesh listener failed");
-            }
-        });
+        tokio::spawn(crate::mesh::listener::serve(
+            socket,
+            mesh.clone(),
+            service,
+            stop_rx.clone(),
+        ));
     }
     // ---- end service mesh ----
     let mut graceful_rx = stop_rx.clone();

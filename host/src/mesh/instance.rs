@@ -118,6 +118,9 @@ pub struct InstanceState {
     pub uid: u64,
     pub service: String,
     pub id: String,
+    /// `x-evolve-service` / `x-evolve-instance` values, built once (None if not header-safe).
+    pub service_header: Option<http::HeaderValue>,
+    pub id_header: Option<http::HeaderValue>,
     pub spec: InstanceSpec,
     pub target: Target,
     pub weight: AtomicU32,
@@ -134,6 +137,8 @@ impl InstanceState {
         InstanceState {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             service: service.to_string(),
+            service_header: http::HeaderValue::from_str(service).ok(),
+            id_header: http::HeaderValue::from_str(&id).ok(),
             id,
             spec: spec.clone(),
             target: Target { origin, prefix },

@@ -157,7 +157,7 @@ pub async fn forward(
         }
         _ => (None, Some(body)),
     };
-    let headers = forwarded_headers(&parts.headers, plan.strip_authorization);
+    let mut headers = forwarded_headers(parts.headers, plan.strip_authorization);
 
     let mut tried: Vec<u64> = Vec::new();
     let mut attempt = 0u32;
@@ -215,11 +215,17 @@ pub async fn forward(
             .uri(uri)
             .body(body)
             .map_err(|e| MeshError::BadRequest(format!("cannot form the request: {e}")))?;
-        *outgoing.headers_mut() = headers.clone();
+        // The last possible attempt takes the headers; earlier ones copy them for a retry.
+        *outgoing.headers_mut() = if attempt <= plan.retries {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if let Ok(value) = HeaderValue::from_str(&remaining.as_millis().to_string()) {
-            outgoing.headers_mut().insert(HEADER_DEADLINE, value);
-        }
+        outgoing.headers_mut().insert(
+            HEADER_DEADLINE,
+            HeaderValue::from(remaining.as_millis() as u64),
+        );
         let sent = Instant::now();
         let result = tokio::time::timeout_at(
             deadline,
@@ -362,16 +368,15 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// The request headers an instance gets: hop-by-hop headers (and those `Connection` names),
 /// `Host` (the client sets the instance's) and the caller's deadline (re-set per attempt) go.
-fn forwarded_headers(incoming: &HeaderMap, strip_authorization: bool) -> HeaderMap {
-    let mut headers = incoming.clone();
+fn forwarded_headers(mut headers: HeaderMap, strip_authorization: bool) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
+    let host = headers.remove(header::HOST);
     headers.remove(HEADER_DEADLINE);
     if strip_authorization {
         headers.remove(header::AUTHORIZATION);
     }
-    if let Some(host) = incoming.get(header::HOST) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    if let Some(host) = host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     headers
 }
@@ -410,11 +415,11 @@ fn respond(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let headers = &mut parts.headers;
-    if let Ok(value) = HeaderValue::from_str(&instance.service) {
-        headers.insert(HEADER_SERVICE, value);
+    if let Some(value) = &instance.service_header {
+        headers.insert(HEADER_SERVICE, value.clone());
     }
-    if let Ok(value) = HeaderValue::from_str(&instance.id) {
-        headers.insert(HEADER_INSTANCE, value);
+    if let Some(value) = &instance.id_header {
+        headers.insert(HEADER_INSTANCE, value.clone());
     }
     headers.insert(HEADER_ATTEMPTS, HeaderValue::from(attempts));
     Response::from_parts(
@@ -526,11 +531,11 @@ mod tests {
         headers.insert("authorization", HeaderValue::from_static("Bearer t"));
         headers.insert(HEADER_DEADLINE, HeaderValue::from_static("50"));
         headers.insert("x-keep", HeaderValue::from_static("yes"));
-        let out = forwarded_headers(&headers, true);
+        let out = forwarded_headers(headers.clone(), true);
         let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(out["x-keep"], "yes");
         assert_eq!(out["x-forwarded-host"], "evolve:7070");
-        assert!(forwarded_headers(&headers, false).contains_key("authorization"));
+        assert!(forwarded_headers(headers, false).contains_key("authorization"));
     }
 }

@@ -908,3 +908,101 @@ async fn a_retry_with_nowhere_to_go_returns_the_original_answer_and_frees_its_sl
     assert!(text(response).await.contains("\"backend\":\"a\""));
     assert_eq!(f.mesh.service("fc").expect("fc").limit.in_flight(), 0);
 }
+
+#[tokio::test]
+async fn the_data_plane_listener_forwards_any_path_to_its_service() {
+    let a = Backend::start("a").await;
+    let f = fixture(calm());
+    f.mesh
+        .register(service("fc", "forecast", vec![a.instance(100)]), false)
+        .await
+        .expect("register");
+    let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let served = tokio::spawn(listener::serve(
+        socket,
+        f.mesh.clone(),
+        "fc".into(),
+        stop_rx,
+    ));
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let response = client
+        .request(
+            Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://{addr}/forecast?x=1"))
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[proxy::HEADER_SERVICE], "fc");
+    let seen = a.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/forecast?x=1")
+    );
+    // An unknown service answers with the API's JSON error, not a dropped connection.
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let other = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let other_addr = other.local_addr().expect("addr");
+    tokio::spawn(listener::serve(other, f.mesh.clone(), "nobody".into(), rx));
+    let response = client
+        .request(
+            Request::builder()
+                .uri(format!("http://{other_addr}/"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    stop_tx.send(true).expect("stop");
+    served.await.expect("listener stops");
+}
+
+#[tokio::test]
+async fn the_inventory_lists_each_instance_with_its_health_and_circuit() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = calm();
+    config.breaker.consecutive_failures = 1;
+    let f = fixture(config);
+    let mut spec = service("fc", "forecast", vec![a.instance(100), b.instance(0)]);
+    spec.lb = Some(LbKind::RoundRobin);
+    spec.health = Some(HealthCheckSpec {
+        checker: "scripted".into(),
+        interval_ms: 100,
+        jitter_pct: 0,
+        ..HealthCheckSpec::default()
+    });
+    f.mesh.register(spec, false).await.expect("register");
+    let mut rx = f.events.subscribe();
+    f.mesh.start_health_checks();
+    for _ in 0..2 {
+        next_event(&mut rx, EventKind::HealthChanged).await;
+    }
+    a.set_status(500);
+    text(send(&f.mesh, "fc").await.expect("answer")).await;
+    let inventory = f.mesh.inventory();
+    assert_eq!(inventory.len(), 2);
+    let entry_a = &inventory[0];
+    assert_eq!(entry_a.service.name, "fc");
+    assert_eq!(entry_a.service.endpoint, a.url());
+    assert_eq!(entry_a.service.capabilities, ["forecast"]);
+    assert_eq!(entry_a.circuit, "open");
+    assert_eq!(
+        entry_a.health.as_ref().map(|h| h.status),
+        Some(HealthStatus::Healthy)
+    );
+    assert!(
+        entry_a
+            .service
+            .metadata
+            .contains(&("instance".to_string(), "a".to_string()))
+    );
+    assert_eq!(inventory[1].service.weight, 0);
+    assert_eq!(inventory[1].circuit, "closed");
+}
