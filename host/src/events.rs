@@ -40,6 +40,17 @@ pub enum EventKind {
     PluginRetired,
     #[serde(rename = "plugin.released")]
     PluginReleased,
+    #[serde(rename = "model.registered")]
+    ModelRegistered,
+    #[serde(rename = "model.version_created")]
+    ModelVersionCreated,
+    /// An alias was set, rolled back or deleted (`data.action`).
+    #[serde(rename = "model.alias_moved")]
+    ModelAliasMoved,
+    #[serde(rename = "registry.backup_written")]
+    RegistryBackupWritten,
+    #[serde(rename = "registry.restored")]
+    RegistryRestored,
 }
 
 impl EventKind {
@@ -53,6 +64,11 @@ impl EventKind {
             EventKind::PluginUnloaded => "plugin.unloaded",
             EventKind::PluginRetired => "plugin.retired",
             EventKind::PluginReleased => "plugin.released",
+            EventKind::ModelRegistered => "model.registered",
+            EventKind::ModelVersionCreated => "model.version_created",
+            EventKind::ModelAliasMoved => "model.alias_moved",
+            EventKind::RegistryBackupWritten => "registry.backup_written",
+            EventKind::RegistryRestored => "registry.restored",
         }
     }
 }
