@@ -451,11 +451,15 @@ impl Hasher for IdHasher {
 
 type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
-/// Every series by version row id and metric; metric names are interned to small ids.
+/// A version's series by metric id; a version has a handful, so a short vector beats a map.
+type VersionSeries = Vec<(u32, Series)>;
+
+/// Every series by version row id and metric; metric names are interned to small ids. One hash
+/// lookup per candidate finds all its series side by side.
 #[derive(Debug, Default)]
 pub(crate) struct SeriesIndex {
     metric_ids: HashMap<String, u32>,
-    series: IdMap<(i64, u32), Series>,
+    by_version: IdMap<i64, VersionSeries>,
     points: u64,
 }
 
@@ -476,7 +480,7 @@ impl SeriesIndex {
                 .is_some_and(|(v, m, _)| *v == version_id && *m == metric_id);
             if !same {
                 if let Some((v, m, series)) = current.take() {
-                    index.series.insert((v, m), series);
+                    index.by_version.entry(v).or_default().push((m, series));
                 }
                 current = Some((version_id, metric_id, Series::default()));
             }
@@ -486,7 +490,7 @@ impl SeriesIndex {
             index.points += 1;
         }
         if let Some((v, m, series)) = current.take() {
-            index.series.insert((v, m), series);
+            index.by_version.entry(v).or_default().push((m, series));
         }
         Ok(index)
     }
@@ -503,10 +507,15 @@ impl SeriesIndex {
     pub(crate) fn add(&mut self, points: &[BoundPoint]) {
         for point in points {
             let metric = self.intern(&point.metric);
-            self.series
-                .entry((point.version_id, metric))
-                .or_default()
-                .insert(point.ts, point.value);
+            let version = self.by_version.entry(point.version_id).or_default();
+            let at = match version.iter().position(|(m, _)| *m == metric) {
+                Some(at) => at,
+                None => {
+                    version.push((metric, Series::default()));
+                    version.len() - 1
+                }
+            };
+            version[at].1.insert(point.ts, point.value);
         }
         self.points += points.len() as u64;
     }
@@ -516,8 +525,9 @@ impl SeriesIndex {
         self.metric_ids.get(metric).copied()
     }
 
-    pub(crate) fn series(&self, version_id: i64, metric: u32) -> Option<&Series> {
-        self.series.get(&(version_id, metric))
+    /// All series of a version (empty when it has no points).
+    pub(crate) fn version(&self, version_id: i64) -> &[(u32, Series)] {
+        self.by_version.get(&version_id).map_or(&[], Vec::as_slice)
     }
 
     pub(crate) fn points(&self) -> u64 {

@@ -249,12 +249,13 @@ pub(crate) fn rank(
     let mut eligible: Vec<(&Candidate, Vec<MetricScore>)> = Vec::with_capacity(candidates.len());
     let mut excluded = Vec::new();
     for candidate in candidates {
+        let series = index.version(candidate.version_id);
         let mut scores = Vec::with_capacity(policy.metrics.len());
         let mut missing = Vec::new();
         for (term, metric_id) in policy.metrics.iter().zip(&metric_ids) {
             let stats = metric_id
-                .and_then(|id| index.series(candidate.version_id, id))
-                .and_then(|s| s.window(from, now_ms, half_life));
+                .and_then(|id| series.iter().find(|(m, _)| *m == id))
+                .and_then(|(_, s)| s.window(from, now_ms, half_life));
             match stats {
                 Some(stats) if stats.samples >= u64::from(policy.min_samples) => {
                     scores.push(MetricScore {
