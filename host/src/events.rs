@@ -56,6 +56,17 @@ pub enum EventKind {
     CircuitClosed,
     #[serde(rename = "instance.ejected")]
     InstanceEjected,
+    #[serde(rename = "model.registered")]
+    ModelRegistered,
+    #[serde(rename = "model.version_created")]
+    ModelVersionCreated,
+    /// An alias was set, rolled back or deleted (`data.action`).
+    #[serde(rename = "model.alias_moved")]
+    ModelAliasMoved,
+    #[serde(rename = "registry.backup_written")]
+    RegistryBackupWritten,
+    #[serde(rename = "registry.restored")]
+    RegistryRestored,
 }
 
 impl EventKind {
@@ -77,6 +88,11 @@ impl EventKind {
             EventKind::CircuitOpened => "circuit.opened",
             EventKind::CircuitClosed => "circuit.closed",
             EventKind::InstanceEjected => "instance.ejected",
+            EventKind::ModelRegistered => "model.registered",
+            EventKind::ModelVersionCreated => "model.version_created",
+            EventKind::ModelAliasMoved => "model.alias_moved",
+            EventKind::RegistryBackupWritten => "registry.backup_written",
+            EventKind::RegistryRestored => "registry.restored",
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | [`api`] | HTTP API (axum) |
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
 //! | [`config`] | daemon configuration |
+//! | [`rng`] | a fast per-thread random source for balancing, retry and schedule jitter |
 
 pub mod agents;
 pub mod api;
@@ -25,5 +26,6 @@ pub mod fsutil;
 pub mod mesh;
 pub mod registry;
 pub mod reload;
+pub mod rng;
 pub mod runtime;
 pub mod system;

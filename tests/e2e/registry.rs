@@ -166,6 +166,17 @@ fn registry_api_cli_inventory_and_export_import() {
             ),
         ]
     );
+    let event = daemon.wait_event("model.alias_moved", "momentum", |d| {
+        d["action"] == "rollback"
+    });
+    assert_eq!(
+        (
+            event["from"].clone(),
+            event["to"].clone(),
+            event["actor"].clone()
+        ),
+        (json!(2), json!(1), json!("env"))
+    );
     let nothing = post("/v1/models/momentum/aliases/champion/rollback", json!({}));
     assert_eq!(nothing.status, 409);
 

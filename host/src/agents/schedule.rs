@@ -304,18 +304,14 @@ fn number(text: &str, min: u32, max: u32) -> Result<u32, String> {
     Ok(n)
 }
 
-/// A uniformly random duration in `0..=max`, from the std hasher's per-process random keys (no
-/// extra dependency; schedule jitter needs spread, not cryptographic strength).
+/// A uniformly random duration in `0..=max`.
 pub fn random_jitter(max: Duration) -> Duration {
-    use std::hash::{BuildHasher, RandomState};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
     if max_ms == 0 {
         return Duration::ZERO;
     }
-    let sample = RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
-    Duration::from_millis(sample % (max_ms + 1))
+    let sample = crate::rng::with_thread_rng(|rng| rng.next_u64());
+    Duration::from_millis(sample % max_ms.saturating_add(1))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::{ApiError, ApiState, Caller, JsonBody};
+use crate::events::{Event, EventKind};
 use crate::registry::performance::MetricValue;
 use crate::registry::{
     HistoryQuery, ModelFilter, MoveContext, NewModel, NewPoint, NewVersion, Registry,
@@ -175,6 +176,11 @@ async fn register_model(
 ) -> Result<Response, ApiError> {
     let actor = actor(caller);
     let model = with_registry(&state, move |r| r.register_model(model, actor.as_deref())).await?;
+    state.events.publish(Event::new(
+        EventKind::ModelRegistered,
+        &model.name,
+        json!({ "task_type": model.task_type, "by": model.created_by }),
+    ));
     Ok(created(model))
 }
 
@@ -223,6 +229,11 @@ async fn create_version(
         r.create_version(&name, version, actor.as_deref())
     })
     .await?;
+    state.events.publish(Event::new(
+        EventKind::ModelVersionCreated,
+        &version.model,
+        json!({ "version": version.version, "status": version.status, "by": version.created_by }),
+    ));
     Ok(created(version))
 }
 
@@ -296,6 +307,7 @@ async fn set_alias(
     Path((name, alias)): Path<(String, String)>,
     JsonBody(body): JsonBody<SetAliasBody>,
 ) -> Result<Response, ApiError> {
+    let model = name.clone();
     let actor = actor(caller);
     let outcome = with_registry(&state, move |r| {
         let context = MoveContext {
@@ -306,6 +318,7 @@ async fn set_alias(
         r.set_alias(&name, &alias, body.version, &context)
     })
     .await?;
+    publish_move(&state, &model, outcome.moved.as_ref());
     Ok(ok(outcome))
 }
 
@@ -323,6 +336,7 @@ async fn delete_alias(
     reason: Result<Query<ReasonBody>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let reason = query(reason)?.reason;
+    let model = name.clone();
     let actor = actor(caller);
     let moved = with_registry(&state, move |r| {
         let context = MoveContext {
@@ -333,6 +347,7 @@ async fn delete_alias(
         r.delete_alias(&name, &alias, &context)
     })
     .await?;
+    publish_move(&state, &model, Some(&moved));
     Ok(ok(moved))
 }
 
@@ -354,6 +369,7 @@ async fn rollback_alias(
             })?
             .reason
     };
+    let model = name.clone();
     let actor = actor(caller);
     let moved = with_registry(&state, move |r| {
         let context = MoveContext {
@@ -364,7 +380,17 @@ async fn rollback_alias(
         r.rollback_alias(&name, &alias, &context)
     })
     .await?;
+    publish_move(&state, &model, Some(&moved));
     Ok(ok(moved))
+}
+
+/// Publishes an alias move on the event bus.
+fn publish_move(state: &ApiState, model: &str, moved: Option<&crate::registry::AliasMove>) {
+    if let Some(moved) = moved {
+        state
+            .events
+            .publish(Event::new(EventKind::ModelAliasMoved, model, json!(moved)));
+    }
 }
 
 async fn alias_history(
@@ -486,7 +512,13 @@ async fn list_backups(State(state): State<ApiState>) -> Result<Response, ApiErro
 }
 
 async fn backup_now(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    Ok(created(with_registry(&state, |r| r.backup_now()).await?))
+    let backup = with_registry(&state, |r| r.backup_now()).await?;
+    state.events.publish(Event::new(
+        EventKind::RegistryBackupWritten,
+        &backup.file,
+        json!({ "path": backup.path, "bytes": backup.bytes, "scheduled": false }),
+    ));
+    Ok(created(backup))
 }
 
 #[derive(Debug, Deserialize)]
@@ -500,7 +532,13 @@ async fn restore(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody<RestoreBody>,
 ) -> Result<Response, ApiError> {
+    let backup = body.backup.clone();
     let saved = with_registry(&state, move |r| r.restore(&body.backup)).await?;
+    state.events.publish(Event::new(
+        EventKind::RegistryRestored,
+        backup,
+        json!({ "previous_saved_as": saved.file }),
+    ));
     Ok(ok(json!({ "restored": true, "previous_saved_as": saved })))
 }
 

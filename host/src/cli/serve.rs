@@ -112,6 +112,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if config.registry.backup_interval_s > 0 {
         let registry = Arc::clone(&registry);
+        let events = events.clone();
         let period = Duration::from_secs(config.registry.backup_interval_s);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -120,9 +121,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tick.tick().await;
                 let registry = Arc::clone(&registry);
                 match tokio::task::spawn_blocking(move || registry.backup_now()).await {
-                    Ok(Ok(backup)) => {
-                        tracing::info!(file = %backup.path.display(), bytes = backup.bytes, "registry backup written")
-                    }
+                    Ok(Ok(backup)) => events.publish(crate::events::Event::new(
+                        crate::events::EventKind::RegistryBackupWritten,
+                        &backup.file,
+                        serde_json::json!({ "path": backup.path, "bytes": backup.bytes, "scheduled": true }),
+                    )),
                     Ok(Err(error)) => tracing::error!(%error, "scheduled registry backup failed"),
                     Err(error) => tracing::error!(%error, "scheduled registry backup task failed"),
                 }

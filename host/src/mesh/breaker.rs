@@ -29,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::config::BreakerConfig;
-use super::rng::jitter;
+use crate::rng::jitter;
 
 /// Circuit state as the API, metrics and inventory spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

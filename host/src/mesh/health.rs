@@ -25,8 +25,8 @@ use tokio::time::Instant;
 
 use super::catalog::HealthCheckSpec;
 use super::instance::InstanceState;
-use super::rng::{jitter, with_thread_rng};
 use crate::events::{Event, EventBus, EventKind};
+use crate::rng::{jitter, with_thread_rng};
 use crate::runtime::bindings::types::{HealthReport, HealthStatus, Service};
 use crate::runtime::{PluginKind, Runtime};
 

@@ -15,7 +15,6 @@
 //! | [`breaker`] | concurrency caps per service, failure accrual per instance |
 //! | [`retry`] | idempotency, retry budget, backoff |
 //! | [`view`] | what the API, inventory and probes read |
-//! | [`rng`] | a fast per-thread random source for balancing and jitter |
 //!
 //! Data flows API/CLI → [`Mesh`] → proxy → instances, and [`Mesh`] → runtime → checker plugin
 //! for active health.
@@ -30,7 +29,6 @@ pub mod listener;
 pub mod outlier;
 pub mod proxy;
 pub mod retry;
-pub mod rng;
 pub mod service;
 pub mod view;
 

@@ -17,7 +17,7 @@ use http::Method;
 use tokio::time::Instant;
 
 use super::config::RetryConfig;
-use super::rng::with_thread_rng;
+use crate::rng::with_thread_rng;
 
 /// Whether `method` may be sent twice without changing the outcome (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {

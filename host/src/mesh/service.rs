@@ -18,8 +18,8 @@ use super::instance::InstanceState;
 use super::lb::{Balancer, Candidate};
 use super::outlier::OutlierVerdict;
 use super::retry::RetryBudget;
-use super::rng::with_thread_rng;
 use crate::events::{Event, EventBus, EventKind};
+use crate::rng::with_thread_rng;
 
 /// Where a service's definition lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -27,6 +27,8 @@ use super::{from_millis, to_millis};
 const PAGES_PER_STEP: i32 = 4_096;
 const BACKUP_PREFIX: &str = "registry-";
 const BACKUP_SUFFIX: &str = ".db";
+/// Length of the time stamp in a backup's name, `20261124T121500.123`.
+const STAMP_LEN: usize = 19;
 /// `format` of an export document.
 pub const EXPORT_FORMAT: &str = "evolve-model-registry";
 /// Version of the export document's shape.
@@ -81,7 +83,10 @@ pub(crate) fn backup(
         .map_err(io("cannot sync backup", &partial))?;
     std::fs::rename(&partial, &path).map_err(io("cannot rename backup into", &path))?;
     sync_dir(dir)?;
-    store::check_candidate(&path)?;
+    if let Err(error) = store::check_candidate(&path) {
+        let _ = std::fs::remove_file(&path);
+        return Err(error);
+    }
     prune(dir, keep)?;
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     Ok(BackupInfo {
@@ -105,10 +110,12 @@ pub fn list(dir: &Path) -> Result<Vec<BackupInfo>, StoreError> {
         if !(name.starts_with(BACKUP_PREFIX) && name.ends_with(BACKUP_SUFFIX)) {
             continue;
         }
-        let stamp = &name
-            [BACKUP_PREFIX.len()..BACKUP_PREFIX.len() + 19.min(name.len() - BACKUP_PREFIX.len())];
-        let created_at = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3f")
-            .ok()
+        // Any file may sit in the directory: `get` never splits a character.
+        let created_at = name
+            .get(BACKUP_PREFIX.len()..BACKUP_PREFIX.len() + STAMP_LEN)
+            .and_then(|stamp| {
+                chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3f").ok()
+            })
             .map(|t| t.and_utc());
         backups.push(BackupInfo {
             bytes: entry.metadata().map(|m| m.len()).unwrap_or(0),
@@ -268,13 +275,7 @@ pub(crate) fn export(
     conn: &Connection,
     now: DateTime<Utc>,
 ) -> Result<RegistryExport, RegistryError> {
-    let all = models::list_models(
-        conn,
-        &models::ModelFilter {
-            limit: Some(u32::MAX),
-            ..Default::default()
-        },
-    )?;
+    let all = models::list_models(conn, &models::ModelFilter::default(), u32::MAX)?;
     let mut out = Vec::with_capacity(all.len());
     let mut points = conn.prepare_cached(
         "SELECT v.version, p.metric, p.value, p.ts FROM metrics p JOIN versions v ON v.id = p.version_id

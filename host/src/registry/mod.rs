@@ -244,7 +244,7 @@ impl Registry {
     }
 
     pub fn models(&self, filter: &ModelFilter) -> Result<Vec<Model>, RegistryError> {
-        models::list_models(&self.lock().conn, filter)
+        models::list_models(&self.lock().conn, filter, models::MAX_LIST_LIMIT)
     }
 
     pub fn create_version(

@@ -470,16 +470,18 @@ pub(crate) fn get_model(conn: &Connection, name: &str) -> Result<Model, Registry
     Ok(model)
 }
 
+/// Models matching `filter`, at most `cap` (the filter's `limit` may ask for fewer).
 pub(crate) fn list_models(
     conn: &Connection,
     filter: &ModelFilter,
+    cap: u32,
 ) -> Result<Vec<Model>, RegistryError> {
     let task = filter
         .task
         .as_deref()
         .map(normalise_task_type)
         .transpose()?;
-    let limit = filter.limit.unwrap_or(MAX_LIST_LIMIT).min(MAX_LIST_LIMIT);
+    let limit = filter.limit.unwrap_or(cap).min(cap);
     let name_pattern = filter.name.as_ref().map(|n| {
         let escaped = n
             .replace('\\', "\\\\")

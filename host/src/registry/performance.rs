@@ -5,7 +5,8 @@
 //! batch) so a best-model query never scans the table: it binary-searches each candidate's
 //! series for the policy's window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
@@ -344,11 +345,11 @@ pub(crate) fn history(
     })
 }
 
-/// One metric of one version, sorted by time.
+/// One metric of one version, sorted by time. Time and value sit side by side: a best-model
+/// query touches thousands of series, and one allocation per series halves its cache misses.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Series {
-    ts: Vec<i64>,
-    values: Vec<f64>,
+    points: Vec<(i64, f64)>,
 }
 
 /// What a scoring window sees of a series.
@@ -364,13 +365,12 @@ pub(crate) struct WindowStats {
 impl Series {
     fn insert(&mut self, ts: i64, value: f64) {
         // Appends in the common case; a late point goes after points of the same time.
-        let at = if self.ts.last().is_none_or(|last| *last <= ts) {
-            self.ts.len()
+        let at = if self.points.last().is_none_or(|last| last.0 <= ts) {
+            self.points.len()
         } else {
-            self.ts.partition_point(|t| *t <= ts)
+            self.points.partition_point(|p| p.0 <= ts)
         };
-        self.ts.insert(at, ts);
-        self.values.insert(at, value);
+        self.points.insert(at, (ts, value));
     }
 
     /// Stats of the points with `from <= ts <= to`; `None` when there are none.
@@ -380,40 +380,86 @@ impl Series {
         to: i64,
         half_life_ms: Option<f64>,
     ) -> Option<WindowStats> {
-        let start = self.ts.partition_point(|t| *t < from);
-        let end = self.ts.partition_point(|t| *t <= to);
+        let start = self.points.partition_point(|p| p.0 < from);
+        let end = self.points.partition_point(|p| p.0 <= to);
         if start >= end {
             return None;
         }
+        let points = &self.points[start..end];
         let (mut weighted, mut weights) = (0.0f64, 0.0f64);
-        for (ts, value) in self.ts[start..end].iter().zip(&self.values[start..end]) {
-            let weight = match half_life_ms {
-                Some(half_life) => ((*ts - to) as f64 / half_life).exp2(),
-                None => 1.0,
-            };
-            weighted += weight * value;
-            weights += weight;
+        match half_life_ms {
+            Some(half_life) => {
+                let per_ms = 1.0 / half_life;
+                for (ts, value) in points {
+                    let weight = ((*ts - to) as f64 * per_ms).exp2();
+                    weighted += weight * value;
+                    weights += weight;
+                }
+            }
+            None => {
+                for (_, value) in points {
+                    weighted += value;
+                    weights += 1.0;
+                }
+            }
         }
         // Far older than the half-life, every weight underflows to 0: fall back to the plain
         // mean rather than dividing by zero.
         let weighted_mean = if weights > 0.0 {
             weighted / weights
         } else {
-            self.values[start..end].iter().sum::<f64>() / (end - start) as f64
+            points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64
         };
+        let (latest_at, latest) = points[points.len() - 1];
         Some(WindowStats {
-            samples: (end - start) as u64,
+            samples: points.len() as u64,
             weighted_mean,
-            latest: self.values[end - 1],
-            latest_at: self.ts[end - 1],
+            latest,
+            latest_at,
         })
     }
 }
 
-/// Every series by version row id and metric name.
+/// A multiply-rotate hasher for the index's small integer keys: SipHash's DoS resistance is not
+/// needed for row ids, and it is a large share of a best-model query's time.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A version's series by metric id; a version has a handful, so a short vector beats a map.
+type VersionSeries = Vec<(u32, Series)>;
+
+/// Every series by version row id and metric; metric names are interned to small ids. One hash
+/// lookup per candidate finds all its series side by side.
 #[derive(Debug, Default)]
 pub(crate) struct SeriesIndex {
-    by_version: HashMap<i64, BTreeMap<String, Series>>,
+    metric_ids: HashMap<String, u32>,
+    by_version: IdMap<i64, VersionSeries>,
     points: u64,
 }
 
@@ -424,45 +470,64 @@ impl SeriesIndex {
             "SELECT version_id, metric, ts, value FROM metrics ORDER BY version_id, metric, ts",
         )?;
         let mut rows = statement.query([])?;
-        let mut current: Option<(i64, String, Series)> = None;
+        let mut current: Option<(i64, u32, Series)> = None;
         while let Some(row) = rows.next()? {
             let version_id: i64 = row.get(0)?;
             let metric = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            let metric_id = index.intern(metric);
             let same = current
                 .as_ref()
-                .is_some_and(|(v, m, _)| *v == version_id && m == metric);
+                .is_some_and(|(v, m, _)| *v == version_id && *m == metric_id);
             if !same {
                 if let Some((v, m, series)) = current.take() {
-                    index.by_version.entry(v).or_default().insert(m, series);
+                    index.by_version.entry(v).or_default().push((m, series));
                 }
-                current = Some((version_id, metric.to_string(), Series::default()));
+                current = Some((version_id, metric_id, Series::default()));
             }
             if let Some((_, _, series)) = current.as_mut() {
-                series.ts.push(row.get(2)?);
-                series.values.push(row.get(3)?);
+                series.points.push((row.get(2)?, row.get(3)?));
             }
             index.points += 1;
         }
         if let Some((v, m, series)) = current.take() {
-            index.by_version.entry(v).or_default().insert(m, series);
+            index.by_version.entry(v).or_default().push((m, series));
         }
         Ok(index)
     }
 
+    fn intern(&mut self, metric: &str) -> u32 {
+        if let Some(id) = self.metric_ids.get(metric) {
+            return *id;
+        }
+        let id = self.metric_ids.len() as u32;
+        self.metric_ids.insert(metric.to_string(), id);
+        id
+    }
+
     pub(crate) fn add(&mut self, points: &[BoundPoint]) {
         for point in points {
-            self.by_version
-                .entry(point.version_id)
-                .or_default()
-                .entry(point.metric.clone())
-                .or_default()
-                .insert(point.ts, point.value);
+            let metric = self.intern(&point.metric);
+            let version = self.by_version.entry(point.version_id).or_default();
+            let at = match version.iter().position(|(m, _)| *m == metric) {
+                Some(at) => at,
+                None => {
+                    version.push((metric, Series::default()));
+                    version.len() - 1
+                }
+            };
+            version[at].1.insert(point.ts, point.value);
         }
         self.points += points.len() as u64;
     }
 
-    pub(crate) fn series(&self, version_id: i64, metric: &str) -> Option<&Series> {
-        self.by_version.get(&version_id)?.get(metric)
+    /// The id of a metric name, `None` when no point of it was ever recorded.
+    pub(crate) fn metric_id(&self, metric: &str) -> Option<u32> {
+        self.metric_ids.get(metric).copied()
+    }
+
+    /// All series of a version (empty when it has no points).
+    pub(crate) fn version(&self, version_id: i64) -> &[(u32, Series)] {
+        self.by_version.get(&version_id).map_or(&[], Vec::as_slice)
     }
 
     pub(crate) fn points(&self) -> u64 {
@@ -494,7 +559,8 @@ mod tests {
         for ts in [5, 1, 3, 3, 9] {
             series.insert(ts, ts as f64);
         }
-        assert_eq!(series.ts, vec![1, 3, 3, 5, 9]);
+        let times: Vec<i64> = series.points.iter().map(|p| p.0).collect();
+        assert_eq!(times, vec![1, 3, 3, 5, 9]);
         assert_eq!(series.window(0, 10, None).map(|w| w.latest), Some(9.0));
     }
 

@@ -241,15 +241,21 @@ pub(crate) fn rank(
     let weight_sum: f64 = policy.metrics.iter().map(|t| t.weight).sum();
 
     // 1-2. Window stats per candidate; exclusions.
-    let mut eligible: Vec<(&Candidate, Vec<MetricScore>)> = Vec::new();
+    let metric_ids: Vec<Option<u32>> = policy
+        .metrics
+        .iter()
+        .map(|t| index.metric_id(&t.name))
+        .collect();
+    let mut eligible: Vec<(&Candidate, Vec<MetricScore>)> = Vec::with_capacity(candidates.len());
     let mut excluded = Vec::new();
     for candidate in candidates {
+        let series = index.version(candidate.version_id);
         let mut scores = Vec::with_capacity(policy.metrics.len());
         let mut missing = Vec::new();
-        for term in &policy.metrics {
-            let stats = index
-                .series(candidate.version_id, &term.name)
-                .and_then(|s| s.window(from, now_ms, half_life));
+        for (term, metric_id) in policy.metrics.iter().zip(&metric_ids) {
+            let stats = metric_id
+                .and_then(|id| series.iter().find(|(m, _)| *m == id))
+                .and_then(|(_, s)| s.window(from, now_ms, half_life));
             match stats {
                 Some(stats) if stats.samples >= u64::from(policy.min_samples) => {
                     scores.push(MetricScore {

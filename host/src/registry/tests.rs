@@ -647,6 +647,52 @@ fn backup_restore_keeps_n_and_refuses_bad_files() {
 }
 
 #[test]
+fn export_holds_every_model_beyond_the_list_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open_in(dir.path());
+    let count = models::MAX_LIST_LIMIT as usize + 1;
+    let template = registry.export().unwrap();
+    let mut document = template.clone();
+    for i in 0..count {
+        document.models.push(backup::ModelExport {
+            name: format!("m{i:05}"),
+            task_type: "regression".into(),
+            description: String::new(),
+            model_class: String::new(),
+            artifact_uri: None,
+            sha256: None,
+            tags: vec![],
+            dependencies: vec![],
+            parameters: BTreeMap::new(),
+            created_at: from_millis(0),
+            created_by: None,
+            versions: vec![],
+            aliases: vec![],
+            alias_history: vec![],
+            metrics: vec![],
+        });
+    }
+    registry.import(&document).unwrap();
+    assert_eq!(registry.export().unwrap().models.len(), count);
+    assert_eq!(
+        registry.models(&ModelFilter::default()).unwrap().len(),
+        models::MAX_LIST_LIMIT as usize
+    );
+}
+
+#[test]
+fn stray_files_in_the_backup_dir_are_listed_without_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RegistryConfig::in_dir(dir.path());
+    std::fs::create_dir_all(&config.backup_dir).unwrap();
+    // Multi-byte characters where the time stamp would be.
+    std::fs::write(config.backup_dir.join("registry-ééééééééééé.db"), b"x").unwrap();
+    let backups = backup::list(&config.backup_dir).unwrap();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(backups[0].created_at, None);
+}
+
+#[test]
 fn history_filters_limits_and_buckets() {
     let dir = tempfile::tempdir().unwrap();
     let registry = open_in(dir.path());

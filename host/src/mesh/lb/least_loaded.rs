@@ -3,7 +3,7 @@
 //! an idle pool does not send every request to its first instance.
 
 use super::Candidate;
-use crate::mesh::rng::Rng;
+use crate::rng::Rng;
 
 #[derive(Debug, Default)]
 pub struct LeastLoaded;
@@ -36,7 +36,7 @@ impl LeastLoaded {
 mod tests {
     use super::super::{Balancer, candidates};
     use crate::mesh::config::LbKind;
-    use crate::mesh::rng::Rng;
+    use crate::rng::Rng;
 
     #[test]
     fn fewest_in_flight_wins_and_ties_spread() {

@@ -17,7 +17,7 @@ pub mod round_robin;
 pub mod weighted;
 
 use super::config::LbKind;
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// One instance a request may go to.
 #[derive(Debug, Clone, Copy)]

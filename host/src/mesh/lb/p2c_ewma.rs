@@ -7,7 +7,7 @@
 //! [`crate::mesh::instance::PeakEwma`]).
 
 use super::Candidate;
-use crate::mesh::rng::Rng;
+use crate::rng::Rng;
 
 #[derive(Debug, Default)]
 pub struct P2cEwma;
@@ -61,7 +61,7 @@ fn weighted_sample(
 mod tests {
     use super::super::{Balancer, candidates};
     use crate::mesh::config::LbKind;
-    use crate::mesh::rng::Rng;
+    use crate::rng::Rng;
 
     #[test]
     fn the_cheaper_of_two_wins() {

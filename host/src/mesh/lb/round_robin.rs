@@ -20,7 +20,7 @@ impl RoundRobin {
 mod tests {
     use super::super::{Balancer, candidates};
     use crate::mesh::config::LbKind;
-    use crate::mesh::rng::Rng;
+    use crate::rng::Rng;
 
     #[test]
     fn each_candidate_in_turn() {

@@ -53,7 +53,7 @@ impl SmoothWeighted {
 mod tests {
     use super::super::{Balancer, candidates};
     use crate::mesh::config::LbKind;
-    use crate::mesh::rng::Rng;
+    use crate::rng::Rng;
 
     #[test]
     fn weights_are_honoured_within_one_percent_over_10k_picks() {
