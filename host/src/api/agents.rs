@@ -280,17 +280,16 @@ pub(super) async fn system(
         ));
     };
     let name = state.agents.by_capability(capability, bundled)?;
-    let mut body = if body.iter().all(u8::is_ascii_whitespace) {
-        RunBody {
-            task: String::new(),
-            input: empty_object(),
-            deadline_ms: None,
-            wait: true,
-        }
-    } else {
-        serde_json::from_slice::<RunBody>(&body)
-            .map_err(|e| ApiError::bad_request(format!("body: {e}")))?
-    };
+    let mut body = super::optional_json::<RunBody>(
+        &body,
+        "nothing or {\"input\", \"task\", \"deadline_ms\", \"wait\"}",
+    )?
+    .unwrap_or(RunBody {
+        task: String::new(),
+        input: empty_object(),
+        deadline_ms: None,
+        wait: true,
+    });
     if body.task.is_empty() {
         body.task = task.to_string();
     }

@@ -118,6 +118,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON body that may be absent: empty (or only white space) is `None`; anything else must
+/// parse as `T`, and `expected` tells the caller what to send when it does not.
+pub fn optional_json<T: DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("body: {e}; send {expected}")))
+}
+
 /// `Json<T>` whose rejections are [`ApiError`]s that say what was wrong with the body.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);

@@ -33,7 +33,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 
-pub use self::error::{ApiError, JsonBody};
+pub use self::error::{ApiError, JsonBody, optional_json};
 use crate::agents::AgentManager;
 use crate::config::HostConfig;
 use crate::events::EventBus;

@@ -358,17 +358,9 @@ async fn rollback_alias(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     // The body is optional: no body is a rollback without a reason.
-    let reason = if body.iter().all(u8::is_ascii_whitespace) {
-        String::new()
-    } else {
-        serde_json::from_slice::<ReasonBody>(&body)
-            .map_err(|e| {
-                ApiError::bad_request(format!(
-                    "body: {e}; send {{\"reason\": \"...\"}} or nothing"
-                ))
-            })?
-            .reason
-    };
+    let reason = super::optional_json::<ReasonBody>(&body, "{\"reason\": \"...\"} or nothing")?
+        .map(|b| b.reason)
+        .unwrap_or_default();
     let model = name.clone();
     let actor = actor(caller);
     let moved = with_registry(&state, move |r| {

@@ -20,7 +20,7 @@ use super::error::{RegistryError, StoreError};
 use super::models::{self, NewModel, Version, VersionStatus, check_name};
 use super::performance::Point;
 use super::store;
-use super::{from_millis, to_millis};
+use super::to_millis;
 
 /// Pages copied per backup step. The registry lock is held for the whole copy, so there is no
 /// pause between steps; large steps keep the number of SQLite calls small.
@@ -306,14 +306,7 @@ pub(crate) fn export(
             })
             .collect();
         let metrics = points
-            .query_map([id], |row| {
-                Ok(Point {
-                    version: row.get(0)?,
-                    metric: row.get(1)?,
-                    value: row.get(2)?,
-                    timestamp: from_millis(row.get(3)?),
-                })
-            })?
+            .query_map([id], Point::from_row)?
             .collect::<rusqlite::Result<_>>()?;
         out.push(ModelExport {
             alias_history: aliases::model_history(conn, id)?,

@@ -75,6 +75,18 @@ pub struct Point {
     pub timestamp: DateTime<Utc>,
 }
 
+impl Point {
+    /// A point from a row of `version, metric, value, timestamp_ms` (in that order).
+    pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Point> {
+        Ok(Point {
+            version: row.get(0)?,
+            metric: row.get(1)?,
+            value: row.get(2)?,
+            timestamp: from_millis(row.get(3)?),
+        })
+    }
+}
+
 /// What a history query asks for; all optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,14 +270,7 @@ pub(crate) fn history(
         u64::from(limit) + 1
     ))?;
     let mut points: Vec<Point> = statement
-        .query_map(args, |row| {
-            Ok(Point {
-                version: row.get(0)?,
-                metric: row.get(1)?,
-                value: row.get(2)?,
-                timestamp: from_millis(row.get(3)?),
-            })
-        })?
+        .query_map(args, Point::from_row)?
         .collect::<rusqlite::Result<_>>()?;
     let truncated = points.len() > limit as usize;
     points.truncate(limit as usize);
