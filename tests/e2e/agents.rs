@@ -17,6 +17,7 @@ fn runs(daemon: &evolve_e2e::Daemon, agent: &str) -> Value {
 fn runs_are_recorded_and_survive_kill_9() {
     let env = Env::new();
     env.install("testing", "echo", |_| {});
+    env.install("bundled", "doc-generator", |_| {});
     let daemon = env.start();
     let first = daemon.post(
         "/v1/agents/echo/run",
@@ -61,6 +62,19 @@ fn runs_are_recorded_and_survive_kill_9() {
     let one = daemon.get(&format!("/v1/agents/echo/runs/{}", ids[0]));
     assert_eq!(one.json()["task"], "a");
     assert_eq!(daemon.get("/v1/agents/echo/runs/999999").status, 404);
+
+    // Plugins see the same counts through the inventory, read back from the history.
+    let deadline = std::time::Instant::now() + evolve_e2e::EVENT_TIMEOUT;
+    loop {
+        let response = daemon.post("/v1/agents/doc-generator/run", &json!({}));
+        assert_eq!(response.status, 200, "{}", response.text());
+        let markdown = std::fs::read_to_string(env.data_dir.join("docs/inventory.md")).unwrap();
+        if markdown.contains("| echo | 0.1.0 | on demand | unchecked | 2 | 100% (2) |") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{markdown}");
+        std::thread::yield_now();
+    }
 }
 
 #[test]

@@ -131,8 +131,8 @@ struct Counters {
 struct AgentState {
     running: Vec<Arc<RunControl>>,
     health: HealthLog,
-    counters: Counters,
-    counters_loaded: bool,
+    /// From the history: `None` until first read.
+    counters: Option<Counters>,
     next_fire: Option<DateTime<Utc>>,
 }
 
@@ -363,11 +363,11 @@ impl AgentManager {
         }
     }
 
-    /// Loads the inventory counters of newly registered agents from the history.
+    /// Reads the inventory counters of newly registered agents from the history.
     fn load_counters(&self) {
         let pending: Vec<String> = lock(&self.inner.agents)
             .iter()
-            .filter(|(_, s)| !s.counters_loaded)
+            .filter(|(_, s)| s.counters.is_none())
             .map(|(n, _)| n.clone())
             .collect();
         if pending.is_empty() {
@@ -378,24 +378,27 @@ impl AgentManager {
             for name in pending {
                 let history = manager.inner.history.clone();
                 let agent = name.clone();
-                let stats = tokio::task::spawn_blocking(move || history.stats(&agent)).await;
-                if let Ok(Ok(stats)) = stats
-                    && let Some(state) = lock(&manager.inner.agents).get_mut(&name)
-                    && !state.counters_loaded
+                if let Ok(Ok(stats)) =
+                    tokio::task::spawn_blocking(move || history.stats(&agent)).await
                 {
-                    state.counters = Counters {
-                        runs: state.counters.runs + stats.runs,
-                        successes: state.counters.successes + stats.succeeded,
-                        last_run_ms: state.counters.last_run_ms.or_else(|| {
-                            stats
-                                .last_started_at
-                                .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
-                        }),
-                    };
-                    state.counters_loaded = true;
+                    manager.set_counters(&name, &stats);
                 }
             }
         });
+    }
+
+    /// The history is the truth for the counters: they are replaced, never incremented, so a
+    /// run counted before the first read is not counted twice.
+    fn set_counters(&self, name: &str, stats: &RunStats) {
+        if let Some(state) = lock(&self.inner.agents).get_mut(name) {
+            state.counters = Some(Counters {
+                runs: stats.runs,
+                successes: stats.succeeded,
+                last_run_ms: stats
+                    .last_started_at
+                    .and_then(|t| u64::try_from(t.timestamp_millis()).ok()),
+            });
+        }
     }
 
     fn agent(&self, name: &str) -> Result<Arc<Plugin>, AgentError> {
@@ -626,13 +629,17 @@ impl AgentManager {
         };
         let history = self.inner.history.clone();
         let stored = finish.clone();
+        let agent = name.to_string();
         let persisted = tokio::task::spawn_blocking(move || {
             history.finish(id, &stored)?;
-            history.get(id)
+            Ok::<_, super::HistoryError>((history.get(id)?, history.stats(&agent)?))
         })
         .await;
         let (record, persisted) = match persisted {
-            Ok(Ok(Some(record))) => (record, true),
+            Ok(Ok((Some(record), stats))) => {
+                self.set_counters(name, &stats);
+                (record, true)
+            }
             other => {
                 let reason = match other {
                     Ok(Err(e)) => e.to_string(),
@@ -650,13 +657,6 @@ impl AgentManager {
             let history = self.inner.history.clone();
             let (agent, keep) = (name.to_string(), self.inner.config.runs_kept);
             tokio::task::spawn_blocking(move || history.prune(&agent, keep));
-        }
-        if let Some(state) = lock(&self.inner.agents).get_mut(name) {
-            state.counters.runs += 1;
-            if record.outcome == Outcome::Succeeded {
-                state.counters.successes += 1;
-            }
-            state.counters.last_run_ms = u64::try_from(control.started_at.timestamp_millis()).ok();
         }
         let data = json!({
             "run_id": id,
@@ -855,7 +855,7 @@ impl AgentManager {
             .iter()
             .map(|plugin| {
                 let state = agents.get(plugin.name());
-                let counters = state.map(|s| s.counters).unwrap_or_default();
+                let counters = state.and_then(|s| s.counters).unwrap_or_default();
                 AgentSummary {
                     name: plugin.name().to_string(),
                     version: plugin.manifest.version.clone(),
