@@ -32,9 +32,9 @@ use super::scheduler::{self, LoopClock, Plan};
 use super::{AgentError, AgentsConfig};
 use crate::events::{Event, EventBus, EventKind};
 use crate::runtime::bindings::inventory::AgentSummary;
-use crate::runtime::bindings::types::{PluginError, Task};
+use crate::runtime::bindings::types::{HealthReport, PluginError, Task};
 use crate::runtime::manifest::{AgentSpec, MissedRuns};
-use crate::runtime::{CallError, Description, Plugin, PluginKind, Runtime};
+use crate::runtime::{CallError, CallReport, Description, Plugin, PluginKind, Runtime};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -793,18 +793,24 @@ impl AgentManager {
     /// Calls `health()` on every agent once and records the samples.
     pub async fn check_all_health(&self) {
         for plugin in self.meta_agents() {
-            self.check_health(plugin.name()).await;
+            // Recorded as a sample either way; the monitor needs nothing more.
+            let _ = self.check_health(plugin.name()).await;
         }
     }
 
     /// Calls one agent's `health()` and records the sample.
-    pub async fn check_health(&self, name: &str) -> HealthSample {
+    ///
+    /// The call's own result is returned too, for callers that answer with it. A name that is
+    /// not a loaded meta agent records nothing.
+    pub async fn check_health(&self, name: &str) -> Result<CallReport<HealthReport>, CallError> {
         let started = std::time::Instant::now();
-        let sample = match self.inner.runtime.agent_health(name).await {
+        let answer = self.inner.runtime.agent_health(name).await;
+        let sample = match &answer {
+            Err(CallError::NotFound { .. } | CallError::WrongKind { .. }) => return answer,
             Ok(report) => HealthSample {
                 at: Utc::now(),
                 status: report.value.status.as_str(),
-                detail: report.value.detail,
+                detail: report.value.detail.clone(),
                 latency_us: report.duration_us,
                 error_code: None,
                 generation: Some(report.generation),
@@ -836,7 +842,7 @@ impl AgentManager {
                 }),
             ));
         }
-        sample
+        answer
     }
 
     /// Every agent's health history, oldest sample first.

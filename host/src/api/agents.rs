@@ -124,9 +124,8 @@ pub(super) async fn agent_health(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let report = state.runtime.agent_health(&name).await?;
-    // Also recorded, so the history shows on-demand checks too.
-    state.agents.check_health(&name).await;
+    // Through the manager: the answer is also recorded in the agent's health history.
+    let report = state.agents.check_health(&name).await?;
     Ok(Json(json!({
         "plugin": report.plugin,
         "generation": report.generation,

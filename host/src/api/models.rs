@@ -308,18 +308,31 @@ async fn set_alias(
     JsonBody(body): JsonBody<SetAliasBody>,
 ) -> Result<Response, ApiError> {
     let model = name.clone();
-    let actor = actor(caller);
-    let outcome = with_registry(&state, move |r| {
-        let context = MoveContext {
-            reason: &body.reason,
-            actor: actor.as_deref(),
-            at: Utc::now(),
-        };
-        r.set_alias(&name, &alias, body.version, &context)
+    let outcome = move_alias(&state, caller, body.reason, move |r, context| {
+        r.set_alias(&name, &alias, body.version, context)
     })
     .await?;
     publish_move(&state, &model, outcome.moved.as_ref());
     Ok(ok(outcome))
+}
+
+/// Runs one alias move on the registry with the caller as its actor, timestamped now.
+async fn move_alias<T: Send + 'static>(
+    state: &ApiState,
+    caller: Option<Extension<Caller>>,
+    reason: String,
+    apply: impl FnOnce(&Registry, &MoveContext<'_>) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let actor = actor(caller);
+    with_registry(state, move |r| {
+        let context = MoveContext {
+            reason: &reason,
+            actor: actor.as_deref(),
+            at: Utc::now(),
+        };
+        apply(r, &context)
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -337,14 +350,8 @@ async fn delete_alias(
 ) -> Result<Response, ApiError> {
     let reason = query(reason)?.reason;
     let model = name.clone();
-    let actor = actor(caller);
-    let moved = with_registry(&state, move |r| {
-        let context = MoveContext {
-            reason: &reason,
-            actor: actor.as_deref(),
-            at: Utc::now(),
-        };
-        r.delete_alias(&name, &alias, &context)
+    let moved = move_alias(&state, caller, reason, move |r, context| {
+        r.delete_alias(&name, &alias, context)
     })
     .await?;
     publish_move(&state, &model, Some(&moved));
@@ -362,14 +369,8 @@ async fn rollback_alias(
         .map(|b| b.reason)
         .unwrap_or_default();
     let model = name.clone();
-    let actor = actor(caller);
-    let moved = with_registry(&state, move |r| {
-        let context = MoveContext {
-            reason: &reason,
-            actor: actor.as_deref(),
-            at: Utc::now(),
-        };
-        r.rollback_alias(&name, &alias, &context)
+    let moved = move_alias(&state, caller, reason, move |r, context| {
+        r.rollback_alias(&name, &alias, context)
     })
     .await?;
     publish_move(&state, &model, Some(&moved));
