@@ -12,6 +12,7 @@
 //! | [`system`] | the daemon's inventory and probes: what plugins see of the whole system |
 //! | [`mesh`] | service mesh: catalog, routing, load balancing, health, breakers, retries |
 //! | [`events`] | the internal event bus |
+//! | [`health`] | one system health: the parts and the rules that make `healthy` / `degraded` / `unhealthy` |
 //! | [`api`] | HTTP API (axum) |
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
 //! | [`config`] | daemon configuration |
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod fsutil;
+pub mod health;
 pub mod mesh;
 pub mod registry;
 pub mod reload;

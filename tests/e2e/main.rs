@@ -5,6 +5,7 @@ mod agents;
 mod api;
 mod containment;
 mod dev;
+mod health;
 mod loading;
 mod mesh;
 mod registry;

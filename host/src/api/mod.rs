@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | liveness |
+//! | `GET /v1/health` | the whole system's health: see [`crate::health`] |
 //! | `GET /v1/plugins`, `GET /v1/plugins/{name}` | serving, draining and failed plugins |
 //! | `POST /v1/plugins/{name}/reload` | reconcile one plugin's dir now (`?force=true`: even if unchanged) |
 //! | `GET /v1/events` | recent events of the internal bus |
@@ -18,6 +19,7 @@
 
 pub mod agents;
 mod error;
+mod health;
 mod metrics;
 pub mod models;
 pub mod plugins;
@@ -55,6 +57,8 @@ pub struct ApiState {
     pub registry: Option<Arc<Registry>>,
     /// The service mesh, when the daemon runs one.
     pub mesh: Option<crate::mesh::Mesh>,
+    /// The cluster's health, when clustering is configured (`GET /v1/health`'s `cluster` part).
+    pub cluster: Option<Arc<dyn crate::health::ClusterHealth>>,
 }
 
 impl ApiState {
@@ -76,11 +80,18 @@ impl ApiState {
             metrics,
             registry: None,
             mesh: None,
+            cluster: None,
         }
     }
 
     pub fn with_registry(mut self, registry: Arc<Registry>) -> ApiState {
         self.registry = Some(registry);
+        self
+    }
+
+    /// Adds the cluster's health to `GET /v1/health` (Redis clustering installs it).
+    pub fn with_cluster(mut self, cluster: Arc<dyn crate::health::ClusterHealth>) -> ApiState {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -116,6 +127,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "GET",
         "/healthz",
         "liveness and a summary of loaded plugins",
+    ),
+    endpoint(
+        "GET",
+        "/v1/health",
+        "the whole system's health: plugins, services, registry, agents, cluster",
     ),
     endpoint("GET", "/metrics", "Prometheus metrics (text format)"),
     endpoint("GET", "/v1/plugins", "serving, draining and failed plugins"),
@@ -290,6 +306,7 @@ pub fn router(state: ApiState) -> Router {
     let body_limit = usize::try_from(state.config.server.body_limit_kb << 10).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(plugins::healthz))
+        .route("/v1/health", get(health::health))
         .route("/metrics", get(metrics::scrape))
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::show))

@@ -5,6 +5,7 @@ mod agent;
 mod client;
 mod commands;
 mod dev;
+mod health;
 pub mod model;
 mod serve;
 mod service;
@@ -59,6 +60,9 @@ pub enum Command {
     /// The service mesh catalog: register, list, remove, health, probe.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// The whole system's health: plugins, services, registry, agents, cluster (exit 1 when
+    /// unhealthy).
+    Health(ApiArgs),
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +228,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::dev(args).await,
         Command::Model(command) => model::run(command).await,
         Command::Service(command) => service::run(command).await,
+        Command::Health(api) => health::health(&api).await,
         Command::Plugin(PluginCommand::List(api)) => commands::plugin_list(&api).await,
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await

@@ -23,6 +23,7 @@ pub mod error;
 pub mod models;
 pub mod performance;
 pub mod scoring;
+pub mod status;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use self::performance::SeriesIndex;
 pub use self::performance::{History, HistoryQuery, NewPoint};
 use self::scoring::Candidate;
 pub use self::scoring::{BestModelAnswer, ScoringPolicy};
+pub use self::status::{IntegrityRecord, StoreStatus};
 use crate::runtime::bindings::inventory::{ModelChoice, ModelSummary};
 
 /// Most models the plugin inventory lists (a guest copies the whole list per call).
@@ -136,6 +138,10 @@ pub struct Registry {
     state: Mutex<State>,
     inventory: RwLock<Arc<InventoryView>>,
     inventory_dirty: AtomicBool,
+    /// When the store was opened (it passed `quick_check` then), for the health view.
+    opened_at: DateTime<Utc>,
+    /// The last full `integrity_check`'s outcome, for the health view (see [`status`]).
+    last_integrity: Mutex<Option<IntegrityRecord>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -193,6 +199,8 @@ impl Registry {
             }),
             inventory: RwLock::new(Arc::default()),
             inventory_dirty: AtomicBool::new(true),
+            opened_at: Utc::now(),
+            last_integrity: Mutex::new(None),
         };
         registry.refresh_inventory();
         Ok(registry)
@@ -477,6 +485,7 @@ impl Registry {
                     .query_row("PRAGMA user_version", [], |row| row.get(0))?,
             )
         };
+        self.note_integrity(&integrity);
         let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
         let backups = self.backups()?;
         Ok(RegistryHealth {
