@@ -4,6 +4,7 @@
 mod agents;
 mod api;
 mod containment;
+mod demo;
 mod dev;
 mod health;
 mod loading;

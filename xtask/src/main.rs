@@ -2,8 +2,11 @@
 //!
 //! Commands (the README's two set-up commands are `serve` and `test`):
 //!
-//! - `serve [-- ARGS]`: builds everything (wasm target, plugins, host in release), installs the
-//!   bundled plugins into `data/plugins/` and runs `evolve serve ARGS` on embedded defaults.
+//! - `serve [-- ARGS]`: builds everything (wasm target, plugins, host and demo in release) and
+//!   runs the demo: `evolve-demo up --config examples/demo/evolve.toml --plugins
+//!   target/plugins/bundled ARGS`, which installs the bundled plugins into `data/plugins/`,
+//!   starts the demo backends and the daemon (state under `./data`, no Redis), and seeds the
+//!   registry (see `demo/src/up.rs`, the one place the demo is orchestrated).
 //! - `test [-- ARGS]`: builds everything, then runs every test of the workspace in release
 //!   (a debug wasmtime compiles components ~30x slower; release also shares the build with
 //!   `serve`). ARGS go to `cargo test`.
@@ -31,7 +34,7 @@ const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x0
 const USAGE: &str = "usage: cargo xtask <command> [-- ARGS]
 
 commands:
-  serve           build everything, install the bundled plugins into data/plugins, run the daemon
+  serve           build everything, run the demo: backends + daemon with the bundled plugins
   test            build everything and run every test (release)
   build-plugins   build plugins/ for wasm32-wasip2 and install them into target/plugins/";
 
@@ -65,7 +68,7 @@ fn dispatch() -> Result<()> {
     }
 }
 
-/// Builds the plugins and the release host.
+/// Builds the plugins, the release host and the demo.
 fn build_all(root: &Path) -> Result<()> {
     build_plugins(root)?;
     run(cargo()
@@ -76,43 +79,25 @@ fn build_all(root: &Path) -> Result<()> {
             "evolve-host",
             "--bin",
             "evolve",
+            "--package",
+            "evolve-demo",
+            "--bin",
+            "evolve-demo",
         ])
         .current_dir(root))
 }
 
-/// `serve`: build, install the bundled plugins, run the daemon in the foreground.
+/// `serve`: build, then run the demo in the foreground (`evolve-demo up`: it installs the
+/// bundled plugins, starts the backends and the daemon, seeds the registry; Ctrl-C stops all).
 fn serve(root: &Path, args: &[String]) -> Result<()> {
     build_all(root)?;
-    let bundled = root
-        .join("target")
-        .join("plugins")
-        .join(Group::Bundled.dir_name());
-    let plugins_dir = root.join("data").join("plugins");
-    for entry in
-        fs::read_dir(&bundled).with_context(|| format!("cannot list {}", bundled.display()))?
-    {
-        let from = entry?.path();
-        let Some(name) = from.file_name() else {
-            continue;
-        };
-        let to = plugins_dir.join(name);
-        // Replace the plugin's files wholesale so an older build's leftovers cannot linger.
-        if to.exists() {
-            fs::remove_dir_all(&to).with_context(|| format!("cannot clear {}", to.display()))?;
-        }
-        fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
-        for file in fs::read_dir(&from)? {
-            let file = file?.path();
-            if let Some(file_name) = file.file_name() {
-                fs::copy(&file, to.join(file_name))
-                    .with_context(|| format!("cannot copy {}", file.display()))?;
-            }
-        }
-    }
-    println!("bundled plugins installed into {}", plugins_dir.display());
-    let evolve = root.join("target").join("release").join("evolve");
-    run(Command::new(evolve)
-        .arg("serve")
+    let release = root.join("target").join("release");
+    run(Command::new(release.join("evolve-demo"))
+        .arg("up")
+        .arg("--evolve")
+        .arg(release.join("evolve"))
+        .args(["--config", "examples/demo/evolve.toml"])
+        .args(["--plugins", "target/plugins/bundled"])
         .args(args)
         .current_dir(root))
 }

@@ -75,8 +75,12 @@ fn summary(part: &str, detail: &Value) -> String {
         ),
         "agents" => {
             let agents = detail["agents"].as_array().map_or(&[][..], Vec::as_slice);
-            let healthy = agents.iter().filter(|a| a["status"] == "healthy").count();
-            format!("{healthy}/{} healthy", agents.len())
+            let count = |status: &str| agents.iter().filter(|a| a["status"] == status).count();
+            let unchecked = match count("unknown") {
+                0 => String::new(),
+                n => format!(", {n} not checked yet"),
+            };
+            format!("{}/{} healthy{unchecked}", count("healthy"), agents.len())
         }
         _ => detail["summary"].as_str().unwrap_or("").to_string(),
     }
@@ -92,14 +96,15 @@ mod tests {
             "status": "degraded",
             "parts": {
                 "agents": {"status": "degraded", "reasons": ["agent x is unhealthy: y"],
-                           "detail": {"agents": [{"status": "unhealthy"}, {"status": "healthy"}]}},
+                           "detail": {"agents": [{"status": "unhealthy"}, {"status": "healthy"},
+                                                {"status": "unknown"}]}},
                 "cluster": {"status": "healthy", "reasons": [],
                             "detail": {"summary": "not configured (single node)"}},
             }
         }));
         assert_eq!(
             text,
-            "system: degraded\n  agents    degraded  1/2 healthy\n            - agent x is unhealthy: y\n  cluster   healthy   not configured (single node)\n"
+            "system: degraded\n  agents    degraded  1/3 healthy, 1 not checked yet\n            - agent x is unhealthy: y\n  cluster   healthy   not configured (single node)\n"
         );
     }
 }
