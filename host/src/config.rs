@@ -356,6 +356,20 @@ impl HostConfig {
         self.mesh
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        // Model-aware routes (issue 9) name a scoring policy the registry must know.
+        for (request_type, entry) in &self.mesh.routes {
+            if let Some(policy) = entry.resolve(request_type).policy
+                && policy != crate::registry::scoring::DEFAULT_POLICY
+                && !self.registry.policies.contains_key(&policy)
+            {
+                return Err(ConfigError::Invalid {
+                    key: format!("mesh.routes.{request_type}.policy"),
+                    message: format!(
+                        "no scoring policy named \"{policy}\"; define [registry.policies.{policy}] or use \"default\""
+                    ),
+                });
+            }
+        }
         self.agents
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
@@ -485,6 +499,93 @@ mod tests {
         assert_eq!(config.runtime.supervision.quarantine_base_ms, 5);
         assert_eq!(config.reload.watch_window_s, 2);
         let typo = "[runtime.supervision]\nquarantine_bsae_ms = 5\n";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn model_aware_and_fanout_route_keys_parse_and_are_validated() {
+        let text = r#"
+[mesh.routes.forecast]
+capability = "forecast"
+task = "forecast"
+model = "champion"
+model_fallback = "reject"
+[mesh.routes.analysis]
+capability = "analysis"
+fanout = "best_n"
+fanout_n = 3
+aggregate = "quorum"
+quorum = 2
+[mesh.routes.plain]
+capability = "plain"
+task = "risk"
+"#;
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("in range");
+        let forecast = config.mesh.route("forecast");
+        assert_eq!(
+            forecast.model_wanted(),
+            Some(crate::mesh::config::ModelWanted::Alias("champion".into()))
+        );
+        assert_eq!(
+            forecast.model_fallback,
+            Some(crate::mesh::config::ModelFallback::Reject)
+        );
+        assert_eq!(
+            config.mesh.route("plain").model_wanted(),
+            Some(crate::mesh::config::ModelWanted::Best)
+        );
+        assert_eq!(config.mesh.route("other").model_wanted(), None);
+        assert_eq!(config.mesh.route("analysis").quorum, Some(2));
+
+        let refused = |routes: &str, key: &str, words: &str| {
+            let text = format!("[mesh.routes.r]\ncapability = \"c\"\n{routes}");
+            let config = HostConfig::parse(&text, Path::new("c.toml")).expect("parses");
+            let err = config.validate().expect_err(routes).to_string();
+            assert!(err.contains(key) && err.contains(words), "{routes}: {err}");
+        };
+        refused("model = \"champion\"", "mesh.routes.r", "model needs task");
+        refused("policy = \"default\"", "mesh.routes.r", "policy needs task");
+        refused("model_fallback = \"reject\"", "mesh.routes.r", "needs task");
+        refused("task = \"bad task\"", "mesh.routes.r", "task");
+        refused(
+            "task = \"f\"\nmodel = \"a b\"",
+            "mesh.routes.r",
+            "alias name",
+        );
+        refused(
+            "task = \"f\"\npolicy = \"nope\"",
+            "mesh.routes.r.policy",
+            "no scoring policy named",
+        );
+        refused("fanout = \"best_n\"", "mesh.routes.r", "needs fanout_n");
+        refused(
+            "fanout = \"best_n\"\nfanout_n = 0",
+            "mesh.routes.r",
+            "at least 1",
+        );
+        refused(
+            "fanout = \"all\"\nfanout_n = 2",
+            "mesh.routes.r",
+            "fanout_n goes with",
+        );
+        refused("aggregate = \"all\"", "mesh.routes.r", "need fanout");
+        refused(
+            "fanout = \"all\"\naggregate = \"quorum\"",
+            "mesh.routes.r",
+            "needs quorum",
+        );
+        refused(
+            "fanout = \"all\"\nquorum = 2",
+            "mesh.routes.r",
+            "quorum goes with",
+        );
+        refused(
+            "fanout = \"best_n\"\nfanout_n = 2\naggregate = \"quorum\"\nquorum = 3",
+            "mesh.routes.r",
+            "could never succeed",
+        );
+        let typo = "[mesh.routes.r]\ncapability = \"c\"\nfanout = \"every\"\n";
         assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
     }
 

@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use crate::agents::AgentManager;
 use crate::api::ENDPOINTS;
-use crate::mesh::Mesh;
-use crate::registry::Registry;
+use crate::mesh::config::ModelWanted;
+use crate::mesh::{Mesh, ModelSelector, NoModel, Selection};
+use crate::registry::performance::MetricValue;
+use crate::registry::{ModelFilter, NewPoint, Registry, RegistryError};
 use crate::runtime::bindings::inventory::{
     AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, ServiceStatus,
 };
@@ -204,5 +206,130 @@ impl SystemProbes for DaemonProbes {
             )),
             Err(error) => timer.fail(format!("agent `{name}`: {error}")),
         }
+    }
+}
+
+/// The registry as the mesh's [`ModelSelector`]: model-aware routes ask it which model to send
+/// and record what backends reported (issue 9). Kept here so the mesh never depends on the
+/// registry.
+pub struct RegistrySelector {
+    pub registry: Arc<Registry>,
+}
+
+impl RegistrySelector {
+    /// Registry errors that mean "no model" rather than "the registry failed".
+    fn no_model(error: RegistryError) -> NoModel {
+        let reason = match &error {
+            RegistryError::NoEligibleModel { .. } => "no_model",
+            RegistryError::PolicyNotFound { .. } => "unknown_policy",
+            RegistryError::Invalid { .. } => "invalid_task",
+            _ => "registry_error",
+        };
+        NoModel {
+            reason,
+            detail: error.to_string(),
+        }
+    }
+
+    /// Every model of `task` carrying `alias`, as (model, version); several are ranked by
+    /// `policy` (ranked candidates first in rank order, then the rest by name).
+    fn by_alias(
+        &self,
+        task: &str,
+        alias: &str,
+        policy: Option<&str>,
+    ) -> Result<Selection, NoModel> {
+        let models = self
+            .registry
+            .models(&ModelFilter {
+                task: Some(task.to_string()),
+                limit: Some(crate::registry::models::MAX_LIST_LIMIT),
+                ..Default::default()
+            })
+            .map_err(Self::no_model)?;
+        // The list is in name order, so ties below keep name order.
+        let holders: Vec<(String, u32)> = models
+            .into_iter()
+            .filter_map(|m| m.aliases.get(alias).map(|v| (m.name, *v)))
+            .collect();
+        let source = format!("alias:{alias}");
+        let chosen = match holders.len() {
+            0 => {
+                return Err(NoModel {
+                    reason: "alias_not_set",
+                    detail: format!("no model of task type '{task}' has the alias '{alias}'"),
+                });
+            }
+            1 => holders.into_iter().next(),
+            _ => {
+                let ranked = self
+                    .registry
+                    .best_for_task(task, policy)
+                    .map(|answer| answer.candidates)
+                    .unwrap_or_default();
+                let rank = |(model, version): &(String, u32)| {
+                    ranked
+                        .iter()
+                        .position(|c| &c.model == model && c.version == *version)
+                        .unwrap_or(usize::MAX)
+                };
+                holders.into_iter().min_by_key(|h| rank(h))
+            }
+        };
+        let (name, version) = chosen.ok_or_else(|| NoModel {
+            reason: "alias_not_set",
+            detail: format!("no model of task type '{task}' has the alias '{alias}'"),
+        })?;
+        Ok(Selection {
+            name,
+            version,
+            source,
+        })
+    }
+}
+
+impl ModelSelector for RegistrySelector {
+    fn select(
+        &self,
+        task: &str,
+        wanted: &ModelWanted,
+        policy: Option<&str>,
+    ) -> Result<Selection, NoModel> {
+        match wanted {
+            ModelWanted::Alias(alias) => self.by_alias(task, alias, policy),
+            ModelWanted::Best => {
+                let answer = self
+                    .registry
+                    .best_for_task(task, policy)
+                    .map_err(Self::no_model)?;
+                Ok(Selection {
+                    name: answer.winner.model,
+                    version: answer.winner.version,
+                    source: format!("best:{}", answer.policy),
+                })
+            }
+        }
+    }
+
+    fn record_outcome(
+        &self,
+        model: &str,
+        version: u32,
+        metrics: &[(String, f64)],
+        source: &str,
+    ) -> Result<(), String> {
+        let points: Vec<NewPoint> = metrics
+            .iter()
+            .map(|(metric, value)| NewPoint {
+                version,
+                metric: metric.clone(),
+                value: MetricValue(*value),
+                timestamp: None,
+            })
+            .collect();
+        self.registry
+            .record(model, &points)
+            .map(|_| ())
+            .map_err(|e| format!("{source}: {e}"))
     }
 }

@@ -11,4 +11,5 @@ mod loading;
 mod mesh;
 mod registry;
 mod reload;
+mod routing_flow;
 mod serving;

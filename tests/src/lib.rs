@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test with its reason
 
 pub mod demo;
+pub mod echo;
 pub mod http;
 
 use std::io::{BufRead, BufReader};

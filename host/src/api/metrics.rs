@@ -338,3 +338,66 @@ impl Collector for MeshCollector {
         Ok(())
     }
 }
+
+/// Model-aware routing and fan-out (issue 9): selections by route and source, outcomes by
+/// result, fan-out parts by route and result; read from the mesh's counters at scrape time.
+pub(super) fn register_routing(registry: &mut Registry, mesh: Mesh) {
+    registry.register_collector(Box::new(RoutingCollector { mesh }));
+}
+
+#[derive(Debug)]
+struct RoutingCollector {
+    mesh: Mesh,
+}
+
+impl Collector for RoutingCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.mesh.route_stats();
+        let counter_type = ConstCounter::new(0u64).metric_type();
+        type Labelled = std::collections::HashMap<(String, &'static str), u64>;
+        let snapshot = |map: &std::sync::Mutex<Labelled>| {
+            let mut rows: Vec<((String, &'static str), u64)> = map
+                .lock()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default();
+            rows.sort();
+            rows
+        };
+        for (name, help, label, map) in [
+            (
+                "evolve_route_model_selections",
+                "Model-aware route requests by route and model source: alias, best, none (fell back), rejected",
+                "source",
+                &stats.selections,
+            ),
+            (
+                "evolve_route_fanout_parts",
+                "Fan-out parts by route and result: ok, error_status, timeout, failed",
+                "result",
+                &stats.fanout_parts,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, counter_type)?;
+            for ((route, value), count) in snapshot(map) {
+                let labels = vec![("route", route), (label, value.to_string())];
+                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "evolve_route_outcomes",
+            "Outcome metrics from backends: recorded, rejected (malformed), dropped (queue full), failed (the registry refused)",
+            None,
+            counter_type,
+        )?;
+        for (result, counter) in [
+            ("recorded", &stats.outcomes_recorded),
+            ("rejected", &stats.outcomes_rejected),
+            ("dropped", &stats.outcomes_dropped),
+            ("failed", &stats.outcomes_failed),
+        ] {
+            ConstCounter::new(counter.load(Ordering::Relaxed))
+                .encode(family.encode_family(&[("result", result)])?)?;
+        }
+        Ok(())
+    }
+}

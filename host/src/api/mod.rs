@@ -99,6 +99,7 @@ impl ApiState {
     pub fn with_mesh(mut self, mesh: crate::mesh::Mesh) -> ApiState {
         let mut registry = metrics::registry(self.runtime.clone());
         metrics::register_mesh(&mut registry, mesh.clone());
+        metrics::register_routing(&mut registry, mesh.clone());
         self.metrics = Arc::new(registry);
         self.mesh = Some(mesh);
         self

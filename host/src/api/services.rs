@@ -42,6 +42,8 @@ impl From<MeshError> for ApiError {
             MeshError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             MeshError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_error"),
             MeshError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            MeshError::NoModel { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_model"),
+            MeshError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             MeshError::Spec(CheckedSpecError::UnknownChecker(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "unknown_checker")
             }

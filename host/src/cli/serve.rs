@@ -148,6 +148,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         catalog = %config.mesh_catalog_file().display(),
         "mesh catalog loaded"
     );
+    // Model-aware routes (issue 9) ask the registry which model to send.
+    mesh.set_model_selector(Arc::new(crate::system::RegistrySelector {
+        registry: Arc::clone(&registry),
+    }));
     // ---- end service mesh ----
     runtime.set_system_inventory(Arc::new(DaemonInventory {
         listen: listen.to_string(),

@@ -62,6 +62,10 @@ pub struct MeshConfig {
     /// Request bodies up to this size are buffered so the request can be retried; larger ones
     /// stream and are never retried, KiB.
     pub retry_buffer_kb: u64,
+    /// Request bodies a route reads into memory: a fan-out body (sent to every part; larger ones
+    /// are refused with 413) and a JSON body that gets `evolve_model` (larger ones stream
+    /// unchanged, with the model in the headers only), KiB.
+    pub route_body_kb: u64,
     /// Request type → capability (and per-route settings) for `POST /v1/route/{type}`.
     pub routes: BTreeMap<String, RouteEntry>,
     pub breaker: BreakerConfig,
@@ -85,6 +89,7 @@ impl Default for MeshConfig {
             pool_idle_timeout_s: 90,
             slow_start_ms: 30_000,
             retry_buffer_kb: 64,
+            route_body_kb: 1_024,
             routes: BTreeMap::new(),
             breaker: BreakerConfig::default(),
             outlier: OutlierConfig::default(),
@@ -140,7 +145,176 @@ pub struct RouteConfig {
     /// deduplicates.
     #[serde(default)]
     pub retry_non_idempotent: bool,
+    /// Registry task type; setting it turns on model-aware routing.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// An alias name, or `best` (default when `task` is set).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Scoring policy for `model = "best"` and for choosing among several models that carry the
+    /// alias; default `[registry] default_policy`.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// What happens when there is no registry or no model for the task; default `forward`.
+    #[serde(default)]
+    pub model_fallback: Option<ModelFallback>,
+    /// Send the request to one instance (`none`, default), every healthy one, or the best N.
+    #[serde(default)]
+    pub fanout: Fanout,
+    /// Instances for `fanout = "best_n"`, in the route balancer's order.
+    #[serde(default)]
+    pub fanout_n: Option<u32>,
+    /// How the parts of a fan-out become one answer; default `all`.
+    #[serde(default)]
+    pub aggregate: Option<Aggregate>,
+    /// 2xx parts `aggregate = "quorum"` needs.
+    #[serde(default)]
+    pub quorum: Option<u32>,
 }
+
+/// `model = "best"`: the registry's best-model answer.
+pub const MODEL_BEST: &str = "best";
+
+/// `model_fallback`: no registry, or no model for the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFallback {
+    /// Send the request without a model; the response says why.
+    #[default]
+    Forward,
+    /// Answer 503 `no_model`.
+    Reject,
+}
+
+/// `fanout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fanout {
+    #[default]
+    None,
+    All,
+    BestN,
+}
+
+/// `aggregate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    #[default]
+    All,
+    FirstSuccess,
+    Quorum,
+}
+
+impl Aggregate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregate::All => "all",
+            Aggregate::FirstSuccess => "first_success",
+            Aggregate::Quorum => "quorum",
+        }
+    }
+}
+
+/// What a model-aware route asks the registry for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModelWanted {
+    /// The best model of the task under the policy.
+    Best,
+    /// The target of this alias (the best of the models of the task that carry it).
+    Alias(String),
+}
+
+impl RouteConfig {
+    /// The model this route asks for, when it is model-aware.
+    pub fn model_wanted(&self) -> Option<ModelWanted> {
+        self.task.as_ref()?;
+        Some(match self.model.as_deref() {
+            None | Some(MODEL_BEST) => ModelWanted::Best,
+            Some(alias) => ModelWanted::Alias(alias.to_string()),
+        })
+    }
+
+    /// Checks the model-aware and fan-out keys; `Err(message)`.
+    fn validate_model_and_fanout(&self) -> Result<(), String> {
+        let name_ok = |text: &str| {
+            !text.is_empty()
+                && text.len() <= 128
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+        };
+        match &self.task {
+            Some(task) if !name_ok(task) => {
+                return Err(format!(
+                    "task \"{task}\" must be 1-128 of A-Z a-z 0-9 . _ - :"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                for (key, set) in [
+                    ("model", self.model.is_some()),
+                    ("policy", self.policy.is_some()),
+                    ("model_fallback", self.model_fallback.is_some()),
+                ] {
+                    if set {
+                        return Err(format!(
+                            "{key} needs task: set task = \"<registry task type>\" to make the route model-aware"
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(model) = &self.model
+            && !name_ok(model)
+        {
+            return Err(format!(
+                "model \"{model}\" must be \"best\" or an alias name (1-128 of A-Z a-z 0-9 . _ - :)"
+            ));
+        }
+        if let Some(policy) = &self.policy
+            && !name_ok(policy)
+        {
+            return Err(format!("policy \"{policy}\" is not a policy name"));
+        }
+        match (self.fanout, self.fanout_n) {
+            (Fanout::BestN, None) => {
+                return Err("fanout = \"best_n\" needs fanout_n (instances, at least 1)".into());
+            }
+            (Fanout::BestN, Some(0)) => return Err("fanout_n must be at least 1".into()),
+            (Fanout::BestN, Some(n)) if n > MAX_FANOUT_PARTS => {
+                return Err(format!("fanout_n must be at most {MAX_FANOUT_PARTS}"));
+            }
+            (Fanout::None | Fanout::All, Some(_)) => {
+                return Err("fanout_n goes with fanout = \"best_n\"".into());
+            }
+            _ => {}
+        }
+        if self.fanout == Fanout::None && (self.aggregate.is_some() || self.quorum.is_some()) {
+            return Err(
+                "aggregate and quorum need fanout = \"all\" or \"best_n\" (one instance has nothing to aggregate)"
+                    .into(),
+            );
+        }
+        match (self.aggregate.unwrap_or_default(), self.quorum) {
+            (Aggregate::Quorum, None) => {
+                Err("aggregate = \"quorum\" needs quorum (2xx parts, at least 1)".into())
+            }
+            (Aggregate::Quorum, Some(0)) => Err("quorum must be at least 1".into()),
+            (Aggregate::Quorum, Some(q)) => match self.fanout_n {
+                Some(n) if q > n => Err(format!(
+                    "quorum ({q}) is more than fanout_n ({n}): the route could never succeed"
+                )),
+                _ => Ok(()),
+            },
+            (_, Some(_)) => Err("quorum goes with aggregate = \"quorum\"".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Most parts one fan-out sends (`fanout_n`, and the instances `fanout = "all"` reaches).
+pub const MAX_FANOUT_PARTS: u32 = 64;
 
 impl RouteConfig {
     /// The route a request type gets when `[mesh.routes]` does not name it: the capability of
@@ -154,6 +328,14 @@ impl RouteConfig {
             timeout_ms: None,
             retries: None,
             retry_non_idempotent: false,
+            task: None,
+            model: None,
+            policy: None,
+            model_fallback: None,
+            fanout: Fanout::None,
+            fanout_n: None,
+            aggregate: None,
+            quorum: None,
         }
     }
 }
@@ -276,6 +458,9 @@ impl MeshConfig {
         if self.retry_buffer_kb > 65_536 {
             return bad("retry_buffer_kb", "must be at most 65536");
         }
+        if self.route_body_kb == 0 || self.route_body_kb > 65_536 {
+            return bad("route_body_kb", "must be between 1 and 65536");
+        }
         if self.slow_start_ms > 3_600_000 {
             return bad("slow_start_ms", "must be at most 3600000");
         }
@@ -345,6 +530,9 @@ impl MeshConfig {
             }
             if route.retries.is_some_and(|n| n > 10) {
                 return bad(&key, "retries must be at most 10");
+            }
+            if let Err(message) = route.validate_model_and_fanout() {
+                return bad(&key, &message);
             }
         }
         Ok(())

@@ -10,6 +10,8 @@
 //! | [`lb`] | load-balancing algorithms, one file each |
 //! | [`listener`] | the optional data-plane socket that forwards every path to one service |
 //! | [`proxy`] | the data path: pooled HTTP/1.1 and h2c, streaming, deadlines, retries |
+//! | [`model`] | model-aware routes: the [`ModelSelector`] seam, selection cache, outcomes |
+//! | [`fanout`] | one request to many instances, aggregated into one envelope |
 //! | [`health`] | active checks by health-checker plugins, with hysteresis |
 //! | [`outlier`] | passive outlier detection and ejection |
 //! | [`breaker`] | concurrency caps per service, failure accrual per instance |
@@ -22,10 +24,12 @@
 pub mod breaker;
 pub mod catalog;
 pub mod config;
+pub mod fanout;
 pub mod health;
 pub mod instance;
 pub mod lb;
 pub mod listener;
+pub mod model;
 pub mod outlier;
 pub mod proxy;
 pub mod retry;
@@ -38,7 +42,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -48,13 +52,16 @@ use serde_json::json;
 pub use self::catalog::{CheckedSpecError, ServiceSpec, SpecError, StoreError};
 pub use self::config::{LbKind, MeshConfig};
 pub use self::health::{CheckOutcome, CheckRunner};
+pub use self::model::{ModelSelector, NoModel, RouteStats, Selection};
 pub use self::service::{Source, Unavailable};
 pub use self::view::{ProbeReport, ServiceView};
 
 use self::breaker::Shed;
 use self::catalog::CatalogStore;
+use self::config::{Fanout, ModelFallback, RouteConfig};
 use self::health::CheckContext;
 use self::lb::Balancer;
+use self::model::ModelRouting;
 use self::proxy::{DataPath, Plan, Upstream};
 use self::service::ServiceState;
 use crate::events::{Event, EventBus, EventKind};
@@ -62,6 +69,19 @@ use crate::events::{Event, EventBus, EventKind};
 /// Route balancers cached per request type; beyond this, routes get a fresh balancer per
 /// request (still correct for p2c and least-loaded; round-robin state is then per request).
 const MAX_CACHED_ROUTES: usize = 4_096;
+
+/// Parts a fan-out sent (on its envelope response).
+pub const HEADER_FANOUT_PARTS: &str = "x-evolve-fanout-parts";
+
+/// What a route's request carries of a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteModel {
+    /// The route is not model-aware.
+    Off,
+    Selected(Selection),
+    /// Model-aware, but there is no model: sent without one, for this reason.
+    Fallback(&'static str),
+}
 
 /// What can go wrong in the mesh; each maps to one HTTP status in the API.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +117,18 @@ pub enum MeshError {
     },
     #[error("{0}")]
     BadRequest(String),
+    #[error(
+        "route \"{request_type}\" needs a model of task \"{task}\" and has none ({detail}); register a model version (and the route's alias), or set model_fallback = \"forward\""
+    )]
+    NoModel {
+        request_type: String,
+        task: String,
+        detail: String,
+    },
+    #[error(
+        "the request body is larger than {limit_kb} KiB, the most a route reads into memory ([mesh] route_body_kb)"
+    )]
+    BodyTooLarge { limit_kb: u64 },
     #[error(transparent)]
     Spec(#[from] CheckedSpecError),
     #[error("a service named \"{0}\" is already registered; PUT /v1/services/{0} replaces it")]
@@ -137,6 +169,9 @@ struct Inner {
     runner: Arc<dyn CheckRunner>,
     routes: Mutex<HashMap<String, Arc<Balancer>>>,
     checks_started: AtomicBool,
+    /// Set once the daemon has a model registry (see [`Mesh::set_model_selector`]).
+    models: OnceLock<Arc<ModelRouting>>,
+    route_stats: Arc<RouteStats>,
 }
 
 impl Mesh {
@@ -188,6 +223,8 @@ impl Mesh {
                 runner,
                 routes: Mutex::new(HashMap::new()),
                 checks_started: AtomicBool::new(false),
+                models: OnceLock::new(),
+                route_stats: Arc::default(),
             }),
         })
     }
@@ -198,6 +235,27 @@ impl Mesh {
 
     pub fn events(&self) -> &EventBus {
         &self.inner.events
+    }
+
+    /// Gives model-aware routes their registry; without it they take their fallback. Call once
+    /// from within the tokio runtime (it starts the outcome writer); later calls are ignored.
+    pub fn set_model_selector(&self, selector: Arc<dyn ModelSelector>) {
+        let _ = self.inner.models.get_or_init(|| {
+            Arc::new(ModelRouting::start(
+                selector,
+                &self.inner.events,
+                Arc::clone(&self.inner.route_stats),
+            ))
+        });
+    }
+
+    pub(crate) fn model_routing(&self) -> Option<&Arc<ModelRouting>> {
+        self.inner.models.get()
+    }
+
+    /// Counters of model selections, outcomes and fan-out parts.
+    pub fn route_stats(&self) -> &Arc<RouteStats> {
+        &self.inner.route_stats
     }
 
     /// Starts active health checks of every service (call once the checker plugins are loaded);
@@ -355,7 +413,7 @@ impl Mesh {
         Ok(())
     }
 
-    fn data_path(&self) -> DataPath<'_> {
+    pub(crate) fn data_path(&self) -> DataPath<'_> {
         DataPath {
             config: &self.inner.config,
             upstream: &self.inner.upstream,
@@ -363,7 +421,8 @@ impl Mesh {
         }
     }
 
-    /// `POST /v1/route/{type}`: forwards to a service offering the route's capability.
+    /// `POST /v1/route/{type}`: forwards to a service offering the route's capability (to
+    /// every healthy one for a fan-out route), with the route's model when it is model-aware.
     pub async fn route(
         &self,
         request_type: &str,
@@ -401,19 +460,164 @@ impl Mesh {
             ),
             None => None,
         };
+        let timeout =
+            Duration::from_millis(route.timeout_ms.unwrap_or(self.inner.config.timeout_ms));
+        let model = self.route_model(request_type, &route).await?;
+        if route.fanout != Fanout::None {
+            let plan = fanout::FanoutRequest {
+                request_type: request_type.to_string(),
+                services: pool,
+                balancer,
+                path_and_query: format!("{path}{query}"),
+                method,
+                timeout,
+                strip_authorization,
+                model,
+                route,
+            };
+            return fanout::fan_out(self, plan, request).await;
+        }
+        let request = match &model {
+            RouteModel::Selected(selection) => self.with_model(request, selection).await?,
+            _ => request,
+        };
         let plan = Plan {
             services: pool,
             balancer: &balancer,
             path_and_query: format!("{path}{query}"),
             method,
-            timeout: Duration::from_millis(
-                route.timeout_ms.unwrap_or(self.inner.config.timeout_ms),
-            ),
+            timeout,
             retries: route.retries.unwrap_or(self.inner.config.retry.max_retries),
             retry_non_idempotent: route.retry_non_idempotent,
+            exclude: Vec::new(),
             strip_authorization,
         };
-        proxy::forward(&self.data_path(), plan, request).await
+        let response = proxy::forward(&self.data_path(), plan, request).await?;
+        Ok(self.model_response(request_type, response, &model))
+    }
+
+    /// The model a route's request carries: none for a plain route, the registry's selection,
+    /// or the route's fallback when there is none (`Err(NoModel)` for `reject`).
+    async fn route_model(
+        &self,
+        request_type: &str,
+        route: &RouteConfig,
+    ) -> Result<RouteModel, MeshError> {
+        let (Some(task), Some(wanted)) = (&route.task, route.model_wanted()) else {
+            return Ok(RouteModel::Off);
+        };
+        let stats = &self.inner.route_stats;
+        let selected = match self.model_routing() {
+            Some(routing) => routing.select(task, &wanted, route.policy.as_deref()).await,
+            None => Err(NoModel {
+                reason: "no_registry",
+                detail: "this daemon has no model registry".into(),
+            }),
+        };
+        match selected {
+            Ok(selection) => {
+                let kind = if selection.source.starts_with("alias:") {
+                    "alias"
+                } else {
+                    "best"
+                };
+                stats.count_selection(request_type, kind);
+                Ok(RouteModel::Selected(selection))
+            }
+            Err(none) => match route.model_fallback.unwrap_or_default() {
+                ModelFallback::Forward => {
+                    stats.count_selection(request_type, "none");
+                    tracing::debug!(route = request_type, task, reason = none.reason, detail = %none.detail, "no model for the route; forwarding without one");
+                    Ok(RouteModel::Fallback(none.reason))
+                }
+                ModelFallback::Reject => {
+                    stats.count_selection(request_type, "rejected");
+                    Err(MeshError::NoModel {
+                        request_type: request_type.to_string(),
+                        task: task.clone(),
+                        detail: none.detail,
+                    })
+                }
+            },
+        }
+    }
+
+    /// `request` with the model headers and, for a JSON object body of known length within
+    /// `route_body_kb`, the `evolve_model` field. Other bodies stream as they came.
+    async fn with_model(
+        &self,
+        request: Request<Body>,
+        selection: &Selection,
+    ) -> Result<Request<Body>, MeshError> {
+        use http_body_util::BodyExt;
+        use hyper::body::Body as _;
+        let (mut parts, body) = request.into_parts();
+        model::set_model_headers(&mut parts.headers, selection);
+        let cap = self.inner.config.route_body_kb.saturating_mul(1024);
+        let fits = body.size_hint().exact().is_some_and(|n| n > 0 && n <= cap);
+        if !(fits && model::is_json(&parts.headers)) {
+            return Ok(Request::from_parts(parts, body));
+        }
+        let bytes = http_body_util::Limited::new(body, cap as usize)
+            .collect()
+            .await
+            .map_err(|e| MeshError::BadRequest(format!("reading the request body failed: {e}")))?
+            .to_bytes();
+        let bytes = model::inject_model_field(&bytes, selection).unwrap_or(bytes);
+        parts.headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(bytes.len()),
+        );
+        Ok(Request::from_parts(parts, Body::from(bytes)))
+    }
+
+    /// Names the model in the response and takes the outcome the backend reported: from the
+    /// header at once, or from a JSON body's field as it streams past (never buffered here).
+    fn model_response(
+        &self,
+        request_type: &str,
+        mut response: Response<Body>,
+        model: &RouteModel,
+    ) -> Response<Body> {
+        let selection = match model {
+            RouteModel::Off => return response,
+            RouteModel::Fallback(reason) => {
+                model::set_fallback_headers(response.headers_mut(), reason);
+                return response;
+            }
+            RouteModel::Selected(selection) => selection,
+        };
+        model::set_model_headers(response.headers_mut(), selection);
+        let Some(routing) = self.model_routing() else {
+            return response;
+        };
+        let headers = response.headers();
+        let backend = format!(
+            "{}/{}",
+            headers
+                .get(proxy::HEADER_SERVICE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            headers
+                .get(proxy::HEADER_INSTANCE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+        );
+        let route_source = format!("route:{request_type}");
+        if routing.record_from_headers(headers, selection, &route_source, &backend) {
+            return response;
+        }
+        if !model::should_scan(headers) {
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        let sink = model::ScanSink {
+            routing: Arc::clone(routing),
+            selection: selection.clone(),
+            route_source,
+            backend,
+        };
+        Response::from_parts(parts, Body::new(model::ScannedBody::new(body, sink)))
     }
 
     fn route_balancer(&self, request_type: &str, kind: LbKind) -> Arc<Balancer> {
@@ -452,6 +656,7 @@ impl Mesh {
             timeout: Duration::from_millis(self.inner.config.timeout_ms),
             retries: self.inner.config.retry.max_retries,
             retry_non_idempotent: false,
+            exclude: Vec::new(),
             strip_authorization,
         };
         proxy::forward(&self.data_path(), plan, request).await

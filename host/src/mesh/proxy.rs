@@ -112,6 +112,9 @@ pub struct Plan<'a> {
     pub timeout: Duration,
     pub retries: u32,
     pub retry_non_idempotent: bool,
+    /// Instances (uids) this request must not use: a fan-out part pins its instance by
+    /// excluding the service's others.
+    pub exclude: Vec<u64>,
     /// Strip `Authorization`: it carried the caller's token for this daemon, not for the instance.
     pub strip_authorization: bool,
 }
@@ -159,7 +162,7 @@ pub async fn forward(
     };
     let mut headers = forwarded_headers(parts.headers, plan.strip_authorization);
 
-    let mut tried: Vec<u64> = Vec::new();
+    let mut tried: Vec<u64> = plan.exclude.clone();
     let mut attempt = 0u32;
     // The failed attempt being retried: if no instance can take the retry, this is the answer.
     let mut previous: Option<Result<Response<Body>, MeshError>> = None;

@@ -247,6 +247,79 @@ pub fn choose(
     }
 }
 
+/// An instance a fan-out may send a part to.
+pub struct Target {
+    pub service: Arc<ServiceState>,
+    pub instance: Arc<InstanceState>,
+    pub candidate: Candidate,
+}
+
+/// Every instance of `services` that can take a request now: weight above 0, not unhealthy,
+/// not ejected, circuit admitting. Unlike [`choose`] there is no panic mode: a fan-out reaches
+/// the healthy instances only. With why the others cannot, for the 503 when none can.
+pub fn healthy_targets(
+    services: &[Arc<ServiceState>],
+    config: &MeshConfig,
+) -> (Vec<Target>, Unavailable) {
+    let now = Instant::now();
+    let slow_start = Duration::from_millis(config.slow_start_ms);
+    let mut why = Unavailable::default();
+    let mut targets = Vec::new();
+    for service in services {
+        for instance in &service.instances {
+            why.instances += 1;
+            let weight = instance.weight.load(Ordering::Relaxed);
+            if weight == 0 {
+                why.drained += 1;
+                continue;
+            }
+            let mut status = instance.lock();
+            let (ejected, returned) = status.outlier.check(now);
+            if returned {
+                status.returned_at = Some(now);
+            }
+            if status.health.state == HealthState::Unhealthy {
+                why.unhealthy += 1;
+                continue;
+            }
+            if ejected {
+                why.ejected += 1;
+                continue;
+            }
+            if !status.breaker.would_admit(now) {
+                why.circuit_open += 1;
+                continue;
+            }
+            let candidate = Candidate {
+                uid: instance.uid,
+                weight: f64::from(weight) * status.slow_start_factor(slow_start, now),
+                in_flight: instance.in_flight.load(Ordering::Relaxed),
+                ewma_us: status.ewma.get(now),
+            };
+            drop(status);
+            targets.push(Target {
+                service: Arc::clone(service),
+                instance: Arc::clone(instance),
+                candidate,
+            });
+        }
+    }
+    (targets, why)
+}
+
+/// `targets` in the order `balancer` would choose them, the first `n` only.
+pub fn balancer_order(mut targets: Vec<Target>, balancer: &Balancer, n: usize) -> Vec<Target> {
+    let mut ordered = Vec::with_capacity(n.min(targets.len()));
+    while ordered.len() < n {
+        let candidates: Vec<Candidate> = targets.iter().map(|t| t.candidate).collect();
+        let Some(index) = with_thread_rng(|rng| balancer.pick(&candidates, rng)) else {
+            break;
+        };
+        ordered.push(targets.swap_remove(index));
+    }
+    ordered
+}
+
 /// How one attempt ended, for breakers, outlier detection and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
