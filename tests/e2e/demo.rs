@@ -15,10 +15,6 @@ use evolve_e2e::evolve_bin;
 use evolve_e2e::http::request;
 use serde_json::{Value, json};
 
-/// Set to true when model-aware routing and fan-out (the route side of issue 9) are merged and
-/// the `[issue9-route]` keys in examples/demo/evolve.toml are uncommented.
-const ROUTE_KEYS_MERGED: bool = false;
-
 const API: &str = "127.0.0.1:7070";
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -84,15 +80,10 @@ fn the_demo_answers_the_readme_quick_start_and_runs_the_seed_workflow() {
         (mae - body["backtest"]["mae"].as_f64().unwrap()).abs() < 1e-5,
         "{outcome} vs {body}"
     );
-    if ROUTE_KEYS_MERGED {
-        assert_eq!(header(head, "x-evolve-model"), Some("ses"), "{head}");
-        assert_eq!(header(head, "x-evolve-model-version"), Some("2"), "{head}");
-        assert_eq!(body["model"]["name"], "ses", "{body:#}");
-        assert_eq!(body["method"], "simple exponential smoothing, alpha fitted");
-    } else {
-        assert_eq!(body["model"], Value::Null, "{body:#}");
-        assert_eq!(body["method"], "naive with drift");
-    }
+    assert_eq!(header(head, "x-evolve-model"), Some("ses"), "{head}");
+    assert_eq!(header(head, "x-evolve-model-version"), Some("2"), "{head}");
+    assert_eq!(body["model"]["name"], "ses", "{body:#}");
+    assert_eq!(body["method"], "simple exponential smoothing, alpha fitted");
 
     // 2. System health: healthy, one line per part.
     let (code, out, err) = sh(cwd, &lines[1], &[]);
@@ -136,15 +127,10 @@ fn the_demo_answers_the_readme_quick_start_and_runs_the_seed_workflow() {
         out.contains(&winner),
         "the docs name the registry's best {winner}: {out}"
     );
-    if ROUTE_KEYS_MERGED {
-        // The routed forecast's outcome was recorded on the champion, ses v2, beside its five
-        // seeded points.
-        let points = get("/v1/models/ses/performance?version=2&metric=mae");
-        assert!(points["points"].as_array().unwrap().len() > 5, "{points:#}");
-    } else {
-        // Seeded backtests only: drift v1 leads (README).
-        assert!(out.contains("| forecast | drift v1 | 1.000 |"), "{out}");
-    }
+    // The routed forecast's outcome was recorded on the champion, ses v2, beside its five
+    // seeded points.
+    let points = get("/v1/models/ses/performance?version=2&metric=mae");
+    assert!(points["points"].as_array().unwrap().len() > 5, "{points:#}");
 
     // The seed's complete workflow, through the public API and CLI only.
     let evolve = evolve_bin();
@@ -177,18 +163,14 @@ fn the_demo_answers_the_readme_quick_start_and_runs_the_seed_workflow() {
     );
     assert_eq!(analysis.status, 200, "{}", analysis.text());
     let analysis = analysis.json();
-    let parts: Vec<Value> = if ROUTE_KEYS_MERGED {
-        assert_eq!(analysis["partial"], false, "{analysis:#}");
-        analysis["parts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["body"].clone())
-            .collect()
-    } else {
-        vec![analysis]
-    };
-    assert_eq!(parts.len(), if ROUTE_KEYS_MERGED { 2 } else { 1 });
+    assert_eq!(analysis["partial"], false, "{analysis:#}");
+    let parts: Vec<Value> = analysis["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["body"].clone())
+        .collect();
+    assert_eq!(parts.len(), 2);
     for part in &parts {
         let drawdown = part["max_drawdown"]["value"].as_f64().unwrap();
         assert!(drawdown > 0.0 && drawdown < 1.0, "{part:#}");
