@@ -12,6 +12,7 @@
 //! | [`system`] | the daemon's inventory and probes: what plugins see of the whole system |
 //! | [`mesh`] | service mesh: catalog, routing, load balancing, health, breakers, retries |
 //! | [`events`] | the internal event bus |
+//! | [`cluster`] | several daemons, one mesh: events on Redis, the shared catalog |
 //! | [`api`] | HTTP API (axum) |
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
 //! | [`config`] | daemon configuration |
@@ -20,6 +21,7 @@
 pub mod agents;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod fsutil;

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test with its reason
 
 pub mod http;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -15,8 +15,10 @@
 //! end-to-end test checks each one is routed.
 //! | `/v1/models…`, `/v1/registry…` | the model registry: see [`models`] |
 //! | `/v1/services…`, `POST /v1/route/{type}` | the service mesh, see [`services`] |
+//! | `GET /v1/cluster` | cluster membership over Redis (issue 7) |
 
 pub mod agents;
+mod cluster;
 mod error;
 mod metrics;
 pub mod models;
@@ -55,6 +57,8 @@ pub struct ApiState {
     pub registry: Option<Arc<Registry>>,
     /// The service mesh, when the daemon runs one.
     pub mesh: Option<crate::mesh::Mesh>,
+    /// Cluster membership (issue 7); `GET /v1/cluster` says `disabled` without one.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl ApiState {
@@ -76,11 +80,25 @@ impl ApiState {
             metrics,
             registry: None,
             mesh: None,
+            cluster: None,
         }
     }
 
     pub fn with_registry(mut self, registry: Arc<Registry>) -> ApiState {
         self.registry = Some(registry);
+        self
+    }
+
+    /// Adds the cluster: `GET /v1/cluster` and its metrics (call after [`ApiState::with_mesh`]:
+    /// the metrics registry is rebuilt with the mesh's collector too).
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> ApiState {
+        let mut registry = metrics::registry(self.runtime.clone());
+        if let Some(mesh) = &self.mesh {
+            metrics::register_mesh(&mut registry, mesh.clone());
+        }
+        metrics::register_cluster(&mut registry, cluster.clone());
+        self.metrics = Arc::new(registry);
+        self.cluster = Some(cluster);
         self
     }
 
@@ -279,6 +297,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint("GET", "/v1/registry/export", "the whole registry as JSON"),
     endpoint("POST", "/v1/registry/import", "import a JSON export"),
     endpoint(
+        "GET",
+        "/v1/cluster",
+        "cluster: Redis connection, peers with last-seen, last sync and lag, buffered and dropped events",
+    ),
+    endpoint(
         "POST",
         "/v1/checkers/{name}/check",
         "check a service instance with a health checker",
@@ -305,6 +328,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/{name}/runs/{id}/cancel", post(agents::cancel))
         .route("/v1/system/{job}", post(agents::system))
         .route("/v1/checkers/{name}/check", post(plugins::check_service))
+        .route("/v1/cluster", get(cluster::show))
         .merge(models::routes(&state))
         .merge(services::routes())
         .fallback(|| async {

@@ -3,6 +3,7 @@
 
 mod agent;
 mod client;
+mod cluster;
 mod commands;
 mod dev;
 pub mod model;
@@ -59,6 +60,11 @@ pub enum Command {
     /// The service mesh catalog: register, list, remove, health, probe.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// This node's view of the cluster: Redis connection, peers, last sync, events.
+    Cluster(ApiArgs),
+    /// Follow the host's events live (every node's, from Redis, with --redis).
+    #[command(subcommand)]
+    Events(cluster::EventsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +230,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::dev(args).await,
         Command::Model(command) => model::run(command).await,
         Command::Service(command) => service::run(command).await,
+        Command::Cluster(api) => cluster::show(api).await,
+        Command::Events(command) => cluster::run_events(command).await,
         Command::Plugin(PluginCommand::List(api)) => commands::plugin_list(&api).await,
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await
