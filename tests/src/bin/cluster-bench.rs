@@ -151,6 +151,8 @@ fn main() {
     );
     drop((a, b));
     let _ = raw_tail.kill();
+    // Killed daemons' records would linger for their TTL: start phase 2 from an empty Redis.
+    redis.command(&["FLUSHALL"]);
 
     // --- 2. convergence with N services ---
     let mut config = String::new();
