@@ -115,8 +115,9 @@ fn a_service_registered_on_one_daemon_is_routed_to_from_the_other() {
     // Each side sees the other as a peer; b reports which node saw which health.
     let status = wait_cluster(&b, "node-a listed with its services", |s| {
         s["peers"].as_array().is_some_and(|p| {
-            p.iter()
-                .any(|p| p["node"] == "node-a" && p["services"] == 2)
+            p.iter().any(|p| {
+                p["node"] == "node-a" && p["services"] == 2 && p["health"]["fc"]["fc-1"].is_string()
+            })
         })
     });
     assert_eq!(status["state"], "connected");
@@ -148,6 +149,12 @@ fn a_service_registered_on_one_daemon_is_routed_to_from_the_other() {
     });
     assert_eq!(b.get("/v1/services/fc2").status, 404);
     assert!(backend.connections() >= 1);
+
+    // A clean stop withdraws a's services at once (no TTL wait).
+    assert!(a.terminate(), "a stops cleanly");
+    let lost = b.wait_event("cluster.peer_lost", "node-a", |_| true);
+    assert_eq!(lost["reason"], "left the cluster", "{lost}");
+    assert_eq!(b.get("/v1/services/fc").status, 404);
 }
 
 #[test]

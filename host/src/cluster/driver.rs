@@ -449,6 +449,13 @@ impl Driver {
             .arg(&services_key)
             .arg(self.config.heartbeat_ttl_s)
             .ignore();
+        // The record too, so its service count and health view match the new catalog.
+        pipe.cmd("SET")
+            .arg(self.keys.node(&self.node))
+            .arg(self.record(local.len()))
+            .arg("EX")
+            .arg(self.config.heartbeat_ttl_s)
+            .ignore();
         pipe.query_async::<()>(con).await?;
         let mut publish = redis::pipe();
         let channel = self.keys.catalog_channel();
