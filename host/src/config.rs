@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentsConfig;
+use crate::cluster::ClusterConfig;
 use crate::mesh::MeshConfig;
 use crate::registry::{RegistryConfig, ScoringPolicy, scoring};
 use crate::reload::ReloadConfig;
@@ -24,6 +25,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("EVOLVE_PLUGINS_DIR", "plugins.dir"),
     ("EVOLVE_LOG", "log.level"),
     ("EVOLVE_LOG_FORMAT", "log.format"),
+    ("EVOLVE_REDIS_URL", "cluster.redis_url"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,8 @@ pub struct HostConfig {
     pub registry: RegistrySection,
     /// The service mesh (`[mesh]`).
     pub mesh: MeshConfig,
+    /// Several daemons, one mesh over Redis (`[cluster]`); unset `redis_url` = one daemon.
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +214,7 @@ impl Default for HostConfig {
             agents: AgentsConfig::default(),
             registry: RegistrySection::default(),
             mesh: MeshConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -289,6 +294,9 @@ impl HostConfig {
         }
         if let Some(dir) = get("EVOLVE_PLUGINS_DIR") {
             self.plugins.dir = Some(dir.into());
+        }
+        if let Some(url) = get("EVOLVE_REDIS_URL").filter(|u| !u.is_empty()) {
+            self.cluster.redis_url = Some(url);
         }
         if let Some(level) = get("EVOLVE_LOG") {
             self.log.level = level;
@@ -371,6 +379,9 @@ impl HostConfig {
             }
         }
         self.agents
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        self.cluster
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         if self.log.files_kept == 0 || self.log.files_kept > 3_650 {

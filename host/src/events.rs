@@ -1,7 +1,8 @@
 //! The host's internal event bus: every state change of a plugin (and, as they land, of services,
 //! health, circuits, the registry and agents) is published here as a versioned, serialisable
 //! [`Event`]. Subscribers: the log (every event is a tracing line with `event = <kind>`), the
-//! recent-events ring behind `GET /v1/events`, and later the Redis publisher.
+//! recent-events ring behind `GET /v1/events`, and the cluster's Redis publisher
+//! ([`crate::cluster`]).
 //!
 //! Publishing never blocks: the broadcast channel drops the oldest events for a subscriber that
 //! falls behind, and that subscriber sees how many it missed.
@@ -67,6 +68,21 @@ pub enum EventKind {
     RegistryBackupWritten,
     #[serde(rename = "registry.restored")]
     RegistryRestored,
+    /// This node reached Redis and joined the cluster (issue 7).
+    #[serde(rename = "cluster.connected")]
+    ClusterConnected,
+    /// This node lost Redis: it routes on the last known catalog and buffers events.
+    #[serde(rename = "cluster.disconnected")]
+    ClusterDisconnected,
+    /// Another node was seen for the first time (subject: its node id).
+    #[serde(rename = "cluster.peer_joined")]
+    ClusterPeerJoined,
+    /// Another node's heartbeat lapsed or it left; its services were removed.
+    #[serde(rename = "cluster.peer_lost")]
+    ClusterPeerLost,
+    /// Another node's services were merged into the routing table (subject: that node).
+    #[serde(rename = "cluster.catalog_merged")]
+    ClusterCatalogMerged,
 }
 
 impl EventKind {
@@ -93,6 +109,11 @@ impl EventKind {
             EventKind::ModelAliasMoved => "model.alias_moved",
             EventKind::RegistryBackupWritten => "registry.backup_written",
             EventKind::RegistryRestored => "registry.restored",
+            EventKind::ClusterConnected => "cluster.connected",
+            EventKind::ClusterDisconnected => "cluster.disconnected",
+            EventKind::ClusterPeerJoined => "cluster.peer_joined",
+            EventKind::ClusterPeerLost => "cluster.peer_lost",
+            EventKind::ClusterCatalogMerged => "cluster.catalog_merged",
         }
     }
 }
@@ -151,7 +172,9 @@ impl EventBus {
             | EventKind::PluginRolledBack
             | EventKind::PluginQuarantined
             | EventKind::CircuitOpened
-            | EventKind::InstanceEjected => {
+            | EventKind::InstanceEjected
+            | EventKind::ClusterDisconnected
+            | EventKind::ClusterPeerLost => {
                 tracing::warn!(event = event.kind.as_str(), subject = %event.subject, data = %data, "{}", event.kind.as_str());
             }
             _ => {

@@ -123,7 +123,7 @@ pub struct Sources<'a> {
     pub mesh: Option<&'a Mesh>,
     pub registry: Option<&'a Arc<Registry>>,
     pub agents: &'a AgentManager,
-    pub cluster: Option<&'a Arc<dyn ClusterHealth>>,
+    pub cluster: Option<&'a dyn ClusterHealth>,
 }
 
 /// Reads every part and applies the rules.

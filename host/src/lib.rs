@@ -13,6 +13,7 @@
 //! | [`mesh`] | service mesh: catalog, routing, load balancing, health, breakers, retries |
 //! | [`events`] | the internal event bus |
 //! | [`health`] | one system health: the parts and the rules that make `healthy` / `degraded` / `unhealthy` |
+//! | [`cluster`] | several daemons, one mesh: events on Redis, the shared catalog |
 //! | [`api`] | HTTP API (axum) |
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
 //! | [`config`] | daemon configuration |
@@ -21,6 +22,7 @@
 pub mod agents;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod fsutil;

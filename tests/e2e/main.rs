@@ -3,6 +3,7 @@
 
 mod agents;
 mod api;
+mod cluster;
 mod containment;
 mod demo;
 mod dev;

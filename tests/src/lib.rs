@@ -9,6 +9,7 @@
 pub mod demo;
 pub mod echo;
 pub mod http;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -7,7 +7,8 @@
 //!   target/plugins/bundled ARGS`, which installs the bundled plugins into `data/plugins/`,
 //!   starts the demo backends and the daemon (state under `./data`, no Redis), and seeds the
 //!   registry (see `demo/src/up.rs`, the one place the demo is orchestrated).
-//! - `test [-- ARGS]`: builds everything, then runs every test of the workspace in release
+//! - `test [-- ARGS]`: installs `redis-server` (Debian's package) when it is missing, builds
+//!   everything, then runs every test of the workspace in release
 //!   (a debug wasmtime compiles components ~30x slower; release also shares the build with
 //!   `serve`). ARGS go to `cargo test`.
 //! - `build-plugins`: builds the guest workspace in `plugins/` for `wasm32-wasip2` and installs
@@ -104,6 +105,7 @@ fn serve(root: &Path, args: &[String]) -> Result<()> {
 
 /// `test`: build, then every test in release.
 fn test(root: &Path, args: &[String]) -> Result<()> {
+    ensure_redis_server()?;
     build_plugins(root)?;
     test_bundled_plugins(root)?;
     // Every target at once (the `evolve` binary, tests, benches): one feature resolution with
@@ -115,6 +117,47 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .args(["test", "--release", "--workspace"])
         .args(args)
         .current_dir(root))
+}
+
+/// The cluster tests (issue 7) start their own `redis-server` on free loopback ports: install
+/// Debian's package when it is missing (as root, or through sudo).
+fn ensure_redis_server() -> Result<()> {
+    let present = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: redis-server is missing; installing Debian's package (apt-get install redis-server)"
+    );
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(&mut apt(&["update", "-q"]))?;
+    run(&mut apt(&[
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "redis-server",
+    ]))?;
+    // The package starts a system server on 6379 where an init system runs; the tests never
+    // use it (each starts its own on a free port).
+    Ok(())
 }
 
 /// Runs the bundled plugins' own unit tests (their pure logic: rendering, analysis, audit

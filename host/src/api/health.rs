@@ -15,7 +15,10 @@ pub(super) async fn health(State(state): State<ApiState>) -> Response {
         mesh: state.mesh.as_ref(),
         registry: state.registry.as_ref(),
         agents: &state.agents,
-        cluster: state.cluster.as_ref(),
+        cluster: state
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster as &dyn crate::health::ClusterHealth),
     })
     .await;
     let status = match health.status {

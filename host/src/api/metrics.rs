@@ -401,3 +401,105 @@ impl Collector for RoutingCollector {
         Ok(())
     }
 }
+
+/// Registers the cluster's metrics (issue 7).
+pub(super) fn register_cluster(registry: &mut Registry, cluster: crate::cluster::Cluster) {
+    registry.register_collector(Box::new(ClusterCollector { cluster }));
+}
+
+#[derive(Debug)]
+struct ClusterCollector {
+    cluster: crate::cluster::Cluster,
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::cluster::ConnectionState;
+        let status = self.cluster.status();
+        let counter_type = ConstCounter::new(0u64).metric_type();
+        let gauge_type = ConstGauge::new(0i64).metric_type();
+        let gauges: [(&str, &str, i64); 6] = [
+            (
+                "evolve_cluster_connected",
+                "1 while this node is connected to Redis, 0 otherwise (also 0 when the cluster is disabled)",
+                i64::from(status.state == ConnectionState::Connected),
+            ),
+            (
+                "evolve_cluster_peers",
+                "Other nodes seen alive",
+                status.peers.len() as i64,
+            ),
+            (
+                "evolve_cluster_remote_services",
+                "Services of other nodes merged into the routing table",
+                status.catalog.remote_services as i64,
+            ),
+            (
+                "evolve_cluster_announced_services",
+                "Local services announced to the cluster",
+                status.catalog.announced as i64,
+            ),
+            (
+                "evolve_cluster_events_buffered",
+                "Events waiting for Redis",
+                status.events.buffered as i64,
+            ),
+            (
+                "evolve_cluster_sync_lag_milliseconds",
+                "Time since the last full sync, ms (-1 before the first)",
+                status.sync_lag_ms.unwrap_or(-1),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let family = encoder.encode_descriptor(name, help, None, gauge_type)?;
+            ConstGauge::new(value).encode(family)?;
+        }
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "evolve_cluster_events_published",
+                "Events published to Redis",
+                status.events.published,
+            ),
+            (
+                "evolve_cluster_events_dropped",
+                "Events lost: the buffer overflowed while Redis was unreachable",
+                status.events.dropped,
+            ),
+            (
+                "evolve_cluster_connects",
+                "Successful connections to Redis",
+                status.connects,
+            ),
+            (
+                "evolve_cluster_full_syncs",
+                "Full syncs of the peers' registrations",
+                status.catalog.full_syncs,
+            ),
+            (
+                "evolve_cluster_updates_sent",
+                "Catalog updates published",
+                status.catalog.updates_sent,
+            ),
+            (
+                "evolve_cluster_updates_received",
+                "Catalog updates received from peers",
+                status.catalog.updates_received,
+            ),
+            (
+                "evolve_cluster_rejected",
+                "Peer messages or registrations skipped as malformed or refused",
+                status.catalog.rejected,
+            ),
+            (
+                "evolve_cluster_peers_expired",
+                "Peers whose heartbeat lapsed or that left",
+                status.catalog.peers_expired,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let family = encoder.encode_descriptor(name, help, None, counter_type)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        Ok(())
+    }
+}

@@ -16,8 +16,10 @@
 //! end-to-end test checks each one is routed.
 //! | `/v1/models…`, `/v1/registry…` | the model registry: see [`models`] |
 //! | `/v1/services…`, `POST /v1/route/{type}` | the service mesh, see [`services`] |
+//! | `GET /v1/cluster` | cluster membership over Redis (issue 7) |
 
 pub mod agents;
+mod cluster;
 mod error;
 mod health;
 mod metrics;
@@ -57,8 +59,8 @@ pub struct ApiState {
     pub registry: Option<Arc<Registry>>,
     /// The service mesh, when the daemon runs one.
     pub mesh: Option<crate::mesh::Mesh>,
-    /// The cluster's health, when clustering is configured (`GET /v1/health`'s `cluster` part).
-    pub cluster: Option<Arc<dyn crate::health::ClusterHealth>>,
+    /// Cluster membership (issue 7); `GET /v1/cluster` says `disabled` without one.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl ApiState {
@@ -89,8 +91,16 @@ impl ApiState {
         self
     }
 
-    /// Adds the cluster's health to `GET /v1/health` (Redis clustering installs it).
-    pub fn with_cluster(mut self, cluster: Arc<dyn crate::health::ClusterHealth>) -> ApiState {
+    /// Adds the cluster: `GET /v1/cluster` and its metrics (call after [`ApiState::with_mesh`]:
+    /// the metrics registry is rebuilt with the mesh's collector too).
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> ApiState {
+        let mut registry = metrics::registry(self.runtime.clone());
+        if let Some(mesh) = &self.mesh {
+            metrics::register_mesh(&mut registry, mesh.clone());
+            metrics::register_routing(&mut registry, mesh.clone());
+        }
+        metrics::register_cluster(&mut registry, cluster.clone());
+        self.metrics = Arc::new(registry);
         self.cluster = Some(cluster);
         self
     }
@@ -296,6 +306,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint("GET", "/v1/registry/export", "the whole registry as JSON"),
     endpoint("POST", "/v1/registry/import", "import a JSON export"),
     endpoint(
+        "GET",
+        "/v1/cluster",
+        "cluster: Redis connection, peers with last-seen, last sync and lag, buffered and dropped events",
+    ),
+    endpoint(
         "POST",
         "/v1/checkers/{name}/check",
         "check a service instance with a health checker",
@@ -323,6 +338,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/{name}/runs/{id}/cancel", post(agents::cancel))
         .route("/v1/system/{job}", post(agents::system))
         .route("/v1/checkers/{name}/check", post(plugins::check_service))
+        .route("/v1/cluster", get(cluster::show))
         .merge(models::routes(&state))
         .merge(services::routes())
         .fallback(|| async {

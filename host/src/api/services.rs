@@ -58,6 +58,7 @@ impl From<MeshError> for ApiError {
             ),
             MeshError::Duplicate(_) => (StatusCode::CONFLICT, "duplicate"),
             MeshError::ConfigOwned(_) => (StatusCode::CONFLICT, "defined_in_config"),
+            MeshError::RemoteOwned { .. } => (StatusCode::CONFLICT, "registered_on_another_node"),
             MeshError::TooManyServices(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "too_many_services")
             }

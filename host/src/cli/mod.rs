@@ -3,6 +3,7 @@
 
 mod agent;
 mod client;
+mod cluster;
 mod commands;
 mod dev;
 mod health;
@@ -63,6 +64,11 @@ pub enum Command {
     /// The whole system's health: plugins, services, registry, agents, cluster (exit 1 when
     /// unhealthy).
     Health(ApiArgs),
+    /// This node's view of the cluster: Redis connection, peers, last sync, events.
+    Cluster(ApiArgs),
+    /// Follow the host's events live (every node's, from Redis, with --redis).
+    #[command(subcommand)]
+    Events(cluster::EventsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +235,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(command) => model::run(command).await,
         Command::Service(command) => service::run(command).await,
         Command::Health(api) => health::health(&api).await,
+        Command::Cluster(api) => cluster::show(api).await,
+        Command::Events(command) => cluster::run_events(command).await,
         Command::Plugin(PluginCommand::List(api)) => commands::plugin_list(&api).await,
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await

@@ -153,6 +153,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         registry: Arc::clone(&registry),
     }));
     // ---- end service mesh ----
+    // ---- cluster (issue 7): with [cluster] redis_url, events go to Redis and the catalog is
+    // shared; never waits for Redis (an unreachable one is retried in the background). ----
+    let node_id = config
+        .cluster
+        .node_id
+        .clone()
+        .unwrap_or_else(|| crate::cluster::config::default_node_id(listen.port()));
+    let cluster = crate::cluster::Cluster::start(
+        config.cluster.clone(),
+        node_id.clone(),
+        listen.to_string(),
+        Arc::new(mesh.clone()),
+        events.clone(),
+    )
+    .context("cannot start the cluster")?;
+    if config.cluster.enabled() {
+        tracing::info!(node = %node_id, redis = %crate::cluster::config::redact_url(config.cluster.redis_url.as_deref().unwrap_or_default()), "cluster: joining over Redis");
+    } else {
+        tracing::info!(node = %node_id, "cluster: disabled (no cluster.redis_url): a single daemon");
+    }
+    // ---- end cluster ----
     runtime.set_system_inventory(Arc::new(DaemonInventory {
         listen: listen.to_string(),
         auth: !config.server.tokens.is_empty(),
@@ -198,7 +219,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = api::router(
         ApiState::new(runtime, reloader, events, Arc::new(config), agents)
             .with_registry(registry)
-            .with_mesh(mesh.clone()),
+            .with_mesh(mesh.clone())
+            .with_cluster(cluster.clone()),
     );
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -237,6 +259,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed with requests still in flight");
         }
     }
+    cluster.shutdown(CLUSTER_LEAVE_WAIT).await; // cluster: withdraw this node's services
     tracing::info!("stopped");
     Ok(())
 }
@@ -322,3 +345,7 @@ pub fn init_tracing(
 /// How often the registry's inventory view (models, best per task) is recomputed when it
 /// changed: plugins see registry writes at most this late.
 const REGISTRY_INVENTORY_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long a stopping daemon waits to withdraw its registrations from the cluster; past it,
+/// peers expire them after the heartbeat TTL instead.
+const CLUSTER_LEAVE_WAIT: Duration = Duration::from_secs(2);

@@ -17,6 +17,7 @@
 //! | [`breaker`] | concurrency caps per service, failure accrual per instance |
 //! | [`retry`] | idempotency, retry budget, backoff |
 //! | [`view`] | what the API, inventory and probes read |
+//! | [`remote`] | other daemons' services merged into the catalog (the cluster's seam) |
 //!
 //! Data flows API/CLI → [`Mesh`] → proxy → instances, and [`Mesh`] → runtime → checker plugin
 //! for active health.
@@ -32,6 +33,7 @@ pub mod listener;
 pub mod model;
 pub mod outlier;
 pub mod proxy;
+pub mod remote;
 pub mod retry;
 pub mod service;
 pub mod view;
@@ -53,6 +55,7 @@ pub use self::catalog::{CheckedSpecError, ServiceSpec, SpecError, StoreError};
 pub use self::config::{LbKind, MeshConfig};
 pub use self::health::{CheckOutcome, CheckRunner};
 pub use self::model::{ModelSelector, NoModel, RouteStats, Selection};
+pub use self::remote::{MergeReport, RemoteEntry};
 pub use self::service::{Source, Unavailable};
 pub use self::view::{ProbeReport, ServiceView};
 
@@ -137,6 +140,10 @@ pub enum MeshError {
         "service \"{0}\" is defined in the config file ([[mesh.services]]); change it there and restart"
     )]
     ConfigOwned(String),
+    #[error(
+        "service \"{name}\" was registered on cluster node \"{node}\"; change or remove it through that node"
+    )]
+    RemoteOwned { name: String, node: String },
     #[error("the catalog holds {0} services, the most it may; remove one first")]
     TooManyServices(usize),
     #[error(transparent)]
@@ -172,6 +179,8 @@ struct Inner {
     /// Set once the daemon has a model registry (see [`Mesh::set_model_selector`]).
     models: OnceLock<Arc<ModelRouting>>,
     route_stats: Arc<RouteStats>,
+    /// Other daemons' announced services (see [`remote`]).
+    remote: Mutex<remote::RemoteTable>,
 }
 
 impl Mesh {
@@ -225,6 +234,7 @@ impl Mesh {
                 checks_started: AtomicBool::new(false),
                 models: OnceLock::new(),
                 route_stats: Arc::default(),
+                remote: Mutex::new(remote::RemoteTable::new()),
             }),
         })
     }
@@ -273,6 +283,10 @@ impl Mesh {
         let Some(spec) = &service.spec.health else {
             return;
         };
+        if service.source == Source::Remote && !self.inner.runner.has_checker(&spec.checker) {
+            tracing::warn!(service = %service.spec.name, checker = %spec.checker, origin = ?service.origin, "remote service names a health checker not loaded here: no active checks on this node (passive outlier detection only)");
+            return;
+        }
         let context = CheckContext {
             runner: Arc::clone(&self.inner.runner),
             events: self.inner.events.clone(),
@@ -356,12 +370,17 @@ impl Mesh {
             Some(existing) if existing.source == Source::Config => {
                 return Err(MeshError::ConfigOwned(spec.name));
             }
+            // A local registration shadows another node's service of that name.
+            Some(existing) if existing.source == Source::Remote => {}
             Some(_) if !replace => return Err(MeshError::Duplicate(spec.name)),
-            None if current.len() >= catalog::MAX_SERVICES => {
+            None if current.values().filter(|s| s.source.is_local()).count()
+                >= catalog::MAX_SERVICES =>
+            {
                 return Err(MeshError::TooManyServices(current.len()));
             }
             _ => {}
         }
+        let previous = previous.filter(|p| p.source.is_local());
         let state = Arc::new(ServiceState::new(
             spec.clone(),
             Source::Api,
@@ -400,10 +419,15 @@ impl Mesh {
         if existing.source == Source::Config {
             return Err(MeshError::ConfigOwned(name.to_string()));
         }
+        if let Some(error) = Self::remote_owned(&existing) {
+            return Err(error);
+        }
         let mut next = (*current).clone();
         next.remove(name);
         self.persist(&next).await?;
         Self::stop_checks(&existing);
+        // Another node's service of the same name, shadowed until now, becomes routable.
+        self.overlay_remote(&mut next);
         self.publish_catalog(next);
         self.inner.events.publish(Event::new(
             EventKind::ServiceDeregistered,

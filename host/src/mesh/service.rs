@@ -29,6 +29,16 @@ pub enum Source {
     Config,
     /// The API or CLI (persisted in the catalog file).
     Api,
+    /// Another daemon of the cluster, which owns it (`ServiceState::origin` names the node);
+    /// merged in by the cluster module, never persisted here.
+    Remote,
+}
+
+impl Source {
+    /// Registered through this daemon (config file or API), so this daemon announces it.
+    pub fn is_local(self) -> bool {
+        !matches!(self, Source::Remote)
+    }
 }
 
 /// Service-level counters.
@@ -49,6 +59,8 @@ pub struct ServiceState {
     pub balancer: Balancer,
     pub stats: ServiceStats,
     pub(super) checks: Mutex<Vec<AbortHandle>>,
+    /// The cluster node that registered a [`Source::Remote`] service.
+    pub origin: Option<String>,
 }
 
 impl std::fmt::Debug for ServiceState {
@@ -101,6 +113,7 @@ impl ServiceState {
             balancer: Balancer::new(spec.lb.unwrap_or(config.lb)),
             stats: ServiceStats::default(),
             checks: Mutex::new(Vec::new()),
+            origin: None,
             instances,
             source,
             spec,

@@ -19,6 +19,9 @@ use crate::runtime::bindings::types::Service;
 pub struct ServiceView {
     pub name: String,
     pub source: Source,
+    /// The cluster node that registered it, for `source: "remote"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub lb: &'static str,
     /// `healthy` when every instance with weight is routable, `degraded` when some are,
     /// `unavailable` when none is.
@@ -72,6 +75,7 @@ impl ServiceView {
         ServiceView {
             name: service.spec.name.clone(),
             source: service.source,
+            origin: service.origin.clone(),
             lb: service.balancer.kind().as_str(),
             status,
             in_flight: service.limit.in_flight(),
