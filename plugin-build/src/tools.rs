@@ -53,6 +53,21 @@ impl Tools {
         Tools { dir: dir.into() }
     }
 
+    /// The tools dir users get: `$EVOLVE_PLUGIN_TOOLS`, else `$XDG_CACHE_HOME/evolve/plugin-tools`,
+    /// else `$HOME/.cache/evolve/plugin-tools`, else `.evolve-plugin-tools` in the current dir.
+    pub fn from_env() -> Tools {
+        let dir = std::env::var_os("EVOLVE_PLUGIN_TOOLS")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                    .map(|cache| cache.join("evolve").join("plugin-tools"))
+            })
+            .unwrap_or_else(|| PathBuf::from(".evolve-plugin-tools"));
+        Tools::new(dir)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

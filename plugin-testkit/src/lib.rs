@@ -29,20 +29,26 @@
 //! assert_eq!(kit.http_requests(), ["GET http://svc.test/health"]);
 //! ```
 //!
+//! In a plugin project (what `evolve plugin new` writes), `build_plugin(env!("CARGO_MANIFEST_DIR"))`
+//! builds the component first, so `cargo test` is the whole loop.
+//!
 //! Compiled components are cached (by sha256) in `$EVOLVE_TESTKIT_CACHE`, else
 //! `<temp dir>/evolve-testkit-aot`, so only the first test of a run pays for compiling a
 //! Python or JavaScript component (seconds).
 //!
 //! | module | what |
 //! |---|---|
+//! | [`build`] | [`build_plugin`]: build the project under test, as `evolve plugin build` does |
 //! | [`kit`] | [`Kit`], [`KitBuilder`]: load and call |
 //! | [`mock`] | [`Inventory`], [`FakeHttp`], scripted probes |
 //! | [`logs`] | capturing what the plugin logs |
 
+pub mod build;
 pub mod kit;
 pub mod logs;
 pub mod mock;
 
+pub use build::build_plugin;
 pub use evolve_host::runtime::CallError;
 pub use evolve_host::runtime::bindings::inventory as inventory_types;
 pub use evolve_host::runtime::bindings::types;

@@ -7,6 +7,7 @@ mod containment;
 mod dev;
 mod loading;
 mod mesh;
+mod plugin_kit;
 mod polyglot;
 mod registry;
 mod reload;

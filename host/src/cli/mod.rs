@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod dev;
 pub mod model;
+mod plugin;
 mod serve;
 mod service;
 
@@ -126,6 +127,8 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Author(plugin::AuthorCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +231,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await
         }
+        Command::Plugin(PluginCommand::Author(command)) => plugin::run(command),
         Command::Agent(command) => agent::agent(command).await,
         Command::System(command) => agent::system(command).await,
         Command::Checker(CheckerCommand::Check {
