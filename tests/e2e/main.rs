@@ -10,6 +10,8 @@ mod dev;
 mod health;
 mod loading;
 mod mesh;
+mod plugin_kit;
+mod polyglot;
 mod registry;
 mod reload;
 mod routing_flow;

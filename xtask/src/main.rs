@@ -15,22 +15,19 @@
 //!   every plugin into `target/plugins/bundled/<name>/` (plugins shipped with the daemon) or
 //!   `target/plugins/testing/<name>/` (hostile and helper guests for the test suite), each as
 //!   its `plugin.toml` pinned to the built component's sha256 plus the component itself.
+//!   Python (`app.py`) and JavaScript (`app.js`) plugins are componentized with the pinned
+//!   componentize-py / componentize-js, which this installs into `target/plugin-tools/` first
+//!   when they are missing (a venv and an npm prefix: nothing global). The build logic is
+//!   `evolve-plugin-build`'s, shared with `evolve plugin build`.
 
-use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use sha2::{Digest, Sha256};
-
-/// The guest target; `cargo build` emits components for it directly.
-const WASM_TARGET: &str = "wasm32-wasip2";
-
-/// Preamble of a component binary: magic, then version 0x0d and layer 0x01 (a core module has
-/// version 0x01 and layer 0x00).
-const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+use evolve_plugin_build::compile::WASM_TARGET;
+use evolve_plugin_build::{BuildOptions, Language, PluginManifest, Tools};
 
 const USAGE: &str = "usage: cargo xtask <command> [-- ARGS]
 
@@ -170,6 +167,7 @@ fn test_bundled_plugins(root: &Path) -> Result<()> {
         .current_dir(&plugins_dir);
     for source in discover(&plugins_dir)? {
         if source.group == Group::Bundled
+            && Language::detect(&source.dir) == Some(Language::Rust)
             && let Some(name) = source.dir.file_name()
         {
             cmd.arg("--package").arg(name);
@@ -269,8 +267,15 @@ fn build_plugins(root: &Path) -> Result<()> {
         "no plugin.toml found under {}",
         plugins_dir.display()
     );
+    let options = BuildOptions {
+        tools: Tools::new(root.join("target").join("plugin-tools")),
+        install_tools: true,
+        work_dir: root.join("target").join("plugin-work"),
+        cargo_target_dir: None,
+        cargo: std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
+    };
     for source in &sources {
-        install(source, &artifacts, &install_root)?;
+        install(source, &artifacts, &install_root, &options)?;
     }
     Ok(())
 }
@@ -295,91 +300,50 @@ fn discover(plugins_dir: &Path) -> Result<Vec<PluginSource>> {
     Ok(sources)
 }
 
-/// Copies one plugin's component and its manifest, pinned to the component's sha256, into
-/// `<install_root>/<group>/<name>/`.
-fn install(source: &PluginSource, artifacts: &Path, install_root: &Path) -> Result<()> {
-    let manifest_path = source.dir.join("plugin.toml");
-    let text = fs::read_to_string(&manifest_path)
-        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
-    let mut manifest: toml::Table = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML", manifest_path.display()))?;
-
-    let name = string_key(&manifest, "name", &manifest_path)?;
-    // The name becomes a directory; hold it to the manifest's rule (docs/manifest.md).
-    ensure!(
-        (1..=64).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-        "{}: `name = \"{name}\"` must be 1-64 characters of a-z, 0-9 and '-'",
-        manifest_path.display()
-    );
-    let wasm = string_key(&manifest, "wasm", &manifest_path)?;
-    // The manifest names the file relative to the plugin directory; installing it flat next to
-    // the manifest only works for a plain file name.
-    ensure!(
-        Path::new(&wasm).file_name() == Some(OsStr::new(&wasm)),
-        "{}: `wasm = \"{wasm}\"` must be a plain file name",
-        manifest_path.display()
-    );
-
-    let built = artifacts.join(&wasm);
-    let bytes = fs::read(&built).with_context(|| {
+/// Installs one plugin into `<install_root>/<group>/<name>/`: a Rust one from the workspace
+/// build's `artifacts`, a Python or JavaScript one componentized now (skipped when its inputs
+/// did not change).
+fn install(
+    source: &PluginSource,
+    artifacts: &Path,
+    install_root: &Path,
+    options: &BuildOptions,
+) -> Result<()> {
+    let manifest = PluginManifest::read(&source.dir.join("plugin.toml"))?;
+    let lang = Language::detect(&source.dir).with_context(|| {
         format!(
-            "{}: `wasm = \"{wasm}\"` was not built (looked for {})",
-            manifest_path.display(),
-            built.display()
+            "{}: expected exactly one of Cargo.toml, app.py, app.js",
+            source.dir.display()
         )
     })?;
+    let built = match lang {
+        Language::Rust => artifacts.join(&manifest.wasm),
+        Language::Python | Language::JavaScript => {
+            let options = BuildOptions {
+                work_dir: options.work_dir.join(&manifest.name),
+                ..options.clone()
+            };
+            evolve_plugin_build::build_component(&source.dir, &manifest, &options)?
+        }
+    };
     ensure!(
-        bytes.starts_with(&COMPONENT_HEADER),
-        "{} is not a component (header {:02x?})",
-        built.display(),
-        &bytes[..bytes.len().min(8)]
+        built.is_file(),
+        "{}: `wasm = \"{}\"` was not built (looked for {})",
+        manifest.path.display(),
+        manifest.wasm,
+        built.display()
     );
-    let sha256 = hex(&Sha256::digest(&bytes));
-    manifest.insert("sha256".to_owned(), toml::Value::String(sha256.clone()));
-
-    let dest = install_root.join(source.group.dir_name()).join(&name);
-    // Start clean: a file left from an earlier build (e.g. a renamed wasm) must not linger.
-    if dest.exists() {
-        fs::remove_dir_all(&dest).with_context(|| format!("cannot clear {}", dest.display()))?;
-    }
-    fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    fs::write(dest.join(&wasm), &bytes)
-        .with_context(|| format!("cannot write {}", dest.join(&wasm).display()))?;
-    let manifest_text = toml::to_string(&manifest)
-        .with_context(|| format!("cannot serialize the manifest of `{name}`"))?;
-    fs::write(dest.join("plugin.toml"), manifest_text)
-        .with_context(|| format!("cannot write {}", dest.join("plugin.toml").display()))?;
-
+    let dest = install_root
+        .join(source.group.dir_name())
+        .join(&manifest.name);
+    let installed = evolve_plugin_build::install(&manifest, &built, &dest)?;
     println!(
-        "{:<8} {:<16} {:>8} KiB  sha256 {}",
+        "{:<8} {:<20} {:<6} {:>8} KiB  sha256 {}",
         source.group.dir_name(),
-        name,
-        bytes.len().div_ceil(1024),
-        &sha256[..12]
+        installed.name,
+        lang.as_str(),
+        installed.bytes.div_ceil(1024),
+        &installed.sha256[..12]
     );
     Ok(())
-}
-
-/// A required string key of a manifest.
-fn string_key(manifest: &toml::Table, key: &str, path: &Path) -> Result<String> {
-    match manifest.get(key) {
-        Some(toml::Value::String(value)) => Ok(value.clone()),
-        Some(other) => bail!(
-            "{}: `{key}` must be a string, found {}",
-            path.display(),
-            other.type_str()
-        ),
-        None => bail!("{}: missing `{key}`", path.display()),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

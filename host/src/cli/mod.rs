@@ -8,6 +8,7 @@ mod commands;
 mod dev;
 mod health;
 pub mod model;
+mod plugin;
 mod serve;
 mod service;
 
@@ -136,6 +137,8 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Author(plugin::AuthorCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Check { path, config, json }) => {
             commands::plugin_check(&path, config.as_deref(), json).await
         }
+        Command::Plugin(PluginCommand::Author(command)) => plugin::run(command),
         Command::Agent(command) => agent::agent(command).await,
         Command::System(command) => agent::system(command).await,
         Command::Checker(CheckerCommand::Check {

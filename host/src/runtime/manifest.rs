@@ -321,6 +321,11 @@ impl AgentSpec {
     }
 }
 
+/// The plugin-name rule, for callers outside the manifest (e.g. `evolve plugin new`).
+pub fn valid_name(name: &str) -> bool {
+    validate_name(name).is_ok()
+}
+
 fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN

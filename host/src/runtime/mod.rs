@@ -129,6 +129,7 @@ struct Shared {
     protected_dirs: Vec<PathBuf>,
     system: RwLock<Arc<dyn SystemInventory>>,
     probes: RwLock<Arc<dyn SystemProbes>>,
+    http_transport: RwLock<Option<Arc<dyn sandbox::HttpTransport>>>,
     _ticker: EpochTicker,
 }
 
@@ -258,6 +259,7 @@ impl Runtime {
                 failures: RwLock::default(),
                 system: RwLock::new(Arc::new(DetachedInventory)),
                 probes: RwLock::new(Arc::new(DetachedProbes)),
+                http_transport: RwLock::new(None),
                 _ticker: ticker,
             }),
         })
@@ -271,6 +273,12 @@ impl Runtime {
     /// Installs the active checks meta agents make through `probes`.
     pub fn set_system_probes(&self, probes: Arc<dyn SystemProbes>) {
         *write(&self.shared.probes) = probes;
+    }
+
+    /// Answers checkers' admitted outbound HTTP from `transport` instead of the network: for
+    /// the test kit; the daemon never calls this.
+    pub fn set_http_transport(&self, transport: Option<Arc<dyn sandbox::HttpTransport>>) {
+        *write(&self.shared.http_transport) = transport;
     }
 
     pub fn engine(&self) -> &Engine {
@@ -678,6 +686,10 @@ fn map_report<T>(
 }
 
 impl SnapshotSource for Shared {
+    fn http_transport(&self) -> Option<Arc<dyn sandbox::HttpTransport>> {
+        read(&self.http_transport).clone()
+    }
+
     fn snapshot(&self) -> Snapshot {
         let system = Arc::clone(&read(&self.system));
         let plugins = read(&self.plugins)

@@ -409,6 +409,11 @@ impl Plugin {
             Arc::clone(&self.http_hosts),
             target,
             deadline,
+        )
+        .with_transport(
+            self.snapshot_source
+                .upgrade()
+                .and_then(|source| source.http_transport()),
         );
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);

@@ -322,6 +322,18 @@ const MAX_REFUSED_HOSTS: usize = 8;
 /// Longest refused authority remembered; the `http` crate accepts far longer ones.
 const MAX_REFUSED_HOST_BYTES: usize = 256;
 
+/// Answers a checker's outbound HTTP requests in place of the network. The daemon never installs
+/// one; the test kit (`evolve-plugin-testkit`) does, to fake the hosts a checker reaches. Only
+/// requests the allow-list admitted get here, so tests see the production policy.
+pub trait HttpTransport: Send + Sync + std::fmt::Debug {
+    /// The response, or the `wasi:http` error the guest sees (e.g. `ConnectionRefused`).
+    fn respond(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+    ) -> Result<http::Response<bytes::Bytes>, wasmtime_wasi_http::Error>;
+}
+
 /// Outbound HTTP policy for one call: the manifest's hosts plus, for a check, the target's own
 /// `host:port`. Refusals are recorded (bounded) so the call can report which host was refused.
 #[derive(Debug, Clone, Default)]
@@ -332,6 +344,8 @@ pub struct HttpPolicy {
     refused: Arc<Mutex<Refused>>,
     /// Upper bound for connect / first-byte / between-bytes waits: the call's deadline.
     max_wait: Option<Duration>,
+    /// Answers admitted requests instead of the network (test kit only).
+    transport: Option<Arc<dyn HttpTransport>>,
 }
 
 #[derive(Debug, Default)]
@@ -353,7 +367,14 @@ impl HttpPolicy {
             target,
             refused: Arc::default(),
             max_wait: Some(max_wait),
+            transport: None,
         }
+    }
+
+    /// Sends admitted requests to `transport` instead of the network.
+    pub fn with_transport(mut self, transport: Option<Arc<dyn HttpTransport>>) -> HttpPolicy {
+        self.transport = transport;
+        self
     }
 
     /// The first few distinct refused `host:port`s of this call, and how many refusals in all.
@@ -427,6 +448,21 @@ impl WasiHttpHooks for HttpPolicy {
                 .map_or_else(|| "(no host)".to_string(), |a| a.to_string());
             self.record_refusal(&authority);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        if let Some(transport) = &self.transport {
+            let answer = transport.respond(request.method(), request.uri());
+            return Box::new(async move {
+                use http_body_util::BodyExt;
+                let response = answer?;
+                Ok((
+                    response.map(|body| {
+                        http_body_util::Full::new(body)
+                            .map_err(|never| match never {})
+                            .boxed_unsync()
+                    }),
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            });
         }
         let cap = |t: Option<Duration>| match (t, self.max_wait) {
             (Some(t), Some(max)) => Some(t.min(max)),

@@ -17,6 +17,10 @@ use super::sandbox::{CallLog, HttpPolicy};
 pub trait SnapshotSource: Send + Sync {
     fn snapshot(&self) -> Snapshot;
     fn probes(&self) -> Arc<dyn SystemProbes>;
+    /// What answers outbound HTTP in place of the network; `None` (the daemon) is the network.
+    fn http_transport(&self) -> Option<Arc<dyn super::sandbox::HttpTransport>> {
+        None
+    }
 }
 
 /// Per-plugin data shared by all of its calls.
