@@ -11,8 +11,8 @@
 use std::net::TcpStream;
 
 use evolve_e2e::demo::{Demo, quickstart_lines, sh};
-use evolve_e2e::evolve_bin;
 use evolve_e2e::http::request;
+use evolve_e2e::{evolve_bin, wait_until};
 use serde_json::{Value, json};
 
 const API: &str = "127.0.0.1:7070";
@@ -90,7 +90,7 @@ fn the_demo_answers_the_readme_quick_start_and_runs_the_seed_workflow() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("system: healthy\n"), "{out}");
     assert!(
-        out.contains("plugins   healthy   5 serving, 0 failed"),
+        out.contains("plugins   healthy   7 serving, 0 failed"),
         "{out}"
     );
     assert!(
@@ -102,20 +102,23 @@ fn the_demo_answers_the_readme_quick_start_and_runs_the_seed_workflow() {
     // 3. The integration tester: every check passes, the best forecast model among them.
     let (code, out, err) = sh(cwd, &lines[2], &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("all 7 checks passed"), "{out}");
+    assert!(out.contains("all 9 checks passed"), "{out}");
     assert!(out.contains("PASS best-model forecast"), "{out}");
     assert!(
         out.contains("PASS service forecast") && out.contains("PASS service analysis"),
         "{out}"
     );
 
-    // 4. Generated docs: the models with the champion alias and the best per task type.
-    let (code, out, err) = sh(cwd, &lines[3], &[]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("| ses | forecast | v2 | champion → v2 | demo |"),
-        "{out}"
-    );
+    // The routed forecast's outcome is recorded (off the response path) on the champion, ses
+    // v2, beside its five seeded points.
+    wait_until("the routed outcome recorded on ses v2", || {
+        let points = get("/v1/models/ses/performance?version=2&metric=mae");
+        (points["points"].as_array().unwrap().len() > 5).then_some(())
+    });
+
+    // 4. Generated docs: the models with the champion alias and the best per task type. The
+    // agents' view of the registry is refreshed every second (README), so the docs name the
+    // registry's best once that refresh has seen the recorded outcome.
     let best = get("/v1/models/best?task=forecast");
     assert_eq!(best["policy"], "forecast-error", "{best:#}");
     let winner = format!(
@@ -123,14 +126,15 @@ fn the_demo_answers_the_readme_quick_start_and_runs_the_seed_workflow() {
         best["winner"]["model"].as_str().unwrap(),
         best["winner"]["version"]
     );
+    let out = wait_until("the docs to name the registry's best model", || {
+        let (code, out, err) = sh(cwd, &lines[3], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        out.contains(&winner).then_some(out)
+    });
     assert!(
-        out.contains(&winner),
-        "the docs name the registry's best {winner}: {out}"
+        out.contains("| ses | forecast | v2 | champion → v2 | demo |"),
+        "{out}"
     );
-    // The routed forecast's outcome was recorded on the champion, ses v2, beside its five
-    // seeded points.
-    let points = get("/v1/models/ses/performance?version=2&metric=mae");
-    assert!(points["points"].as_array().unwrap().len() > 5, "{points:#}");
 
     // The seed's complete workflow, through the public API and CLI only.
     let evolve = evolve_bin();
@@ -151,7 +155,7 @@ fn the_demo_answers_the_readme_quick_start_and_runs_the_seed_workflow() {
         out.contains("Forecast response: 200 from forecast/forecast-"),
         "{out}"
     );
-    assert!(out.contains("Documentation generated: wrote /out/inventory.md: 5 plugins, 4 services, 3 models, 4 agents"), "{out}");
+    assert!(out.contains("Documentation generated: wrote /out/inventory.md: 7 plugins, 4 services, 3 models, 5 agents"), "{out}");
 
     // The analysis route reaches an analysis backend with real figures.
     let analysis = request(

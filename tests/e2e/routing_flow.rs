@@ -1,11 +1,9 @@
 //! Model-aware routing and fan-out end to end (issue 9): a real daemon, real registry, real
 //! backends that echo what they received ([`EchoBackend`]).
 
-use std::time::Instant;
-
 use evolve_e2e::echo::EchoBackend;
 use evolve_e2e::http::{Response, request};
-use evolve_e2e::{Daemon, EVENT_TIMEOUT, Env};
+use evolve_e2e::{Daemon, Env, wait_until};
 use serde_json::{Value, json};
 
 const ROUTES: &str = r#"
@@ -122,19 +120,6 @@ fn move_alias(daemon: &Daemon, model: &str, alias: &str, version: u32) {
         &json!({"version": version, "reason": "test"}),
     );
     assert_eq!(moved.status, 200, "{}", moved.text());
-}
-
-/// Polls `check` until it returns `Some`, up to [`EVENT_TIMEOUT`] (each poll is a real request
-/// whose answer decides; the pause only spaces the polls).
-fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 /// The points of `model`'s metric `metric` as (version, value).

@@ -23,6 +23,20 @@ use serde_json::Value;
 /// test threads; normal waits end in milliseconds when the event arrives.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Polls `check` (every 20 ms) until it answers, for a state the daemon reaches on its own
+/// (a queued write landing, a periodic view refresh); panics naming `what` after
+/// [`EVENT_TIMEOUT`].
+pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
