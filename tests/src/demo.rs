@@ -18,15 +18,7 @@ pub const QUICKSTART_END: &str = "<!-- quickstart:end -->";
 
 /// The `evolve-demo` binary (`EVOLVE_DEMO_BIN` overrides).
 pub fn demo_bin() -> PathBuf {
-    let path = std::env::var_os("EVOLVE_DEMO_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/release/evolve-demo"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with `cargo xtask test`, which builds it",
-        path.display()
-    );
-    path
+    crate::release_bin("evolve-demo", "EVOLVE_DEMO_BIN")
 }
 
 /// Output lines so far, and whether the output ended; with a condition variable to wait on.

@@ -47,9 +47,14 @@ pub fn root() -> PathBuf {
 
 /// The `evolve` binary under test (`EVOLVE_BIN` overrides).
 pub fn evolve_bin() -> PathBuf {
-    let path = std::env::var_os("EVOLVE_BIN")
+    release_bin("evolve", "EVOLVE_BIN")
+}
+
+/// A binary of the workspace's release build, or the path in `override_var`.
+pub fn release_bin(name: &str, override_var: &str) -> PathBuf {
+    let path = std::env::var_os(override_var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/release/evolve"));
+        .unwrap_or_else(|| root().join("target/release").join(name));
     assert!(
         path.is_file(),
         "{} is missing: run the tests with `cargo xtask test`, which builds it",

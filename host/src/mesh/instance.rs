@@ -176,6 +176,16 @@ impl InstanceState {
 }
 
 impl InstanceStatus {
+    /// Whether the instance is ejected at `now`; an ejection that just ended starts its slow
+    /// start.
+    pub fn ejected(&mut self, now: Instant) -> bool {
+        let (ejected, returned) = self.outlier.check(now);
+        if returned {
+            self.returned_at = Some(now);
+        }
+        ejected
+    }
+
     /// Weight multiplier of the slow-start ramp at `now`: from [`SLOW_START_FLOOR`] to 1 over
     /// `window`.
     pub fn slow_start_factor(&self, window: Duration, now: Instant) -> f64 {

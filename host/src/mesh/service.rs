@@ -14,7 +14,7 @@ use super::breaker::{Admission, ConcurrencyLimit, Transition};
 use super::catalog::ServiceSpec;
 use super::config::MeshConfig;
 use super::health::HealthState;
-use super::instance::InstanceState;
+use super::instance::{InstanceState, InstanceStatus};
 use super::lb::{Balancer, Candidate};
 use super::outlier::OutlierVerdict;
 use super::retry::RetryBudget;
@@ -195,18 +195,10 @@ pub fn choose(
             }
             weighted += 1;
             let mut status = instance.lock();
-            let (ejected, returned) = status.outlier.check(now);
-            if returned {
-                status.returned_at = Some(now);
-            }
+            let ejected = status.ejected(now);
             let unhealthy = status.health.state == HealthState::Unhealthy;
             let admits = status.breaker.would_admit(now);
-            let candidate = Candidate {
-                uid: instance.uid,
-                weight: f64::from(weight) * status.slow_start_factor(slow_start, now),
-                in_flight: instance.in_flight.load(Ordering::Relaxed),
-                ewma_us: status.ewma.get(now),
-            };
+            let candidate = candidate(instance, &status, weight, slow_start, now);
             drop(status);
             if unhealthy || ejected {
                 sick += 1;
@@ -287,10 +279,7 @@ pub fn healthy_targets(
                 continue;
             }
             let mut status = instance.lock();
-            let (ejected, returned) = status.outlier.check(now);
-            if returned {
-                status.returned_at = Some(now);
-            }
+            let ejected = status.ejected(now);
             if status.health.state == HealthState::Unhealthy {
                 why.unhealthy += 1;
                 continue;
@@ -303,12 +292,7 @@ pub fn healthy_targets(
                 why.circuit_open += 1;
                 continue;
             }
-            let candidate = Candidate {
-                uid: instance.uid,
-                weight: f64::from(weight) * status.slow_start_factor(slow_start, now),
-                in_flight: instance.in_flight.load(Ordering::Relaxed),
-                ewma_us: status.ewma.get(now),
-            };
+            let candidate = candidate(instance, &status, weight, slow_start, now);
             drop(status);
             targets.push(Target {
                 service: Arc::clone(service),
@@ -477,5 +461,22 @@ fn describe(outcome: AttemptOutcome) -> String {
         AttemptOutcome::Reset => "connection reset".into(),
         AttemptOutcome::Timeout => "timeout".into(),
         AttemptOutcome::Cancelled => "cancelled".into(),
+    }
+}
+
+/// What a balancer sees of an instance at `now`: its weight on the slow-start ramp, in-flight
+/// count and latency EWMA.
+fn candidate(
+    instance: &InstanceState,
+    status: &InstanceStatus,
+    weight: u32,
+    slow_start: Duration,
+    now: Instant,
+) -> Candidate {
+    Candidate {
+        uid: instance.uid,
+        weight: f64::from(weight) * status.slow_start_factor(slow_start, now),
+        in_flight: instance.in_flight.load(Ordering::Relaxed),
+        ewma_us: status.ewma.get(now),
     }
 }
