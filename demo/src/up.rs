@@ -71,9 +71,9 @@ const SEED_DAYS: usize = 5;
 const SEED_ORIGIN_STEP: usize = 10;
 
 /// Plugins read the registry through a view the daemon refreshes every second after a change
-/// (README, "Model registry"); nothing in the API says when it did, so after writing the seed
-/// `up` waits two periods before it says ready, so the first pasted line sees the models.
-const SEED_VISIBLE_AFTER: Duration = Duration::from_secs(2);
+/// (README, "Model registry"); `GET /v1/registry` says when it reflects every write
+/// (`inventory_current`). A refresh is one query; this bounds a daemon that never catches up.
+const SEED_VISIBLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -237,7 +237,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Ok(0) => {}
         Ok(writes) => {
             println!("evolve-demo: registry seeded ({writes} writes)");
-            tokio::time::sleep(SEED_VISIBLE_AFTER).await;
+            if let Err(error) = wait_seed_visible(&api).await {
+                stop_daemon(&mut daemon).await;
+                return Err(error);
+            }
         }
         Err(error) => {
             stop_daemon(&mut daemon).await;
@@ -333,6 +336,25 @@ async fn wait_ready(api: &Api, daemon: &mut Child) -> anyhow::Result<()> {
             bail!(
                 "the daemon did not answer at {} within {READY_TIMEOUT:?}",
                 api.base()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `GET /v1/registry` until plugins' view of the registry reflects the seed, so the first
+/// pasted line (the doc generator's registry section) sees the models.
+async fn wait_seed_visible(api: &Api) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + SEED_VISIBLE_TIMEOUT;
+    loop {
+        let (_, health) = api.expect(Method::GET, "/v1/registry", None, &[]).await?;
+        if health["inventory_current"] == true {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "plugins' view of the registry did not catch up with the seed within \
+                 {SEED_VISIBLE_TIMEOUT:?} (GET /v1/registry: {health})"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -181,12 +181,13 @@ impl EventBus {
                 tracing::info!(event = event.kind.as_str(), subject = %event.subject, data = %data, "{}", event.kind.as_str());
             }
         }
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT_CAPACITY {
-                recent.pop_front();
-            }
-            recent.push_back(event.clone());
+        // Kept and sent under one lock, so `follow` sees each event exactly once: in its
+        // snapshot or on its receiver.
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_CAPACITY {
+            recent.pop_front();
         }
+        recent.push_back(event.clone());
         // No subscriber is not an error: events are also logged and kept in `recent`.
         let _ = self.sender.send(event);
     }
@@ -195,12 +196,18 @@ impl EventBus {
         self.sender.subscribe()
     }
 
+    /// The recent events (oldest first) and a receiver of every later one, with no gap and no
+    /// event in both: what a follower (`GET /v1/events?follow=true`) replays, then streams.
+    pub fn follow(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let receiver = self.sender.subscribe();
+        (recent.iter().cloned().collect(), receiver)
+    }
+
     /// The most recent events, oldest first.
     pub fn recent(&self) -> Vec<Event> {
-        self.recent
-            .lock()
-            .map(|r| r.iter().cloned().collect())
-            .unwrap_or_default()
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().cloned().collect()
     }
 }
 
@@ -227,5 +234,40 @@ mod tests {
         let json = serde_json::to_value(&recent[0]).expect("serialises");
         assert_eq!(json["kind"], "plugin.loaded");
         assert_eq!(json["v"], EVENT_SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_follower_sees_every_event_once_across_its_snapshot_and_receiver() {
+        // Fewer than the channel holds, so the receiver cannot lag.
+        const TOTAL: usize = 1_000;
+        let bus = EventBus::new();
+        let publisher = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                for i in 0..TOTAL {
+                    bus.publish(Event::new(
+                        EventKind::PluginLoaded,
+                        i.to_string(),
+                        serde_json::Value::Null,
+                    ));
+                }
+            })
+        };
+        // Follow while the publisher runs (any moment works; the assertion holds for all).
+        while bus.recent().len() < 10 {
+            std::thread::yield_now();
+        }
+        let (snapshot, mut receiver) = bus.follow();
+        publisher.join().expect("publisher");
+        let mut seen: Vec<usize> = snapshot
+            .iter()
+            .map(|e| e.subject.parse().expect("index"))
+            .collect();
+        while let Ok(event) = receiver.try_recv() {
+            seen.push(event.subject.parse().expect("index"));
+        }
+        let first = seen[0];
+        let expected: Vec<usize> = (first..TOTAL).collect();
+        assert_eq!(seen, expected, "no gap and no duplicate");
     }
 }

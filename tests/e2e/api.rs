@@ -176,3 +176,64 @@ fn malformed_config_refuses_to_start_naming_the_key() {
         "{log}"
     );
 }
+
+/// `evolve events tail` without Redis follows the daemon's own bus: its recent events first,
+/// then each new one as it is published; a daemon that stops ends the stream instead of
+/// holding its graceful shutdown for the whole grace.
+#[test]
+fn events_tail_replays_recent_events_then_follows_live_and_ends_with_the_daemon() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let env = Env::new();
+    let daemon = env.start();
+    let backend = evolve_e2e::http::Backend::start(200);
+    let register = |name: &str| {
+        let created = daemon.post(
+            "/v1/services",
+            &json!({"name": name, "capabilities": ["forecast"],
+                    "instances": [{"endpoint": backend.url()}]}),
+        );
+        assert_eq!(created.status, 201, "{}", created.text());
+    };
+    register("before");
+
+    let mut tail = Command::new(evolve_e2e::evolve_bin())
+        .args(["events", "tail", "--api", &daemon.url()])
+        .args(["--kind", "service.registered", "--count", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let subject = |line: std::io::Result<String>| -> String {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(event["kind"], "service.registered", "{event}");
+        event["subject"].as_str().unwrap().to_string()
+    };
+    // Replayed: the follow has subscribed by the time it sends its first line.
+    assert_eq!(subject(lines.next().unwrap()), "before");
+    register("after");
+    assert_eq!(subject(lines.next().unwrap()), "after", "followed live");
+    assert!(tail.wait().unwrap().success(), "exits after --count 2");
+
+    // A follower that never stops by itself...
+    let mut follower = Command::new(evolve_e2e::evolve_bin())
+        .args(["events", "tail", "--api", &daemon.url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().is_ok(), "following");
+    // ...does not hold the daemon's shutdown, and its stream ends cleanly.
+    let log = std::sync::Arc::clone(&daemon.log);
+    assert!(daemon.terminate(), "the daemon stops cleanly");
+    assert!(
+        follower.wait().unwrap().success(),
+        "the tail ends with the stream"
+    );
+    let text = log.text();
+    assert!(
+        !text.contains("shutdown grace elapsed"),
+        "the follow held the shutdown:\n{text}"
+    );
+}

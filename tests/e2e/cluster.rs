@@ -363,3 +363,26 @@ fn events_reach_redis_per_kind_tagged_with_their_node_and_the_cli_follows_them()
         "{out}"
     );
 }
+
+/// Anti-entropy for this node's own registrations: a services hash that vanishes while the
+/// node's record lives on (deleted by hand, evicted) is written again at the next heartbeat.
+#[test]
+fn registrations_deleted_from_redis_are_announced_again_by_the_next_heartbeat() {
+    let redis = RedisServer::start();
+    let a = node_env(&redis, "node-a", "").start();
+    a.wait_event("cluster.connected", "node-a", |_| true);
+    let backend = Backend::start(200);
+    register(&a, &service("fc", "forecast", &backend));
+    let key = "evolve:services:node-a";
+    let announced = || {
+        let fields = redis.command(&["HKEYS", key]);
+        fields.iter().any(|f| f == "fc").then_some(())
+    };
+    evolve_e2e::wait_until("fc announced", announced);
+
+    assert_eq!(redis.command(&["DEL", key]), ["1"]);
+    evolve_e2e::wait_until("fc announced again", announced);
+    let record = redis.command(&["GET", "evolve:node:node-a"]);
+    let record: Value = serde_json::from_str(&record[0]).unwrap();
+    assert_eq!(record["services"], 1, "{record}");
+}

@@ -23,6 +23,11 @@ use serde_json::Value;
 /// test threads; normal waits end in milliseconds when the event arrives.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a daemon may take to listen: it answers only after its plugins loaded, and a cold
+/// AOT cache compiles each one (a Python or JavaScript component alone takes 15-45 s on a busy
+/// 2-core machine while other tests run).
+pub const START_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Polls `check` (every 20 ms) until it answers, for a state the daemon reaches on its own
 /// (a queued write landing, a periodic view refresh); panics naming `what` after
 /// [`EVENT_TIMEOUT`].
@@ -239,12 +244,17 @@ pub struct Log {
 
 impl Log {
     fn push(&self, line: String) {
-        self.lines.lock().unwrap().0.push(line);
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .push(line);
         self.changed.notify_all();
     }
 
     fn close(&self) {
-        self.lines.lock().unwrap().1 = true;
+        // A test that panicked while holding the lock poisoned it; the flag still matters.
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
         self.changed.notify_all();
     }
 
@@ -256,7 +266,18 @@ impl Log {
 
     /// Like [`Log::wait_for`], for the `n`th matching line (1-based).
     pub fn wait_for_nth(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
+        self.wait_for_nth_within(what, n, EVENT_TIMEOUT, pred)
+    }
+
+    /// Like [`Log::wait_for_nth`], giving up after `timeout`.
+    pub fn wait_for_nth_within(
+        &self,
+        what: &str,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
         let mut seen = 0;
         let mut matched = 0;
         let mut guard = self.lines.lock().unwrap();
@@ -313,11 +334,13 @@ pub struct Daemon {
 
 impl Daemon {
     fn wait_ready(&self) {
-        let line = self.log.wait_for("its listen address", |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("evolve API listening"))
-        });
+        let line = self
+            .log
+            .wait_for_nth_within("its listen address", 1, START_TIMEOUT, |v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("evolve API listening"))
+            });
         let addr = line["addr"].as_str().unwrap().to_string();
         *self.addr.lock().unwrap() = Some(addr);
     }

@@ -6,7 +6,7 @@
 //! | `GET /v1/health` | the whole system's health: see [`crate::health`] |
 //! | `GET /v1/plugins`, `GET /v1/plugins/{name}` | serving, draining and failed plugins |
 //! | `POST /v1/plugins/{name}/reload` | reconcile one plugin's dir now (`?force=true`: even if unchanged) |
-//! | `GET /v1/events` | recent events of the internal bus |
+//! | `GET /v1/events` | recent events of the internal bus; `?follow=true` streams them (see [`events`]) |
 //! | `GET /v1/runtime` | pool, AOT cache, limits |
 //! | `POST /v1/checkers/{name}/check` | check a service with a health checker |
 //! | `GET /metrics` | Prometheus text format |
@@ -21,6 +21,7 @@
 pub mod agents;
 mod cluster;
 mod error;
+mod events;
 mod health;
 mod metrics;
 pub mod models;
@@ -61,6 +62,9 @@ pub struct ApiState {
     pub mesh: Option<crate::mesh::Mesh>,
     /// Cluster membership (issue 7); `GET /v1/cluster` says `disabled` without one.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Turns true when the daemon stops, so never-ending answers (event follows) end and the
+    /// graceful shutdown is not held for its whole grace.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl ApiState {
@@ -83,7 +87,14 @@ impl ApiState {
             registry: None,
             mesh: None,
             cluster: None,
+            stop: None,
         }
+    }
+
+    /// Adds the daemon's stop signal (see [`ApiState::stop`]).
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> ApiState {
+        self.stop = Some(stop);
+        self
     }
 
     pub fn with_registry(mut self, registry: Arc<Registry>) -> ApiState {
@@ -156,7 +167,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/plugins/{name}/reload",
         "reconcile one plugin directory now",
     ),
-    endpoint("GET", "/v1/events", "recent events of the internal bus"),
+    endpoint(
+        "GET",
+        "/v1/events",
+        "recent events of the internal bus (?kind=; ?follow=true streams them as JSON lines)",
+    ),
     endpoint(
         "GET",
         "/v1/runtime",
@@ -327,7 +342,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::show))
         .route("/v1/plugins/{name}/reload", post(plugins::reload))
-        .route("/v1/events", get(plugins::events))
+        .route("/v1/events", get(events::events))
         .route("/v1/runtime", get(plugins::runtime))
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/health", get(agents::health))

@@ -254,10 +254,6 @@ pub(super) async fn reload(
 }
 
 /// `GET /v1/events`: the most recent events of the internal bus, oldest first.
-pub(super) async fn events(State(state): State<ApiState>) -> Json<Value> {
-    Json(json!({ "events": state.events.recent() }))
-}
-
 pub(super) async fn runtime(State(state): State<ApiState>) -> Json<Value> {
     let config = state.runtime.config();
     Json(json!({

@@ -61,6 +61,66 @@ pub async fn call(
     Ok((status, value))
 }
 
+/// Longest line [`follow_lines`] accepts: far above any event, it only stops a wrong `--api` URL
+/// from growing one line forever.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// `GET path` whose answer is a stream of lines (`GET /v1/events?follow=true`): `on_line` gets
+/// each one as it arrives, until it returns `false` or the daemon ends the stream.
+pub async fn follow_lines(
+    api: &ApiArgs,
+    path: &str,
+    mut on_line: impl FnMut(&str) -> bool,
+) -> anyhow::Result<()> {
+    let url = format!("{}{path}", api.api.trim_end_matches('/'));
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("--api {} does not form a valid URL", api.api))?;
+    let mut builder = Request::builder().method(Method::GET).uri(uri);
+    if let Some(token) = &api.token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let request = builder
+        .body(Full::new(Bytes::new()))
+        .context("building the request")?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client.request(request).await.with_context(|| {
+        format!(
+            "cannot reach the daemon at {}; is `evolve serve` running? (set --api or EVOLVE_API)",
+            api.api
+        )
+    })?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the daemon's answer: {e}"))?
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        bail!("{}", error_text(status, &value));
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| anyhow::anyhow!("reading the daemon's stream: {e}"))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if !on_line(String::from_utf8_lossy(&line[..end]).as_ref()) {
+                return Ok(());
+            }
+        }
+        if pending.len() > MAX_LINE_BYTES {
+            bail!("the daemon sent a line longer than {MAX_LINE_BYTES} bytes; is --api right?");
+        }
+    }
+    Ok(())
+}
+
 /// Like [`call`], but a non-2xx answer becomes an error carrying the API's message.
 pub async fn call_ok(
     api: &ApiArgs,

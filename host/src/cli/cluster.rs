@@ -1,19 +1,14 @@
 //! `evolve cluster` (this node's view of the cluster) and `evolve events tail` (follow events
 //! live: every node's from Redis with `--redis`, else the daemon's own).
 
-use std::collections::HashSet;
 use std::io::Write;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use hyper::Method;
 use serde_json::Value;
 
 use super::ApiArgs;
-use super::client::call_ok;
-
-/// How often `events tail` without `--redis` asks the daemon for its recent events.
-const TAIL_POLL: Duration = Duration::from_millis(250);
+use super::client::{call_ok, follow_lines};
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
@@ -95,7 +90,7 @@ pub async fn show(api: ApiArgs) -> anyhow::Result<()> {
 pub async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
     let EventsCommand::Tail(args) = command;
     let mut left = args.count;
-    let mut emit = move |line: &str| -> bool {
+    let emit = move |line: &str| -> bool {
         let mut out = std::io::stdout().lock();
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             return false; // stdout closed (e.g. piped into head)
@@ -112,33 +107,21 @@ pub async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
         crate::cluster::tail::follow(url, &args.prefix, args.kind.as_deref(), emit).await?;
         return Ok(());
     }
-    // From the daemon: poll its recent events and print the new ones, oldest first.
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut newest = String::new();
-    loop {
-        let value = call_ok(&args.api, Method::GET, "/v1/events", None).await?;
-        let mut next_seen = HashSet::new();
-        for event in value["events"].as_array().into_iter().flatten() {
-            let at = event["at"].as_str().unwrap_or_default().to_string();
-            let line = event.to_string();
-            if at < newest || seen.contains(&line) {
-                next_seen.insert(line);
-                continue;
-            }
-            next_seen.insert(line.clone());
-            newest = newest.max(at);
-            if args
-                .kind
-                .as_deref()
-                .is_some_and(|k| event["kind"].as_str() != Some(k))
-            {
-                continue;
-            }
-            if !emit(&line) {
-                return Ok(());
-            }
-        }
-        seen = next_seen;
-        tokio::time::sleep(TAIL_POLL).await;
+    // From the daemon: its recent events, then each new one as it is published.
+    let mut path = "/v1/events?follow=true".to_string();
+    if let Some(kind) = &args.kind {
+        path.push_str("&kind=");
+        path.push_str(&percent_encode(kind));
     }
+    follow_lines(&args.api, &path, emit).await
+}
+
+/// `text` safe in a query string value (event kinds are `[a-z._]`, but `--kind` is the user's).
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -216,13 +216,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     agents.start();
 
     let grace = Duration::from_secs(config.server.shutdown_grace_s);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     let app = api::router(
         ApiState::new(runtime, reloader, events, Arc::new(config), agents)
             .with_registry(registry)
             .with_mesh(mesh.clone())
-            .with_cluster(cluster.clone()),
+            .with_cluster(cluster.clone())
+            .with_stop(stop_rx.clone()),
     );
-    let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);

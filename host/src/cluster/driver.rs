@@ -488,7 +488,9 @@ impl Driver {
         Ok(())
     }
 
-    /// Refreshes this node's record and the expiry of its registrations.
+    /// Refreshes this node's record and the expiry of its registrations; re-announces them if
+    /// their hash is gone while the record lived on (deleted by hand, evicted under
+    /// `maxmemory`), since peers would otherwise see this node with no services until it restarts.
     async fn heartbeat(&mut self, con: &mut MultiplexedConnection) -> RedisResult<()> {
         let count = self.announced.as_ref().map_or(0, BTreeMap::len);
         let ttl = self.config.heartbeat_ttl_s;
@@ -500,11 +502,19 @@ impl Driver {
             .arg("EX")
             .arg(ttl)
             .ignore();
+        // 1 when the hash exists (its expiry is refreshed), 0 when it is missing.
         pipe.cmd("EXPIRE")
             .arg(self.keys.services(&self.node))
-            .arg(ttl)
-            .ignore();
-        pipe.query_async::<()>(con).await?;
+            .arg(ttl);
+        let (refreshed,): (i64,) = pipe.query_async(con).await?;
+        if count > 0 && refreshed == 0 {
+            tracing::warn!(
+                node = %self.node,
+                services = count,
+                "this node's registrations vanished from Redis; announcing them again"
+            );
+            return self.announce_all(con).await;
+        }
         self.status
             .update(|s| s.last_heartbeat_at = Some(Utc::now()));
         Ok(())

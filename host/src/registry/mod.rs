@@ -28,7 +28,7 @@ pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -118,6 +118,9 @@ pub struct RegistryHealth {
     pub backup_dir: PathBuf,
     pub backups: usize,
     pub last_backup: Option<BackupInfo>,
+    /// Plugins' inventory view reflects every committed write (`false` for up to a second
+    /// after a change).
+    pub inventory_current: bool,
 }
 
 struct State {
@@ -137,7 +140,10 @@ pub struct Registry {
     config: RegistryConfig,
     state: Mutex<State>,
     inventory: RwLock<Arc<InventoryView>>,
-    inventory_dirty: AtomicBool,
+    /// Committed writes since open; the inventory view is current when it reflects them all.
+    changes: AtomicU64,
+    /// The value of `changes` the published inventory view was computed after.
+    inventory_reflects: AtomicU64,
     /// When the store was opened (it passed `quick_check` then), for the health view.
     opened_at: DateTime<Utc>,
     /// The last full `integrity_check`'s outcome, for the health view (see [`status`]).
@@ -198,7 +204,9 @@ impl Registry {
                 index,
             }),
             inventory: RwLock::new(Arc::default()),
-            inventory_dirty: AtomicBool::new(true),
+            // One pending change, so the first refresh computes the view of the opened store.
+            changes: AtomicU64::new(1),
+            inventory_reflects: AtomicU64::new(0),
             opened_at: Utc::now(),
             last_integrity: Mutex::new(None),
         };
@@ -227,7 +235,7 @@ impl Registry {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = write(&tx)?;
         tx.commit()?;
-        self.inventory_dirty.store(true, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
         Ok((value, state))
     }
 
@@ -444,7 +452,7 @@ impl Registry {
         state.candidates = load_candidates(&state.conn)?;
         state.index = SeriesIndex::load(&state.conn)?;
         drop(state);
-        self.inventory_dirty.store(true, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
         Ok(saved)
     }
 
@@ -501,23 +509,32 @@ impl Registry {
             backup_dir: self.config.backup_dir.clone(),
             backups: backups.len(),
             last_backup: backups.into_iter().next(),
+            inventory_current: self.inventory_current(),
         })
     }
 
     /// Recomputes the plugin inventory's view if anything changed since the last refresh.
     pub fn refresh_inventory(&self) {
-        if !self.inventory_dirty.swap(false, Ordering::AcqRel) {
+        // Read before computing: a write that lands meanwhile stays pending for the next refresh.
+        let changes = self.changes.load(Ordering::Acquire);
+        if self.inventory_reflects.load(Ordering::Acquire) == changes {
             return;
         }
         let view = match self.compute_inventory() {
             Ok(view) => view,
             Err(error) => {
                 tracing::warn!(%error, "registry inventory refresh failed");
-                self.inventory_dirty.store(true, Ordering::Release);
                 return;
             }
         };
         *self.inventory.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        self.inventory_reflects.store(changes, Ordering::Release);
+    }
+
+    /// Whether plugins' inventory view reflects every committed write (it is refreshed every
+    /// second after a change), so a client that seeded the registry can wait for plugins to see it.
+    pub fn inventory_current(&self) -> bool {
+        self.inventory_reflects.load(Ordering::Acquire) == self.changes.load(Ordering::Acquire)
     }
 
     fn compute_inventory(&self) -> Result<InventoryView, RegistryError> {

@@ -746,3 +746,33 @@ fn history_filters_limits_and_buckets() {
     );
     assert_eq!(limited.aggregates[0].count, 10);
 }
+
+#[test]
+fn inventory_view_is_current_only_after_a_refresh_that_followed_the_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open_in(dir.path());
+    assert!(registry.inventory_current(), "the open's own refresh");
+    assert!(registry.inventory_models().is_empty());
+
+    registry
+        .register_model(model("momentum", "forecasting"), Some("ops"))
+        .unwrap();
+    assert!(
+        !registry.inventory_current(),
+        "a committed write is pending"
+    );
+    assert!(
+        registry.inventory_models().is_empty(),
+        "plugins still see the old view"
+    );
+
+    registry.refresh_inventory();
+    assert!(registry.inventory_current());
+    assert_eq!(registry.inventory_models()[0].name, "momentum");
+    assert!(registry.health().unwrap().inventory_current);
+
+    registry
+        .create_version("momentum", NewVersion::default(), Some("ops"))
+        .unwrap();
+    assert!(!registry.health().unwrap().inventory_current);
+}
