@@ -21,6 +21,29 @@ pub async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(StatusCode, Value)> {
+    let response = send(api, method, path, body).await?;
+    let status = response.status();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the daemon's answer: {e}"))?
+        .to_bytes();
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .with_context(|| format!("the daemon answered {status} with a body that is not JSON"))?
+    };
+    Ok((status, value))
+}
+
+/// One request to the daemon (with the token, and `body` as JSON); the response, body unread.
+async fn send(
+    api: &ApiArgs,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
     let url = format!("{}{path}", api.api.trim_end_matches('/'));
     let uri: hyper::Uri = url
         .parse()
@@ -40,25 +63,12 @@ pub async fn call(
         .body(Full::new(payload))
         .context("building the request")?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client.request(request).await.with_context(|| {
+    client.request(request).await.with_context(|| {
         format!(
             "cannot reach the daemon at {}; is `evolve serve` running? (set --api or EVOLVE_API)",
             api.api
         )
-    })?;
-    let status = response.status();
-    let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the daemon's answer: {e}"))?
-        .to_bytes();
-    let value = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body)
-            .with_context(|| format!("the daemon answered {status} with a body that is not JSON"))?
-    };
-    Ok((status, value))
+    })
 }
 
 /// Longest line [`follow_lines`] accepts: far above any event, it only stops a wrong `--api` URL
@@ -72,24 +82,7 @@ pub async fn follow_lines(
     path: &str,
     mut on_line: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<()> {
-    let url = format!("{}{path}", api.api.trim_end_matches('/'));
-    let uri: hyper::Uri = url
-        .parse()
-        .with_context(|| format!("--api {} does not form a valid URL", api.api))?;
-    let mut builder = Request::builder().method(Method::GET).uri(uri);
-    if let Some(token) = &api.token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let request = builder
-        .body(Full::new(Bytes::new()))
-        .context("building the request")?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client.request(request).await.with_context(|| {
-        format!(
-            "cannot reach the daemon at {}; is `evolve serve` running? (set --api or EVOLVE_API)",
-            api.api
-        )
-    })?;
+    let response = send(api, Method::GET, path, None).await?;
     let status = response.status();
     let mut body = response.into_body();
     if !status.is_success() {
