@@ -314,7 +314,13 @@ impl SendPart {
         let plan = Plan {
             services: vec![Arc::clone(&self.service)],
             balancer: &self.balancer,
-            path_and_query: self.path_and_query.clone(),
+            path_and_query: match proxy::path_and_query(self.path_and_query.clone()) {
+                Ok(path) => path,
+                Err(error) => {
+                    part.error = Some(error.to_string());
+                    return part;
+                }
+            },
             method: None,
             timeout: self.timeout,
             retries: 0,
