@@ -505,7 +505,7 @@ impl Mesh {
             _ => request,
         };
         let plan = Plan {
-            services: pool,
+            services: &pool,
             balancer: &balancer,
             path_and_query: proxy::path_and_query(format!("{path}{query}"))?,
             method,
@@ -687,7 +687,7 @@ impl Mesh {
             .ok_or_else(|| MeshError::UnknownService(name.to_string()))?;
         let plan = Plan {
             balancer: &service.balancer,
-            services: vec![Arc::clone(&service)],
+            services: std::slice::from_ref(&service),
             path_and_query,
             method: None,
             timeout: Duration::from_millis(self.inner.config.timeout_ms),

@@ -54,6 +54,14 @@ pub const HEADER_ATTEMPTS: &str = "x-evolve-attempts";
 /// Remaining time budget of a request, ms: read from callers, set for instances.
 pub const HEADER_DEADLINE: &str = "x-evolve-deadline-ms";
 
+// The same names as `HeaderName`s, so the data path neither parses nor validates them per
+// request.
+const SERVICE_NAME: HeaderName = HeaderName::from_static(HEADER_SERVICE);
+const INSTANCE_NAME: HeaderName = HeaderName::from_static(HEADER_INSTANCE);
+const ATTEMPTS_NAME: HeaderName = HeaderName::from_static(HEADER_ATTEMPTS);
+const DEADLINE_NAME: HeaderName = HeaderName::from_static(HEADER_DEADLINE);
+const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never forwarded.
 /// Names, not strings, so removing them costs no parsing per request.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -85,7 +93,7 @@ const ATTEMPTS: [HeaderValue; 11] = [
 
 /// What to forward where: the pool of services, how to balance and how long to try.
 pub struct Plan<'a> {
-    pub services: Vec<Arc<ServiceState>>,
+    pub services: &'a [Arc<ServiceState>],
     pub balancer: &'a Balancer,
     /// Path (and query) on the instance (after its endpoint's prefix), starting with `/`.
     pub path_and_query: PathAndQuery,
@@ -123,7 +131,7 @@ pub async fn forward(
     // Step 1.
     let caller_budget = request
         .headers()
-        .get(HEADER_DEADLINE)
+        .get(&DEADLINE_NAME)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_millis);
@@ -155,7 +163,7 @@ pub async fn forward(
     loop {
         attempt += 1;
         // Step 3.
-        let pick = match choose(&plan.services, plan.balancer, &tried, config) {
+        let pick = match choose(plan.services, plan.balancer, &tried, config) {
             Ok(pick) => pick,
             Err(why) => {
                 if let Some(answer) = previous {
@@ -165,7 +173,7 @@ pub async fn forward(
                     service.stats.no_instance.fetch_add(1, Ordering::Relaxed);
                 }
                 return Err(MeshError::Unavailable {
-                    target: pool_name(&plan.services),
+                    target: pool_name(plan.services),
                     detail: why,
                 });
             }
@@ -193,6 +201,8 @@ pub async fn forward(
         let in_flight = InFlight::enter(Arc::clone(&instance), permit);
 
         let body = match (&replayable, streamed.take()) {
+            // An empty body boxes nothing (its type has no size).
+            (Some(bytes), _) if bytes.is_empty() => Body::empty(),
             (Some(bytes), _) => Body::from(bytes.clone()),
             (None, Some(body)) => body,
             // A streamed body is sent once; `can_retry` below never loops back without a copy.
@@ -210,7 +220,7 @@ pub async fn forward(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let outgoing_headers = outgoing.headers_mut();
         outgoing_headers.insert(
-            HEADER_DEADLINE,
+            DEADLINE_NAME,
             HeaderValue::from(remaining.as_millis() as u64),
         );
         match instance.protocol() {
@@ -358,12 +368,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn forwarded_headers(mut headers: HeaderMap, strip_authorization: bool) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     let host = headers.remove(header::HOST);
-    headers.remove(HEADER_DEADLINE);
+    headers.remove(&DEADLINE_NAME);
     if strip_authorization {
         headers.remove(header::AUTHORIZATION);
     }
     if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(FORWARDED_HOST, host);
     }
     headers
 }
@@ -418,16 +428,16 @@ fn respond(
     strip_hop_by_hop(&mut parts.headers);
     let headers = &mut parts.headers;
     if let Some(value) = &instance.service_header {
-        headers.insert(HEADER_SERVICE, value.clone());
+        headers.insert(SERVICE_NAME, value.clone());
     }
     if let Some(value) = &instance.id_header {
-        headers.insert(HEADER_INSTANCE, value.clone());
+        headers.insert(INSTANCE_NAME, value.clone());
     }
     let attempts_value = ATTEMPTS
         .get(attempts.saturating_sub(1) as usize)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from(attempts));
-    headers.insert(HEADER_ATTEMPTS, attempts_value);
+    headers.insert(ATTEMPTS_NAME, attempts_value);
     Response::from_parts(
         parts,
         Body::new(TrackedBody {
