@@ -312,9 +312,15 @@ impl SendPart {
         *request.method_mut() = self.method.clone();
         *request.headers_mut() = self.headers.clone();
         let plan = Plan {
-            services: vec![Arc::clone(&self.service)],
+            services: std::slice::from_ref(&self.service),
             balancer: &self.balancer,
-            path_and_query: self.path_and_query.clone(),
+            path_and_query: match proxy::path_and_query(self.path_and_query.clone()) {
+                Ok(path) => path,
+                Err(error) => {
+                    part.error = Some(error.to_string());
+                    return part;
+                }
+            },
             method: None,
             timeout: self.timeout,
             retries: 0,

@@ -1,6 +1,6 @@
 //! The running state of one instance: where it is, its weight, what is in flight, its latency
-//! estimate, counters for metrics, and (under one small lock) its health, outlier and breaker
-//! state and slow-start ramp.
+//! estimate, counters for metrics, its connection pool, and (under one small lock) its health,
+//! outlier and breaker state and slow-start ramp.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use super::catalog::{InstanceSpec, Protocol};
 use super::config::MeshConfig;
 use super::health::ActiveHealth;
 use super::outlier::OutlierState;
+use super::pool::{InstancePool, PoolConfig};
 
 /// How fast the latency estimate forgets, as Finagle's default decay time: a slow response
 /// counts fully at once (peak) and fades over ~10 s.
@@ -103,11 +104,12 @@ pub struct InstanceStatus {
     pub returned_at: Option<Instant>,
 }
 
-/// Where requests to an instance go.
+/// Where requests to an instance go, in the forms a request needs, built once.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `http://host:port`
-    pub origin: String,
+    /// `host:port` of the endpoint: h2c's `:authority`, and (as `host_header`) HTTP/1.1's `Host`.
+    pub authority: Option<http::uri::Authority>,
+    pub host_header: Option<http::HeaderValue>,
     /// Path prefix of the endpoint, without a trailing `/` (often empty).
     pub prefix: String,
 }
@@ -126,6 +128,8 @@ pub struct InstanceState {
     pub weight: AtomicU32,
     pub in_flight: AtomicU32,
     pub stats: InstanceStats,
+    /// Keep-alive connections to this instance; dropped (closing them) with the instance.
+    pub pool: InstancePool,
     pub status: Mutex<InstanceStatus>,
 }
 
@@ -134,6 +138,21 @@ impl InstanceState {
     pub fn new(service: &str, spec: &InstanceSpec, config: &MeshConfig) -> InstanceState {
         let id = spec.id.clone().unwrap_or_else(|| spec.endpoint.clone());
         let (origin, prefix) = split_endpoint(&spec.endpoint);
+        // The spec is validated, so the endpoint parses; were it not, the pool fails to connect
+        // and says where.
+        let authority = origin
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.authority().cloned());
+        let (host, port) = authority.as_ref().map_or((origin.as_str(), 80), |a| {
+            (a.host(), a.port_u16().unwrap_or(80))
+        });
+        let pool = InstancePool::new(
+            PoolConfig::from_mesh(config),
+            host,
+            port,
+            spec.protocol == Protocol::H2c,
+        );
         InstanceState {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             service: service.to_string(),
@@ -141,7 +160,14 @@ impl InstanceState {
             id_header: http::HeaderValue::from_str(&id).ok(),
             id,
             spec: spec.clone(),
-            target: Target { origin, prefix },
+            target: Target {
+                host_header: authority
+                    .as_ref()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
+                authority,
+                prefix,
+            },
+            pool,
             weight: AtomicU32::new(spec.weight),
             in_flight: AtomicU32::new(0),
             stats: InstanceStats::default(),

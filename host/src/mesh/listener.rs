@@ -2,12 +2,15 @@
 //! path, is forwarded to one service (`listen_service`), as a plain reverse proxy would. It
 //! carries no API routes and no API auth, so clients that cannot prefix paths (load generators,
 //! legacy callers) use the mesh directly. It is served by hyper's HTTP/1.1 connection directly
-//! (no router, no protocol sniffing) with `TCP_NODELAY`, since it is the mesh's hot path.
+//! (no router, no protocol sniffing) with `TCP_NODELAY`, since it is the mesh's hot path: per
+//! request it copies nothing of the request line (the path is the request's own, shared).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -23,6 +26,7 @@ pub async fn serve(
     service: String,
     mut stop: watch::Receiver<bool>,
 ) {
+    let service: Arc<str> = service.into();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -38,10 +42,10 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (mesh, service) = (mesh.clone(), service.clone());
+        let (mesh, service) = (mesh.clone(), Arc::clone(&service));
         tokio::spawn(async move {
             let handler = service_fn(move |request: http::Request<Incoming>| {
-                let (mesh, service) = (mesh.clone(), service.clone());
+                let (mesh, service) = (mesh.clone(), Arc::clone(&service));
                 async move { Ok::<_, Infallible>(forward(&mesh, &service, request).await) }
             });
             // A client that goes away mid-request is its own business, not an error of ours.
@@ -56,9 +60,10 @@ async fn forward(mesh: &Mesh, service: &str, request: http::Request<Incoming>) -
     let path_and_query = request
         .uri()
         .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match mesh
-        .proxy(service, path_and_query, request.map(Body::new), false)
+        .proxy_to(service, path_and_query, request.map(Body::new), false)
         .await
     {
         Ok(response) => response,

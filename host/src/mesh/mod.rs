@@ -9,6 +9,7 @@
 //! | [`instance`] | a running instance: weight, in-flight, peak EWMA, counters, slow start |
 //! | [`lb`] | load-balancing algorithms, one file each |
 //! | [`listener`] | the optional data-plane socket that forwards every path to one service |
+//! | [`pool`] | per-instance keep-alive connections (HTTP/1.1 senders, one shared h2c connection) |
 //! | [`proxy`] | the data path: pooled HTTP/1.1 and h2c, streaming, deadlines, retries |
 //! | [`model`] | model-aware routes: the [`ModelSelector`] seam, selection cache, outcomes |
 //! | [`fanout`] | one request to many instances, aggregated into one envelope |
@@ -32,6 +33,7 @@ pub mod lb;
 pub mod listener;
 pub mod model;
 pub mod outlier;
+pub mod pool;
 pub mod proxy;
 pub mod remote;
 pub mod retry;
@@ -65,7 +67,7 @@ use self::config::{Fanout, ModelFallback, RouteConfig};
 use self::health::CheckContext;
 use self::lb::Balancer;
 use self::model::ModelRouting;
-use self::proxy::{DataPath, Plan, Upstream};
+use self::proxy::{DataPath, Plan};
 use self::service::ServiceState;
 use crate::events::{Event, EventBus, EventKind};
 
@@ -171,7 +173,6 @@ struct Inner {
     /// Serialises registrations and removals with their catalog-file write.
     writer: tokio::sync::Mutex<()>,
     store: CatalogStore,
-    upstream: Upstream,
     events: EventBus,
     runner: Arc<dyn CheckRunner>,
     routes: Mutex<HashMap<String, Arc<Balancer>>>,
@@ -223,7 +224,6 @@ impl Mesh {
         }
         Ok(Mesh {
             inner: Arc::new(Inner {
-                upstream: Upstream::new(&config),
                 config,
                 services: RwLock::new(Arc::new(services)),
                 writer: tokio::sync::Mutex::new(()),
@@ -440,7 +440,6 @@ impl Mesh {
     pub(crate) fn data_path(&self) -> DataPath<'_> {
         DataPath {
             config: &self.inner.config,
-            upstream: &self.inner.upstream,
             events: &self.inner.events,
         }
     }
@@ -506,9 +505,9 @@ impl Mesh {
             _ => request,
         };
         let plan = Plan {
-            services: pool,
+            services: &pool,
             balancer: &balancer,
-            path_and_query: format!("{path}{query}"),
+            path_and_query: proxy::path_and_query(format!("{path}{query}"))?,
             method,
             timeout,
             retries: route.retries.unwrap_or(self.inner.config.retry.max_retries),
@@ -669,12 +668,26 @@ impl Mesh {
         request: Request<Body>,
         strip_authorization: bool,
     ) -> Result<Response<Body>, MeshError> {
+        let path_and_query = proxy::path_and_query(path_and_query)?;
+        self.proxy_to(name, path_and_query, request, strip_authorization)
+            .await
+    }
+
+    /// [`Mesh::proxy`] with the path already parsed (the data-plane listener reuses the
+    /// request's).
+    pub async fn proxy_to(
+        &self,
+        name: &str,
+        path_and_query: http::uri::PathAndQuery,
+        request: Request<Body>,
+        strip_authorization: bool,
+    ) -> Result<Response<Body>, MeshError> {
         let service = self
             .service(name)
             .ok_or_else(|| MeshError::UnknownService(name.to_string()))?;
         let plan = Plan {
             balancer: &service.balancer,
-            services: vec![Arc::clone(&service)],
+            services: std::slice::from_ref(&service),
             path_and_query,
             method: None,
             timeout: Duration::from_millis(self.inner.config.timeout_ms),

@@ -1,6 +1,6 @@
-//! The data path: forwards one request to an instance chosen by the balancer, over pooled
-//! keep-alive connections (hyper-util; HTTP/1.1, or h2c with prior knowledge), streaming both
-//! bodies, and retries within the rules of [`super::retry`].
+//! The data path: forwards one request to an instance chosen by the balancer, over the
+//! instance's pooled keep-alive connections ([`super::pool`]; HTTP/1.1, or h2c with prior
+//! knowledge), streaming both bodies, and retries within the rules of [`super::retry`].
 //!
 //! Per request:
 //! 1. The deadline is now + the route's timeout, or sooner if the caller sent
@@ -15,7 +15,8 @@
 //!    response or error is returned otherwise.
 //! 5. The response streams back with `x-evolve-service`, `x-evolve-instance` and
 //!    `x-evolve-attempts`; the instance's in-flight count and the service slot are released when
-//!    the response body ends or is dropped.
+//!    the response body ends or is dropped, and the connection goes back to the instance's pool
+//!    when the body ended.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,12 +27,10 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -41,6 +40,7 @@ use super::catalog::Protocol;
 use super::config::MeshConfig;
 use super::instance::InstanceState;
 use super::lb::Balancer;
+use super::pool::Lease;
 use super::retry::{backoff, is_idempotent};
 use super::service::{AttemptOutcome, Pick, ServiceState, choose, record};
 use crate::events::EventBus;
@@ -54,60 +54,49 @@ pub const HEADER_ATTEMPTS: &str = "x-evolve-attempts";
 /// Remaining time budget of a request, ms: read from callers, set for instances.
 pub const HEADER_DEADLINE: &str = "x-evolve-deadline-ms";
 
+// The same names as `HeaderName`s, so the data path neither parses nor validates them per
+// request.
+const SERVICE_NAME: HeaderName = HeaderName::from_static(HEADER_SERVICE);
+const INSTANCE_NAME: HeaderName = HeaderName::from_static(HEADER_INSTANCE);
+const ATTEMPTS_NAME: HeaderName = HeaderName::from_static(HEADER_ATTEMPTS);
+const DEADLINE_NAME: HeaderName = HeaderName::from_static(HEADER_DEADLINE);
+const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+/// Names, not strings, so removing them costs no parsing per request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
 
-/// Pooled clients to instances.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    http1: Client<HttpConnector, Body>,
-    h2c: Client<HttpConnector, Body>,
-}
-
-impl Upstream {
-    pub fn new(config: &MeshConfig) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let build = |http2_only: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_s))
-                .pool_max_idle_per_host(config.pool_max_idle_per_host)
-                .http2_only(http2_only)
-                .build(connector.clone())
-        };
-        Upstream {
-            http1: build(false),
-            h2c: build(true),
-        }
-    }
-
-    fn client(&self, protocol: Protocol) -> &Client<HttpConnector, Body> {
-        match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::H2c => &self.h2c,
-        }
-    }
-}
+/// `x-evolve-attempts` values for every attempt count the retry limit allows (at most 10
+/// retries), so the header costs no formatting.
+const ATTEMPTS: [HeaderValue; 11] = [
+    HeaderValue::from_static("1"),
+    HeaderValue::from_static("2"),
+    HeaderValue::from_static("3"),
+    HeaderValue::from_static("4"),
+    HeaderValue::from_static("5"),
+    HeaderValue::from_static("6"),
+    HeaderValue::from_static("7"),
+    HeaderValue::from_static("8"),
+    HeaderValue::from_static("9"),
+    HeaderValue::from_static("10"),
+    HeaderValue::from_static("11"),
+];
 
 /// What to forward where: the pool of services, how to balance and how long to try.
 pub struct Plan<'a> {
-    pub services: Vec<Arc<ServiceState>>,
+    pub services: &'a [Arc<ServiceState>],
     pub balancer: &'a Balancer,
-    /// Path (and query) on the instance, starting with `/`.
-    pub path_and_query: String,
+    /// Path (and query) on the instance (after its endpoint's prefix), starting with `/`.
+    pub path_and_query: PathAndQuery,
     pub method: Option<Method>,
     pub timeout: Duration,
     pub retries: u32,
@@ -122,8 +111,13 @@ pub struct Plan<'a> {
 /// Shared parts of the mesh the data path needs.
 pub struct DataPath<'a> {
     pub config: &'a MeshConfig,
-    pub upstream: &'a Upstream,
     pub events: &'a EventBus,
+}
+
+/// `text` as the path and query of a request to an instance.
+pub fn path_and_query(text: String) -> Result<PathAndQuery, MeshError> {
+    PathAndQuery::try_from(text.as_str())
+        .map_err(|_| MeshError::BadRequest(format!("\"{text}\" is not a valid path")))
 }
 
 /// Forwards `request` per `plan`; see the module docs for the steps.
@@ -137,7 +131,7 @@ pub async fn forward(
     // Step 1.
     let caller_budget = request
         .headers()
-        .get(HEADER_DEADLINE)
+        .get(&DEADLINE_NAME)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_millis);
@@ -169,7 +163,7 @@ pub async fn forward(
     loop {
         attempt += 1;
         // Step 3.
-        let pick = match choose(&plan.services, plan.balancer, &tried, config) {
+        let pick = match choose(plan.services, plan.balancer, &tried, config) {
             Ok(pick) => pick,
             Err(why) => {
                 if let Some(answer) = previous {
@@ -179,7 +173,7 @@ pub async fn forward(
                     service.stats.no_instance.fetch_add(1, Ordering::Relaxed);
                 }
                 return Err(MeshError::Unavailable {
-                    target: pool_name(&plan.services),
+                    target: pool_name(plan.services),
                     detail: why,
                 });
             }
@@ -207,47 +201,47 @@ pub async fn forward(
         let in_flight = InFlight::enter(Arc::clone(&instance), permit);
 
         let body = match (&replayable, streamed.take()) {
+            // An empty body boxes nothing (its type has no size).
+            (Some(bytes), _) if bytes.is_empty() => Body::empty(),
             (Some(bytes), _) => Body::from(bytes.clone()),
             (None, Some(body)) => body,
             // A streamed body is sent once; `can_retry` below never loops back without a copy.
             (None, None) => Body::empty(),
         };
-        let uri = instance_uri(&instance, &plan.path_and_query)?;
-        let mut outgoing = Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .body(body)
-            .map_err(|e| MeshError::BadRequest(format!("cannot form the request: {e}")))?;
+        let mut outgoing = Request::new(body);
+        *outgoing.method_mut() = method.clone();
+        *outgoing.uri_mut() = instance_uri(&instance, &plan.path_and_query)?;
         // The last possible attempt takes the headers; earlier ones copy them for a retry.
-        *outgoing.headers_mut() = if attempt <= plan.retries {
+        *outgoing.headers_mut() = if attempt <= plan.retries && replayable.is_some() {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        outgoing.headers_mut().insert(
-            HEADER_DEADLINE,
+        let outgoing_headers = outgoing.headers_mut();
+        outgoing_headers.insert(
+            DEADLINE_NAME,
             HeaderValue::from(remaining.as_millis() as u64),
         );
+        match instance.protocol() {
+            Protocol::Http1 => {
+                if let Some(host) = &instance.target.host_header {
+                    outgoing_headers.insert(header::HOST, host.clone());
+                }
+            }
+            Protocol::H2c => *outgoing.version_mut() = Version::HTTP_2,
+        }
         let sent = Instant::now();
-        let result = tokio::time::timeout_at(
-            deadline,
-            context
-                .upstream
-                .client(instance.protocol())
-                .request(outgoing),
-        )
-        .await;
+        let result = tokio::time::timeout_at(deadline, instance.pool.send(outgoing)).await;
         let elapsed = sent.elapsed();
         let (outcome, answer) = match result {
             Ok(Ok(response)) => (
-                AttemptOutcome::Status(response.status().as_u16()),
+                AttemptOutcome::Status(response.0.status().as_u16()),
                 Ok(response),
             ),
-            Ok(Err(error)) if error.is_connect() => (
-                AttemptOutcome::ConnectError,
-                Err(format!("cannot connect: {}", error_chain(&error))),
-            ),
+            Ok(Err(error)) if error.is_connect() => {
+                (AttemptOutcome::ConnectError, Err(error_chain(&error)))
+            }
             Ok(Err(error)) => (
                 AttemptOutcome::Reset,
                 Err(format!(
@@ -260,7 +254,7 @@ pub async fn forward(
         guard.finish(outcome, elapsed, config, context.events);
 
         let result = match answer {
-            Ok(response) => Ok(respond(response, &instance, attempt, in_flight)),
+            Ok((response, lease)) => Ok(respond(response, lease, &instance, attempt, in_flight)),
             Err(_) if outcome == AttemptOutcome::Timeout => Err(MeshError::Timeout {
                 service: service.name().to_string(),
                 instance: instance.id.clone(),
@@ -374,17 +368,21 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn forwarded_headers(mut headers: HeaderMap, strip_authorization: bool) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     let host = headers.remove(header::HOST);
-    headers.remove(HEADER_DEADLINE);
+    headers.remove(&DEADLINE_NAME);
     if strip_authorization {
         headers.remove(header::AUTHORIZATION);
     }
     if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(FORWARDED_HOST, host);
     }
     headers
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names instead of eight removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -395,22 +393,33 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
-fn instance_uri(instance: &InstanceState, path_and_query: &str) -> Result<Uri, MeshError> {
-    let text = format!(
-        "{}{}{}",
-        instance.target.origin, instance.target.prefix, path_and_query
-    );
-    text.parse()
-        .map_err(|_| MeshError::BadRequest(format!("\"{path_and_query}\" is not a valid path")))
+/// The request target: origin-form (`/path?query`) for HTTP/1.1, whose `Host` names the
+/// instance; absolute for h2c, whose `:authority` does.
+fn instance_uri(instance: &InstanceState, path_and_query: &PathAndQuery) -> Result<Uri, MeshError> {
+    let target = &instance.target;
+    let invalid = || MeshError::BadRequest(format!("\"{path_and_query}\" is not a valid path"));
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(if target.prefix.is_empty() {
+        path_and_query.clone()
+    } else {
+        PathAndQuery::try_from(format!("{}{path_and_query}", target.prefix))
+            .map_err(|_| invalid())?
+    });
+    if instance.protocol() == Protocol::H2c {
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = target.authority.clone();
+    }
+    Uri::from_parts(parts).map_err(|_| invalid())
 }
 
 fn respond(
     response: Response<Incoming>,
+    lease: Lease,
     instance: &InstanceState,
     attempts: u32,
     in_flight: InFlight,
@@ -419,17 +428,23 @@ fn respond(
     strip_hop_by_hop(&mut parts.headers);
     let headers = &mut parts.headers;
     if let Some(value) = &instance.service_header {
-        headers.insert(HEADER_SERVICE, value.clone());
+        headers.insert(SERVICE_NAME, value.clone());
     }
     if let Some(value) = &instance.id_header {
-        headers.insert(HEADER_INSTANCE, value.clone());
+        headers.insert(INSTANCE_NAME, value.clone());
     }
-    headers.insert(HEADER_ATTEMPTS, HeaderValue::from(attempts));
+    let attempts_value = ATTEMPTS
+        .get(attempts.saturating_sub(1) as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(attempts));
+    headers.insert(ATTEMPTS_NAME, attempts_value);
     Response::from_parts(
         parts,
         Body::new(TrackedBody {
             inner: body,
-            _in_flight: in_flight,
+            lease,
+            ended: false,
+            in_flight,
         }),
     )
 }
@@ -491,10 +506,23 @@ impl Drop for AttemptGuard {
     }
 }
 
-/// The instance's response body, streamed, releasing the in-flight count when it ends.
+/// The instance's response body, streamed, releasing the in-flight count when it ends and
+/// giving the connection back to the instance's pool when it ended (a body dropped before its
+/// end leaves its connection in an unknown state: hyper closes it).
 struct TrackedBody {
     inner: Incoming,
-    _in_flight: InFlight,
+    lease: Lease,
+    ended: bool,
+    in_flight: InFlight,
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        if self.ended || self.inner.is_end_stream() {
+            let lease = std::mem::take(&mut self.lease);
+            self.in_flight.instance.pool.check_in(lease);
+        }
+    }
 }
 
 impl HttpBody for TrackedBody {
@@ -505,7 +533,11 @@ impl HttpBody for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

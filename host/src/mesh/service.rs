@@ -160,15 +160,39 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
-/// One instance that passed the filters, before balancing.
+/// Instances that passed the filters, before balancing: what the balancer sees of each
+/// (`candidates`) beside where it is (`chosen`), kept apart so a pick needs no copying.
+#[derive(Default)]
 struct Eligible {
-    service: usize,
-    instance: Arc<InstanceState>,
-    candidate: Candidate,
+    candidates: Vec<Candidate>,
+    chosen: Vec<(usize, Arc<InstanceState>)>,
+}
+
+impl Eligible {
+    fn push(&mut self, service: usize, instance: &Arc<InstanceState>, candidate: Candidate) {
+        self.candidates.push(candidate);
+        self.chosen.push((service, Arc::clone(instance)));
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.candidates.truncate(len);
+        self.chosen.truncate(len);
+    }
+
+    fn swap_remove(&mut self, index: usize) -> (usize, Arc<InstanceState>) {
+        self.candidates.swap_remove(index);
+        self.chosen.swap_remove(index)
+    }
 }
 
 /// Chooses an instance among `services` with `balancer`, skipping instances whose uid is in
 /// `exclude`.
+///
+/// Per service: 1. every instance is filtered (weight, breaker, health, ejection, already
+/// tried) and counted for the error; 2. when too few of its instances are healthy (panic
+/// mode), its eligible set is rebuilt ignoring health and ejection, so the service degrades
+/// instead of failing entirely. Then 3. the balancer picks, and 4. the breaker admits (or,
+/// when another request took the half-open probe meanwhile, the next pick is tried).
 pub fn choose(
     services: &[Arc<ServiceState>],
     balancer: &Balancer,
@@ -178,12 +202,10 @@ pub fn choose(
     let now = Instant::now();
     let slow_start = Duration::from_millis(config.slow_start_ms);
     let mut why = Unavailable::default();
-    let mut eligible: Vec<Eligible> = Vec::new();
+    let mut eligible = Eligible::default();
     for (s, service) in services.iter().enumerate() {
-        // Two passes: normal, and (when too few instances are healthy) panic mode, which
-        // ignores health and ejection so the service degrades instead of failing entirely.
-        let mut normal = Vec::new();
-        let mut panic = Vec::new();
+        // Step 1.
+        let start = eligible.candidates.len();
         let mut weighted = 0usize;
         let mut sick = 0usize;
         for instance in &service.instances {
@@ -211,39 +233,48 @@ pub fn choose(
             if tried {
                 why.already_tried += 1;
             }
-            let entry = || Eligible {
-                service: s,
-                instance: Arc::clone(instance),
-                candidate,
-            };
-            if !tried {
-                panic.push(entry());
-            }
             if unhealthy {
                 why.unhealthy += 1;
             } else if ejected {
                 why.ejected += 1;
             } else if !tried {
-                normal.push(entry());
+                eligible.push(s, instance, candidate);
             }
         }
+        // Step 2.
         let healthy = weighted - sick;
         let in_panic = weighted > 0
             && (healthy as u64) * 100
                 < u64::from(config.outlier.panic_threshold_pct) * weighted as u64;
-        eligible.extend(if in_panic { panic } else { normal });
+        if in_panic {
+            eligible.truncate(start);
+            for instance in &service.instances {
+                let weight = instance.weight.load(Ordering::Relaxed);
+                if weight == 0 || exclude.contains(&instance.uid) {
+                    continue;
+                }
+                let status = instance.lock();
+                if !status.breaker.would_admit(now) {
+                    continue;
+                }
+                let candidate = candidate(instance, &status, weight, slow_start, now);
+                drop(status);
+                eligible.push(s, instance, candidate);
+            }
+        }
     }
     loop {
-        let candidates: Vec<Candidate> = eligible.iter().map(|e| e.candidate).collect();
-        let Some(index) = with_thread_rng(|rng| balancer.pick(&candidates, rng)) else {
+        // Step 3.
+        let Some(index) = with_thread_rng(|rng| balancer.pick(&eligible.candidates, rng)) else {
             return Err(why);
         };
-        let chosen = eligible.swap_remove(index);
-        let admission = chosen.instance.lock().breaker.admit(now);
+        let (service, instance) = eligible.swap_remove(index);
+        // Step 4.
+        let admission = instance.lock().breaker.admit(now);
         if admission != Admission::Refused {
             return Ok(Pick {
-                service: Arc::clone(&services[chosen.service]),
-                instance: chosen.instance,
+                service: Arc::clone(&services[service]),
+                instance,
                 admission,
             });
         }
