@@ -90,6 +90,22 @@ fn http_health_drives_routing_and_the_catalog_survives_a_restart() {
         "evolve_mesh_health_checks_total{service=\"fc\",instance=\"a\",result=\"fail\"}"
     ));
     assert!(metrics.contains("evolve_mesh_request_duration_seconds_bucket"));
+    // The test backend closes every connection, so each attempt on b opened one.
+    let counter = |name: &str| -> u64 {
+        let prefix = format!("{name}{{service=\"fc\",instance=\"b\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for b in:\n{metrics}"))
+    };
+    let attempts = counter("evolve_mesh_requests_total");
+    assert!(attempts >= 6, "{attempts}");
+    assert_eq!(
+        counter("evolve_mesh_upstream_connections_opened_total"),
+        attempts
+    );
+    assert_eq!(counter("evolve_mesh_upstream_requests_reused_total"), 0);
 
     // Restart: the registration was durable.
     assert!(daemon.terminate());

@@ -172,7 +172,7 @@ impl Collector for MeshCollector {
         let gauge_type = ConstGauge::new(0i64).metric_type();
 
         type Read = fn(&InstanceState) -> u64;
-        let per_instance_counters: [(&str, &str, Read); 2] = [
+        let per_instance_counters: [(&str, &str, Read); 4] = [
             (
                 "evolve_mesh_requests",
                 "Attempts sent to an instance",
@@ -182,6 +182,16 @@ impl Collector for MeshCollector {
                 "evolve_mesh_ejections",
                 "Times outlier detection ejected an instance",
                 |i| i.stats.ejections.load(Ordering::Relaxed),
+            ),
+            (
+                "evolve_mesh_upstream_connections_opened",
+                "Connections the mesh opened to an instance (connected and handshaken)",
+                |i| i.pool.stats.opened.load(Ordering::Relaxed),
+            ),
+            (
+                "evolve_mesh_upstream_requests_reused",
+                "Attempts sent on an idle pooled connection instead of a new one",
+                |i| i.pool.stats.reused.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, read) in per_instance_counters {
