@@ -42,11 +42,12 @@
 //! | [`kit`] | [`Kit`], [`KitBuilder`]: load and call |
 //! | [`mock`] | [`Inventory`], [`FakeHttp`], scripted probes |
 //! | [`logs`] | capturing what the plugin logs |
+//! | [`scenario`] | scenario files (`tests/*.toml`), as `evolve plugin test` runs them |
 
 pub mod build;
-pub mod kit;
-pub mod logs;
-pub mod mock;
+// The kit's core lives in evolve-host (so `evolve plugin test` runs it too); this crate is its
+// `cargo test` front end.
+pub use evolve_host::testkit::{kit, logs, mock, scenario};
 
 pub use build::build_plugin;
 pub use evolve_host::runtime::CallError;
