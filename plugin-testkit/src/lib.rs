@@ -30,7 +30,8 @@
 //! ```
 //!
 //! In a plugin project (what `evolve plugin new` writes), `build_plugin(env!("CARGO_MANIFEST_DIR"))`
-//! builds the component first, so `cargo test` is the whole loop.
+//! builds the component first, so `cargo test --release` is the whole loop (release: a debug
+//! wasmtime compiles components ~30x slower).
 //!
 //! Compiled components are cached (by sha256) in `$EVOLVE_TESTKIT_CACHE`, else
 //! `<temp dir>/evolve-testkit-aot`, so only the first test of a run pays for compiling a

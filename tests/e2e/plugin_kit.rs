@@ -226,6 +226,9 @@ fn js_plugins_from_new_to_serving() {
 /// build) and the few dependencies evolve-host's dev-dependencies unify differently.
 #[test]
 fn rust_templates_pass_their_own_tests_unchanged() {
+    // Minutes of compiling (the daemon's crates for the project): one such test at a time, on
+    // one core (`-j 1`), so the daemons of the other tests are not starved.
+    let _cpu = evolve_e2e::cpu_heavy();
     let work = tempfile::tempdir().unwrap();
     for kind in ["meta-agent", "health-checker"] {
         let project = work.path().join(kind);
@@ -248,7 +251,7 @@ fn rust_templates_pass_their_own_tests_unchanged() {
             "plugin new copies the workspace's lock file"
         );
         let output = nested_cargo()
-            .args(["test", "--release"])
+            .args(["test", "--release", "-j", "1"])
             .current_dir(&project)
             .output()
             .unwrap();
