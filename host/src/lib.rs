@@ -18,6 +18,7 @@
 //! | [`cli`] | the `evolve` command line, including `serve` which wires the daemon |
 //! | [`config`] | daemon configuration |
 //! | [`rng`] | a fast per-thread random source for balancing, retry and schedule jitter |
+//! | [`testkit`] | the plugin test kit's core: a built plugin against a mocked host; scenario files |
 
 pub mod agents;
 pub mod api;
@@ -33,3 +34,4 @@ pub mod reload;
 pub mod rng;
 pub mod runtime;
 pub mod system;
+pub mod testkit;

@@ -2,7 +2,7 @@
 //!
 //! | language | command | world |
 //! |---|---|---|
-//! | Rust | `cargo build --release --target wasm32-wasip2` | the SDK's `export_*!` macro picks it |
+//! | Rust | `cargo build --profile component --target wasm32-wasip2` (`--release` without `[profile.component]`) | the SDK's `export_*!` macro picks it |
 //! | Python | `componentize-py -d WIT -w WORLD componentize -p DIR app` | `meta-agent` / `health-checker-http` |
 //! | JavaScript | `componentize-js app.js -w WIT -n WORLD -d ...` | `meta-agent` / `health-checker-http` |
 
@@ -20,6 +20,11 @@ use crate::wit;
 
 /// The Rust guest target; `cargo build` emits components for it directly.
 pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// The cargo profile for the component when a project defines it (the templates do): the size
+/// settings live there, so the project's `[profile.release]` can match the host workspace's and
+/// its `cargo test --release` reuses the host's compiled dependencies.
+pub const COMPONENT_PROFILE: &str = "component";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -40,6 +45,8 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {message}")]
+    CargoToml { path: PathBuf, message: String },
     #[error("`{command}` failed ({status})")]
     Failed { command: String, status: String },
     #[error("{path}: {source}")]
@@ -92,8 +99,9 @@ fn build_rust(
     options: &BuildOptions,
 ) -> Result<PathBuf, BuildError> {
     ensure_rust_target()?;
+    let profile = rust_profile(dir)?;
     let mut cmd = Command::new(&options.cargo);
-    cmd.args(["build", "--release", "--target", WASM_TARGET])
+    cmd.args(["build", "--profile", profile, "--target", WASM_TARGET])
         .current_dir(dir);
     let target_dir = match &options.cargo_target_dir {
         Some(target) => {
@@ -108,7 +116,7 @@ fn build_rust(
     run(&mut cmd, "install Rust with rustup (https://rustup.rs)")?;
     let built = target_dir
         .join(WASM_TARGET)
-        .join("release")
+        .join(profile)
         .join(&manifest.wasm);
     if !built.is_file() {
         return Err(BuildError::NoArtifact {
@@ -237,6 +245,31 @@ fn inputs_fingerprint(dir: &Path, lang: Language, world: &str) -> std::io::Resul
         hasher.update([0]);
     }
     Ok(crate::install::hex(&hasher.finalize()))
+}
+
+/// The cargo profile a Rust plugin is built with: [`COMPONENT_PROFILE`] when the project's
+/// Cargo.toml defines it, else `release`.
+pub fn rust_profile(dir: &Path) -> Result<&'static str, BuildError> {
+    let path = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).map_err(|source| BuildError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let cargo: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| BuildError::CargoToml {
+            path,
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+    let defined = cargo
+        .get("profile")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|profiles| profiles.contains_key(COMPONENT_PROFILE));
+    Ok(if defined {
+        COMPONENT_PROFILE
+    } else {
+        "release"
+    })
 }
 
 /// Runs `cmd` with inherited output.

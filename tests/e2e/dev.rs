@@ -134,3 +134,71 @@ fn dev_builds_installs_and_reloads_with_one_line_per_attempt() {
     );
     assert_eq!(run().status, 200);
 }
+
+/// `evolve dev` on a Python project (`evolve plugin new --lang python`): built through the same
+/// componentize path as `evolve plugin build`, installed, reloaded; a source change is a new
+/// generation; a broken source is a failed build and the last good generation keeps serving.
+#[test]
+fn dev_rebuilds_a_python_plugin_and_keeps_the_last_good_one_on_a_broken_build() {
+    let env = Env::new();
+    let daemon = env.start();
+    let project = env.temp.path().join("py-dev");
+    let project_arg = project.to_str().unwrap().to_owned();
+    let (code, stdout, stderr) = cli(
+        &[
+            "plugin",
+            "new",
+            "py-dev",
+            "--kind",
+            "meta-agent",
+            "--lang",
+            "python",
+            "--dir",
+            &project_arg,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let tools = root().join("target/plugin-tools");
+    let envs = [("EVOLVE_PLUGIN_TOOLS", tools.to_str().unwrap())];
+    let url = daemon.url();
+    let dev = || cli(&["dev", &project_arg, "--once", "--api", &url], &envs);
+    let run = || {
+        daemon.post(
+            "/v1/agents/py-dev/run",
+            &json!({"task": "hello", "input": {"who": "dev"}}),
+        )
+    };
+
+    let (code, stdout, stderr) = dev();
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("reloaded to generation 1 in"), "{stdout}");
+    assert_eq!(run().json()["outcome"]["summary"], "hello, dev");
+
+    let app = project.join("app.py");
+    let source = std::fs::read_to_string(&app).unwrap();
+    let anchor = r#"text = f"{greeting}, {data.get('who', 'world')}""#;
+    assert!(source.contains(anchor), "{source}");
+    std::fs::write(
+        &app,
+        source.replace(
+            anchor,
+            r#"text = f"{greeting}, {data.get('who', 'world')} (edited)""#,
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = dev();
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("reloaded to generation 2"), "{stdout}");
+    assert_eq!(run().json()["outcome"]["summary"], "hello, dev (edited)");
+
+    // A syntax error fails the componentize step: nothing is installed, generation 2 serves.
+    std::fs::write(&app, format!("{source}\ndef broken(:\n")).unwrap();
+    let (code, stdout, stderr) = dev();
+    assert_ne!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("build failed in"), "{stdout}");
+    assert!(stderr.contains("SyntaxError"), "{stderr}");
+    let response = run();
+    assert_eq!(response.json()["generation"], 2, "{}", response.text());
+    assert_eq!(response.json()["outcome"]["summary"], "hello, dev (edited)");
+}

@@ -1,9 +1,14 @@
 //! The plugin author's path, for each language and kind: `evolve plugin new` → `evolve plugin
-//! build` → the plugin dir dropped into a running daemon's plugins dir → hot reload loads it →
-//! it serves. The Rust templates also pass their own `cargo test` (the test kit) unchanged.
+//! build` → `evolve plugin test` (the template's scenario files pass unchanged; an edited
+//! expectation fails, naming its case) → the plugin dir dropped into a running daemon's plugins
+//! dir → hot reload loads it → it serves. The Rust templates also pass their own `cargo test
+//! --release` (the test kit) unchanged.
 //!
-//! CI time: template builds share one cargo target dir (`target/plugin-templates`) and the
-//! Python / JavaScript toolchains `cargo xtask` installed under `target/plugin-tools`.
+//! CI time: builds use the workspace's own target dir, so a Rust template's `cargo test
+//! --release` reuses the daemon's compiled dependencies (the template's release profile and
+//! lock file match the workspace's; see `nested_cargo`), and the component builds share
+//! `target/evolve-wasm`; the Python / JavaScript toolchains are the ones `cargo xtask` installed
+//! under `target/plugin-tools`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,9 +25,38 @@ fn build_envs() -> Vec<(&'static str, String)> {
         ),
         (
             "CARGO_TARGET_DIR",
-            root().join("target/plugin-templates").display().to_string(),
+            root().join("target").display().to_string(),
         ),
     ]
+}
+
+/// A `cargo` for a plugin project that sees the environment `cargo xtask` builds the workspace
+/// in. This test runs under `cargo test`, which sets `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ... for
+/// it; build scripts that declare `rerun-if-env-changed` on such a variable (ring does, on
+/// `CARGO_MANIFEST_DIR`) would see a change and rerun, rebuilding everything above them here
+/// and again in the next workspace build. `cargo xtask` runs its cargo with `CARGO_MANIFEST_DIR`
+/// = the xtask crate (`cargo run` sets it), so that is the value given here.
+fn nested_cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd.env("CARGO_MANIFEST_DIR", root().join("xtask"))
+        .envs(build_envs());
+    cmd
+}
+
+/// `evolve plugin test PROJECT [args]`: exit code, stdout, stderr.
+fn plugin_test(project: &Path, args: &[&str]) -> (i32, String, String) {
+    let envs = build_envs();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let project_arg = project.display().to_string();
+    let mut all = vec!["plugin", "test", project_arg.as_str()];
+    all.extend_from_slice(args);
+    cli(&all, &envs)
 }
 
 /// `evolve plugin new` then `evolve plugin build` in `work`; the built plugin dir.
@@ -54,7 +88,57 @@ fn new_and_build(work: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
     let built = project.join("target/plugin").join(name);
     let pinned = std::fs::read_to_string(built.join("plugin.toml")).unwrap();
     assert!(pinned.contains("sha256 = "), "{pinned}");
+
+    // The template's scenario tests pass unchanged (the build above is reused: unchanged
+    // sources are not built again).
+    let (code, stdout, stderr) = plugin_test(&project, &[]);
+    assert_eq!(code, 0, "plugin test: {stdout}\n{stderr}");
+    let cases = if kind == "meta-agent" { 5 } else { 6 };
+    assert!(
+        stdout.contains(&format!("scenario result: ok. {cases} passed; 0 failed")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("case tests/scenarios.toml :: reports healthy ... ok")
+            || stdout.contains("case tests/scenarios.toml :: a 5xx answer is unhealthy ... ok"),
+        "{stdout}"
+    );
+    if kind == "meta-agent" {
+        a_failing_case_is_named(&project);
+    }
     built
+}
+
+/// Edits one expectation of the agent template's scenarios: the run fails, and says which case
+/// and what differed.
+fn a_failing_case_is_named(project: &Path) {
+    let path = project.join("tests/scenarios.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let anchor = r#"expect = { summary = "hi, evolve""#;
+    assert!(text.contains(anchor), "{text}");
+    std::fs::write(
+        &path,
+        text.replace(anchor, r#"expect = { summary = "hey, evolve""#),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = plugin_test(project, &[]);
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "case tests/scenarios.toml :: greets the caller with the configured greeting ... FAILED"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"summary: expected "hey, evolve", got "hi, evolve""#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("4 passed; 1 failed"), "{stdout}");
+    assert!(
+        stderr.contains("1 case(s) failed: tests/scenarios.toml :: greets the caller"),
+        "{stderr}"
+    );
+    std::fs::write(&path, text).unwrap();
 }
 
 /// Copies a built plugin dir into the daemon's plugins dir, the component before the manifest
@@ -135,12 +219,16 @@ fn js_plugins_from_new_to_serving() {
     author_path("js");
 }
 
-/// Cold, this builds the test kit's dependencies (wasmtime, debug) into
-/// `target/plugin-templates`: over 15 minutes on a busy 2-core machine, so it is not part of the
-/// default suite. Run it with `cargo test --release -p evolve-e2e -- --ignored templates_pass`.
+/// `cargo test --release` in each Rust template, in the workspace's target dir: the template's
+/// release profile, its copy of the workspace's Cargo.lock and the test kit's tokio features make
+/// the workspace's compiled dependencies (wasmtime, tokio, hyper, ...) fresh for it; what builds
+/// is the project, the Evolve crates it depends on (a path outside the workspace gets its own
+/// build) and the few dependencies evolve-host's dev-dependencies unify differently.
 #[test]
-#[ignore = "cold build of the test kit's dependencies; run with --ignored"]
 fn rust_templates_pass_their_own_tests_unchanged() {
+    // Minutes of compiling (the daemon's crates for the project): one such test at a time, on
+    // one core (`-j 1`), so the daemons of the other tests are not starved.
+    let _cpu = evolve_e2e::cpu_heavy();
     let work = tempfile::tempdir().unwrap();
     for kind in ["meta-agent", "health-checker"] {
         let project = work.path().join(kind);
@@ -158,10 +246,13 @@ fn rust_templates_pass_their_own_tests_unchanged() {
             &[],
         );
         assert_eq!(code, 0, "{stdout}\n{stderr}");
-        let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .arg("test")
+        assert!(
+            project.join("Cargo.lock").is_file(),
+            "plugin new copies the workspace's lock file"
+        );
+        let output = nested_cargo()
+            .args(["test", "--release", "-j", "1"])
             .current_dir(&project)
-            .envs(build_envs())
             .output()
             .unwrap();
         assert!(
@@ -224,4 +315,66 @@ fn build_errors_name_the_fix() {
     let (code, _, stderr) = cli(&["plugin", "new", "Bad_Name", "--kind", "meta-agent"], &[]);
     assert_ne!(code, 0);
     assert!(stderr.contains("a plugin name is"), "{stderr}");
+}
+
+/// `evolve plugin test --plugin DIR` on a bundled plugin (no build): a failing case is named
+/// with what differed; a malformed scenario file is an error naming the file and the key, and
+/// nothing runs.
+#[test]
+fn scenario_failures_and_errors_name_file_case_and_key() {
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path();
+    let tests = project.join("tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    let bundled = root().join("target/plugins/bundled/http-health");
+    let plugin = bundled.display().to_string();
+    std::fs::write(
+        tests.join("grading.toml"),
+        r#"
+http."down.test:80" = { status = 503 }
+
+[[case]]
+name = "a 503 is unhealthy"
+check = { endpoint = "http://down.test" }
+expect = { status = "unhealthy", http_requests = ["GET http://down.test/health"] }
+
+[[case]]
+name = "a 503 is healthy (wrong on purpose)"
+check = { endpoint = "http://down.test" }
+expect = { status = "healthy" }
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = plugin_test(project, &["--plugin", &plugin]);
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("case tests/grading.toml :: a 503 is unhealthy ... ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("case tests/grading.toml :: a 503 is healthy (wrong on purpose) ... FAILED"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("status: expected `healthy`, got `unhealthy`"),
+        "{stdout}"
+    );
+    // --case picks cases by name.
+    let (code, stdout, stderr) =
+        plugin_test(project, &["--plugin", &plugin, "--case", "is unhealthy"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed; 0 failed"), "{stdout}");
+
+    std::fs::write(
+        tests.join("typo.toml"),
+        "[[case]]\nname = \"typo\"\ncheck = { endpoint = \"http://x.test\" }\nexpect = { satus = \"healthy\" }\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = plugin_test(project, &["--plugin", &plugin]);
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("typo.toml"), "{stderr}");
+    assert!(stderr.contains("satus"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stdout.contains("running "), "nothing runs: {stdout}");
 }

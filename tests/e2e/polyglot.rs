@@ -213,6 +213,8 @@ fn js_inventory_digest_passes_the_agent_behaviour_tests() {
 
 #[test]
 fn a_second_start_compiles_nothing_for_python_and_js_plugins() {
+    // Not starved by a nested cargo build while the first start compiles.
+    let _cpu = evolve_e2e::cpu_heavy();
     // A private cache, so the first start must compile whatever other tests did before.
     let env = Env::with_cache(None);
     env.install("bundled", "http-health-py", |_| {});

@@ -28,6 +28,15 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// 2-core machine while other tests run).
 pub const START_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Held by the few tests that load the CPU for minutes (a nested `cargo test` building the
+/// daemon's crates) or that must not be starved while they compile cold (a daemon start that
+/// compiles Python and JavaScript components, seconds each): on 2 cores, one of them at a time
+/// keeps everyone's waits inside [`EVENT_TIMEOUT`].
+pub fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Polls `check` (every 20 ms) until it answers, for a state the daemon reaches on its own
 /// (a queued write landing, a periodic view refresh); panics naming `what` after
 /// [`EVENT_TIMEOUT`].

@@ -1,15 +1,20 @@
-//! `evolve dev PATH`: the plugin author's loop. On every source change: build the crate for
-//! wasm32-wasip2 → install component and manifest into the daemon's plugins dir (atomically) →
-//! ask the daemon to reload it → print one line:
+//! `evolve dev PATH`: the plugin author's loop, for Rust, Python and JavaScript projects. On every
+//! source change: build (Rust: cargo for wasm32-wasip2, reading the compiler's first error;
+//! Python / JavaScript: evolve-plugin-build's componentize path, the one `evolve plugin build`
+//! uses) → install component and manifest into the daemon's plugins dir (atomically) → ask the
+//! daemon to reload it → print one line:
 //!
 //! - `reloaded to generation N in X ms (build B ms, reload R ms)`
 //! - `build failed in X ms: <the compiler's first error>`
 //! - `validation failed: <reason>; generation N still serving`
+//!
+//! A failed build installs nothing, so the last good generation keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use evolve_plugin_build::{Language, Tools, build_project};
 use hyper::{Method, StatusCode};
 use notify::{RecursiveMode, Watcher};
 use serde_json::Value;
@@ -27,11 +32,15 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// How long a plugin the daemon did not know yet may take to show up after install.
 const FIRST_LOAD_WAIT: Duration = Duration::from_secs(30);
 
+/// Directories whose changes are build output or caches, not sources.
+const BUILD_OUTPUT_DIRS: [&str; 3] = ["target", "__pycache__", "node_modules"];
+
 /// Longest compiler message shown on a build-failure line.
 const MAX_ERROR_CHARS: usize = 400;
 
 struct DevContext {
     crate_dir: PathBuf,
+    lang: Language,
     install_dir: PathBuf,
     name: String,
     wasm_file: PathBuf,
@@ -43,12 +52,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .path
         .canonicalize()
         .with_context(|| format!("{}: no such plugin crate", args.path.display()))?;
-    if !crate_dir.join("Cargo.toml").is_file() {
+    let Some(lang) = Language::detect(&crate_dir) else {
         bail!(
-            "{}: no Cargo.toml; `evolve dev` takes a plugin crate directory",
+            "{}: expected a plugin project with exactly one of Cargo.toml (Rust), app.py (Python), app.js (JavaScript); create one with `evolve plugin new`",
             crate_dir.display()
         );
-    }
+    };
     let manifest = Manifest::load(&crate_dir)?;
     let plugins_dir =
         match args.plugins_dir {
@@ -65,6 +74,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         name: manifest.name.clone(),
         wasm_file: manifest.wasm.clone(),
         crate_dir,
+        lang,
         api: args.api,
     };
     println!(
@@ -85,7 +95,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             return;
         }
         let relevant = event.paths.iter().any(|path| {
-            !path.components().any(|c| c.as_os_str() == "target")
+            !path
+                .components()
+                .any(|c| BUILD_OUTPUT_DIRS.iter().any(|dir| c.as_os_str() == *dir))
                 && path
                     .file_name()
                     .is_some_and(|name| !is_ignored_name(&name.to_string_lossy()))
@@ -124,7 +136,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 /// new build.
 async fn attempt(ctx: &DevContext) -> bool {
     let started = Instant::now();
-    let artifact = match build(&ctx.crate_dir).await {
+    let built = match ctx.lang {
+        Language::Rust => build(&ctx.crate_dir).await,
+        Language::Python | Language::JavaScript => build_with_tools(ctx).await,
+    };
+    let artifact = match built {
         Ok(artifact) => artifact,
         Err(error) => {
             println!(
@@ -170,13 +186,31 @@ async fn attempt(ctx: &DevContext) -> bool {
     }
 }
 
+/// Builds a Python / JavaScript project through evolve-plugin-build (the componentizer's own
+/// output goes to the terminal; unchanged sources are not componentized again); the path of the
+/// component, or the build error.
+async fn build_with_tools(ctx: &DevContext) -> Result<PathBuf, String> {
+    let project = ctx.crate_dir.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        build_project(&project, None, Tools::from_env(), false)
+    })
+    .await
+    .map_err(|e| format!("the build task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    Ok(built.dir.join(&ctx.wasm_file))
+}
+
 /// Builds the crate; the path of the component, or the compiler's first error.
 async fn build(crate_dir: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The same profile as `evolve plugin build`: `component` when the crate defines it.
+    let profile =
+        evolve_plugin_build::compile::rust_profile(crate_dir).map_err(|e| e.to_string())?;
     let output = tokio::process::Command::new(cargo)
         .args([
             "build",
-            "--release",
+            "--profile",
+            profile,
             "--target",
             "wasm32-wasip2",
             "--message-format=json-render-diagnostics",

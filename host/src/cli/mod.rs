@@ -56,8 +56,8 @@ pub enum Command {
     /// The model registry: models, versions, aliases, performance, best model, backups.
     #[command(subcommand)]
     Model(model::ModelCommand),
-    /// Plugin dev loop: rebuild a plugin crate on every change and hot-reload it into a running
-    /// daemon, one line per attempt.
+    /// Plugin dev loop: rebuild a plugin project (Rust, Python, JavaScript) on every change and
+    /// hot-reload it into a running daemon, one line per attempt.
     Dev(DevArgs),
     /// The service mesh catalog: register, list, remove, health, probe.
     #[command(subcommand)]
@@ -74,7 +74,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// The plugin's crate directory (with Cargo.toml and plugin.toml).
+    /// The plugin project (plugin.toml and Cargo.toml, app.py or app.js). Python / JavaScript
+    /// toolchains are taken from $EVOLVE_PLUGIN_TOOLS (see `evolve plugin setup`).
     pub path: PathBuf,
     /// The daemon's plugins dir (default: asked from the daemon's API).
     #[arg(long)]

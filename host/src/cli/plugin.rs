@@ -1,6 +1,7 @@
 //! Plugin authoring: `evolve plugin new` (a project from an embedded template), `evolve plugin
 //! build` (any language → a plugin dir: component + manifest pinned to its sha256) and `evolve
-//! plugin setup` (the pinned Python / JavaScript toolchains). The build itself is
+//! plugin setup` (the pinned Python / JavaScript toolchains) and `evolve plugin test` (scenario
+//! files against the built plugin, through [`crate::testkit`]). The build itself is
 //! `evolve-plugin-build`'s, shared with `cargo xtask build-plugins`.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use evolve_plugin_build::{Language, Tools, build_project};
+
+use crate::testkit::scenario;
 
 /// Templates, embedded: `{{name}}`, `{{wasm}}`, `{{memory_mb}}`, `{{sdk_path}}`,
 /// `{{testkit_path}}` are filled in.
@@ -29,7 +32,13 @@ mod templates {
     pub const JS_AGENT_MANIFEST: &str = include_str!("templates/js/meta-agent.plugin.toml");
     pub const JS_CHECKER: &str = include_str!("templates/js/health-checker.app.js");
     pub const JS_CHECKER_MANIFEST: &str = include_str!("templates/js/health-checker.plugin.toml");
+    /// Scenario tests (`evolve plugin test`), the same for every language.
+    pub const AGENT_SCENARIOS: &str = include_str!("templates/scenarios/meta-agent.toml");
+    pub const CHECKER_SCENARIOS: &str = include_str!("templates/scenarios/health-checker.toml");
 }
+
+/// Where a new project's scenario tests go.
+const SCENARIO_FILE: &str = "tests/scenarios.toml";
 
 /// Where this binary was built from: the default SDK and test kit of a Rust project.
 const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -48,6 +57,9 @@ pub enum AuthorCommand {
     Build(BuildArgs),
     /// Install the pinned Python (componentize-py) and JavaScript (componentize-js) toolchains.
     Setup(SetupArgs),
+    /// Build a plugin project, then run its scenario files (`tests/*.toml`) against the built
+    /// plugin in a mocked host (scripted config, inventory, probes, fake HTTP; production limits).
+    Test(TestArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -97,6 +109,24 @@ pub struct BuildArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The plugin project (default: the current directory).
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Run only the cases whose name contains this text.
+    #[arg(long)]
+    pub case: Option<String>,
+    /// Test this built plugin dir instead of building the project (its scenario files are still
+    /// read from PATH/tests).
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// Tools dir of the Python / JavaScript toolchains (default: $EVOLVE_PLUGIN_TOOLS, else
+    /// ~/.cache/evolve/plugin-tools).
+    #[arg(long)]
+    pub tools: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Which toolchains (default: both).
     #[arg(value_enum)]
@@ -109,8 +139,9 @@ pub struct SetupArgs {
 pub fn run(command: AuthorCommand) -> anyhow::Result<()> {
     match command {
         AuthorCommand::New(args) => new(&args),
-        AuthorCommand::Build(args) => build(&args),
+        AuthorCommand::Build(args) => build(&args).map(drop),
         AuthorCommand::Setup(args) => setup(&args),
+        AuthorCommand::Test(args) => test(&args),
     }
 }
 
@@ -191,6 +222,14 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
             ],
         ),
     };
+    let mut files = files;
+    files.push((
+        SCENARIO_FILE,
+        match args.kind {
+            Kind::MetaAgent => templates::AGENT_SCENARIOS,
+            Kind::HealthChecker => templates::CHECKER_SCENARIOS,
+        },
+    ));
     let (sdk, testkit) = if matches!(args.lang, Lang::Rust) {
         let sdk = args
             .sdk
@@ -223,6 +262,21 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
             .replace("{{sdk_path}}", &sdk)
             .replace("{{testkit_path}}", &testkit)
     };
+    if matches!(args.lang, Lang::Rust) {
+        // The SDK checkout's lock file: the same dependency versions as the daemon, so the
+        // project's `cargo test --release` can reuse its compiled dependencies (see the
+        // template's Cargo.toml).
+        let lock = Path::new(&sdk)
+            .parent()
+            .map(|checkout| checkout.join("Cargo.lock"));
+        if let Some(lock) = lock.filter(|lock| lock.is_file()) {
+            let to = dir.join("Cargo.lock");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::copy(&lock, &to)
+                .with_context(|| format!("cannot copy {} to {}", lock.display(), to.display()))?;
+        }
+    }
     for (file, text) in files
         .iter()
         .chain(std::iter::once(&(".gitignore", "/target\n__pycache__/\n")))
@@ -244,10 +298,11 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
     println!("next: evolve plugin build {}", dir.display());
     if lang == Language::Rust {
         println!(
-            "      cargo test --manifest-path {}",
+            "      cargo test --release --manifest-path {}",
             dir.join("Cargo.toml").display()
         );
     }
+    println!("      evolve plugin test {}", dir.display());
     Ok(())
 }
 
@@ -264,7 +319,7 @@ fn absolute(path: &Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn build(args: &BuildArgs) -> anyhow::Result<()> {
+fn build(args: &BuildArgs) -> anyhow::Result<evolve_plugin_build::Installed> {
     let project = &args.path;
     if !project.join("plugin.toml").is_file() {
         bail!(
@@ -291,7 +346,94 @@ fn build(args: &BuildArgs) -> anyhow::Result<()> {
         installed.bytes.div_ceil(1024),
         &installed.sha256[..12]
     );
-    Ok(())
+    Ok(installed)
+}
+
+/// `evolve plugin test`: build (through the one build path), read every scenario file, run the
+/// cases one by one, print a line per case and every mismatch of the failed ones.
+fn test(args: &TestArgs) -> anyhow::Result<()> {
+    let project = &args.path;
+    // Scenario files first: a malformed one is reported before a long Python / JS build.
+    let files = scenario::load_project(project)?;
+    let plugin_dir = match &args.plugin {
+        Some(dir) => dir.clone(),
+        None => {
+            build(&BuildArgs {
+                path: project.clone(),
+                out: None,
+                tools: args.tools.clone(),
+            })?
+            .dir
+        }
+    };
+    let selected: Vec<(&Path, &scenario::Case)> = files
+        .iter()
+        .flat_map(|file| file.cases.iter().map(|case| (file.path.as_path(), case)))
+        .filter(|(_, case)| {
+            args.case
+                .as_deref()
+                .is_none_or(|part| case.name.contains(part))
+        })
+        .collect();
+    if selected.is_empty() {
+        bail!(
+            "no case matches `--case {}`",
+            args.case.as_deref().unwrap_or_default()
+        );
+    }
+    println!(
+        "running {} case(s) from {} file(s) against {}",
+        selected.len(),
+        files.len(),
+        plugin_dir.display()
+    );
+    // The kit owns an async runtime of its own; this command runs inside the CLI's, so the cases
+    // run on a plain thread.
+    let failures = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut failures = Vec::new();
+                for (file, case) in &selected {
+                    let label = format!("{} :: {}", shown(project, file), case.name);
+                    match case.run(&plugin_dir, None) {
+                        scenario::CaseResult::Passed => println!("case {label} ... ok"),
+                        scenario::CaseResult::Failed(mismatches) => {
+                            println!("case {label} ... FAILED");
+                            failures.push((label, mismatches));
+                        }
+                    }
+                }
+                failures
+            })
+            .join()
+    })
+    .map_err(|_| anyhow::anyhow!("the scenario runner panicked"))?;
+    for (label, mismatches) in &failures {
+        println!("\n---- {label} ----");
+        for mismatch in mismatches {
+            println!("  {mismatch}");
+        }
+    }
+    let passed = selected.len() - failures.len();
+    if failures.is_empty() {
+        println!("\nscenario result: ok. {passed} passed; 0 failed");
+        Ok(())
+    } else {
+        println!(
+            "\nscenario result: FAILED. {passed} passed; {} failed",
+            failures.len()
+        );
+        let names: Vec<&str> = failures.iter().map(|(label, _)| label.as_str()).collect();
+        bail!("{} case(s) failed: {}", failures.len(), names.join(", "))
+    }
+}
+
+/// `file` relative to the project when it is inside it (`tests/hello.toml`).
+fn shown(project: &Path, file: &Path) -> String {
+    file.strip_prefix(project)
+        .unwrap_or(file)
+        .display()
+        .to_string()
 }
 
 fn setup(args: &SetupArgs) -> anyhow::Result<()> {

@@ -2,7 +2,8 @@
 //! 2xx is healthy, 3xx/4xx degraded, 5xx or no answer within `timeout_ms` unhealthy.
 //!
 //! Build: `evolve plugin build` → `target/plugin/{{name}}/` (drop that dir into the daemon's
-//! plugins dir). Test: `cargo test` (tests/plugin.rs runs the built component in a mocked host).
+//! plugins dir). Test: `cargo test --release` (tests/plugin.rs runs the built component in a
+//! mocked host) and `evolve plugin test` (the scenarios in tests/*.toml).
 
 use std::time::Duration;
 

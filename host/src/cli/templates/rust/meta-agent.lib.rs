@@ -2,7 +2,8 @@
 //! with `greeting` from `[config]` and `who` from the task input (default `world`).
 //!
 //! Build: `evolve plugin build` → `target/plugin/{{name}}/` (drop that dir into the daemon's
-//! plugins dir). Test: `cargo test` (tests/plugin.rs runs the built component in a mocked host).
+//! plugins dir). Test: `cargo test --release` (tests/plugin.rs runs the built component in a
+//! mocked host) and `evolve plugin test` (the scenarios in tests/*.toml).
 
 use evolve_plugin_sdk::{
     AgentInfo, HealthReport, MetaAgent, PluginError, Task, TaskOutcome, export_meta_agent, info,

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use evolve_host::runtime::bindings::inventory::{
+use crate::runtime::bindings::inventory::{
     AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, ServiceStatus,
 };
-use evolve_host::runtime::bindings::probes::ProbeResult;
-use evolve_host::runtime::bindings::types::{HealthReport, HealthStatus, Service};
-use evolve_host::runtime::sandbox::{HttpTransport, uri_host_port};
-use evolve_host::runtime::{SystemInventory, SystemProbes};
+use crate::runtime::bindings::probes::ProbeResult;
+use crate::runtime::bindings::types::{HealthReport, HealthStatus, Service};
+use crate::runtime::sandbox::{HttpTransport, uri_host_port};
+use crate::runtime::{SystemInventory, SystemProbes};
 
 /// A service instance for `check` or the inventory: `name` at `endpoint`, weight 100, no
 /// capabilities or metadata (set the public fields for more).

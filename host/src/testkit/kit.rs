@@ -9,19 +9,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use evolve_host::events::EventBus;
-use evolve_host::runtime::bindings::types::{
-    HealthReport, PluginError, Service, Task, TaskOutcome,
-};
-use evolve_host::runtime::manifest::MANIFEST_FILE;
-use evolve_host::runtime::plugin::Description;
-use evolve_host::runtime::{
+use crate::events::EventBus;
+use crate::runtime::bindings::types::{HealthReport, PluginError, Service, Task, TaskOutcome};
+use crate::runtime::manifest::MANIFEST_FILE;
+use crate::runtime::plugin::Description;
+use crate::runtime::{
     CallError, LimitValues, LoadError, Runtime, RuntimeConfig, RuntimeError, SupervisionConfig,
 };
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::logs::{Capture, LogRecord, Sink};
-use crate::mock::{FakeHttp, Inventory, ProbeKind, Probes};
+use super::logs::{Capture, LogRecord, Sink};
+use super::mock::{FakeHttp, Inventory, ProbeKind, Probes};
 
 /// Pool slots of the kit's runtime: enough for a test that calls concurrently.
 const POOL_INSTANCES: u32 = 8;
