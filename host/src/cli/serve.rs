@@ -234,16 +234,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let (Some(addr), Some(service)) =
         (mesh.config().listen, mesh.config().listen_service.clone())
     {
-        let socket = TcpListener::bind(addr)
-            .await
+        let socket = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen on mesh.listen = {addr}"))?;
         tracing::info!(addr = %addr, service = %service, "mesh listener forwarding to {service}");
-        tokio::spawn(crate::mesh::listener::serve(
-            socket,
-            mesh.clone(),
-            service,
-            stop_rx.clone(),
-        ));
+        // Its own thread and current-thread runtime: see `mesh::listener::start`. Not joined:
+        // the process ends after the API's grace, and the listener's runtime ends by then too.
+        crate::mesh::listener::start(socket, mesh.clone(), service, stop_rx.clone(), grace)
+            .context("cannot start the mesh listener's thread")?;
     }
     // ---- end service mesh ----
     let mut graceful_rx = stop_rx.clone();

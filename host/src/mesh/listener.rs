@@ -4,9 +4,18 @@
 //! legacy callers) use the mesh directly. It is served by hyper's HTTP/1.1 connection directly
 //! (no router, no protocol sniffing) with `TCP_NODELAY`, since it is the mesh's hot path: per
 //! request it copies nothing of the request line (the path is the request's own, shared).
+//!
+//! [`start`] runs it on a thread of its own with a current-thread tokio runtime: the
+//! connections it accepts, the upstream connections the pool opens for them (their tasks are
+//! spawned on the runtime that opens them) and their timers are all polled there, with no
+//! work-stealing and no cross-thread wake-ups; the API stays on the daemon's multi-thread
+//! runtime. The instance pools are shared: a connection opened on one runtime is only ever
+//! polled by that runtime's task, while its sender may be checked out from either.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +27,41 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Mesh;
+
+/// Starts [`serve`] on a thread named `evolve-mesh-listen` with its own current-thread
+/// runtime. After `stop` turns true no connection is accepted; those open keep being served for
+/// `grace` (the daemon's shutdown grace, as the API's are), then the runtime is dropped, which
+/// closes them, and the thread ends.
+pub fn start(
+    listener: std::net::TcpListener,
+    mesh: Mesh,
+    service: String,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("evolve-mesh-listen".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                // Registered with this runtime's reactor, so accepts are polled here.
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(%error, "mesh listener: cannot use its socket");
+                        return;
+                    }
+                };
+                serve(listener, mesh, service, stop).await;
+                tokio::time::sleep(grace).await;
+            });
+            // Dropping the runtime cancels the connections still open.
+            drop(runtime);
+        })
+}
 
 /// Accepts connections until `stop` turns true; each connection is served on its own task.
 pub async fn serve(

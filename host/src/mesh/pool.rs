@@ -323,6 +323,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Closes expired idle connections until the pool has none or is gone.
 async fn reap<C: Reusable>(idle: Weak<Mutex<IdleList<C>>>, timeout: Duration) {
+    let mut running = ReaperRunning(Some(idle.clone()));
     loop {
         let next = {
             let Some(idle) = idle.upgrade() else { return };
@@ -330,12 +331,26 @@ async fn reap<C: Reusable>(idle: Weak<Mutex<IdleList<C>>>, timeout: Duration) {
             let next = idle.reap(Instant::now(), timeout);
             if next.is_none() {
                 idle.reaper_running = false;
+                running.0 = None;
             }
             next
         };
         match next {
             Some(at) => tokio::time::sleep_until(at).await,
             None => return,
+        }
+    }
+}
+
+/// Clears the pool's `reaper_running` when a reaper is dropped before it finished (its runtime
+/// ended: the pool is shared by the API's runtime and the data-plane listener's), so the next
+/// check-in starts one on a runtime that is alive.
+struct ReaperRunning<C: Reusable>(Option<Weak<Mutex<IdleList<C>>>>);
+
+impl<C: Reusable> Drop for ReaperRunning<C> {
+    fn drop(&mut self) {
+        if let Some(idle) = self.0.take().and_then(|idle| idle.upgrade()) {
+            lock(&idle).reaper_running = false;
         }
     }
 }

@@ -965,6 +965,54 @@ async fn the_data_plane_listener_forwards_any_path_to_its_service() {
 }
 
 #[tokio::test]
+async fn the_listener_thread_serves_then_stops_and_its_connections_do_not_outlive_it() {
+    let a = Backend::start("a").await;
+    let f = fixture(calm());
+    f.mesh
+        .register(service("fc", "forecast", vec![a.instance(100)]), false)
+        .await
+        .expect("register");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let thread = listener::start(socket, f.mesh.clone(), "fc".into(), stop_rx, Duration::ZERO)
+        .expect("start");
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let response = client
+        .request(
+            Request::builder()
+                .uri(format!("http://{addr}/forecast"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.expect("body");
+    // The client keeps its connection open: the thread ends all the same.
+    stop_tx.send(true).expect("stop");
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join task")
+        .expect("the listener thread ends without a panic");
+    // The upstream connection the listener's runtime opened and pooled died with it; a request
+    // on this runtime discards it and opens its own.
+    let response = f
+        .mesh
+        .proxy_to(
+            "fc",
+            http::uri::PathAndQuery::from_static("/after"),
+            Request::new(Body::empty()),
+            false,
+        )
+        .await
+        .expect("proxied after the listener stopped");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(a.last().path, "/after");
+}
+
+#[tokio::test]
 async fn the_inventory_lists_each_instance_with_its_health_and_circuit() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let mut config = calm();
