@@ -27,6 +27,7 @@ pub mod breaker;
 pub mod catalog;
 pub mod config;
 pub mod fanout;
+pub mod h1;
 pub mod health;
 pub mod instance;
 pub mod lb;

@@ -124,6 +124,9 @@ pub struct InstancePool {
     dial: Dial,
     h2c: bool,
     idle: Arc<Mutex<IdleList<http1::SendRequest<Body>>>>,
+    /// Idle connections of the data-plane listener's fast path, which drives them itself (no
+    /// hyper task): each is registered with the runtime that opened it, the listener's.
+    raw_idle: Arc<Mutex<IdleList<TcpStream>>>,
     /// Held across a connect, so concurrent first requests share one h2c connection.
     shared: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
     pub stats: PoolStats,
@@ -141,6 +144,7 @@ impl InstancePool {
             },
             h2c,
             idle: Arc::new(Mutex::new(IdleList::default())),
+            raw_idle: Arc::new(Mutex::new(IdleList::default())),
             shared: tokio::sync::Mutex::new(None),
             stats: PoolStats::default(),
         }
@@ -161,22 +165,28 @@ impl InstancePool {
     /// Gives a lease back after its response body ended.
     pub fn check_in(&self, lease: Lease) {
         let Some(sender) = lease.0 else { return };
-        if self.config.max_idle == 0 || sender.is_closed() {
-            return;
+        park(&self.idle, sender, &self.config);
+    }
+
+    /// The most recently idle fast-path connection, if one is open and young enough.
+    pub fn take_raw(&self) -> Option<TcpStream> {
+        let taken = lock(&self.raw_idle).pop(Instant::now(), self.config.idle_timeout);
+        if taken.is_some() {
+            self.stats.reused.fetch_add(1, Ordering::Relaxed);
         }
-        // Without a runtime there is no reaper to close it later: do not keep it.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let now = Instant::now();
-        let start_reaper = {
-            let mut idle = lock(&self.idle);
-            idle.push(sender, now, self.config.max_idle);
-            !std::mem::replace(&mut idle.reaper_running, true)
-        };
-        if start_reaper {
-            runtime.spawn(reap(Arc::downgrade(&self.idle), self.config.idle_timeout));
-        }
+        taken
+    }
+
+    /// Gives a fast-path connection back after its response ended.
+    pub fn check_in_raw(&self, stream: TcpStream) {
+        park(&self.raw_idle, stream, &self.config);
+    }
+
+    /// Opens a connection for the fast path (TCP within `connect_timeout`, `TCP_NODELAY`).
+    pub async fn connect_raw(&self) -> Result<TcpStream, SendError> {
+        let io = self.connect().await?;
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(io.into_inner())
     }
 
     /// Idle HTTP/1.1 connections now.
@@ -314,6 +324,29 @@ impl InstancePool {
     }
 }
 
+/// Keeps an idle connection in `list` (see [`IdleList::push`]) and makes sure a reaper runs.
+fn park<C: Reusable + Send + 'static>(
+    list: &Arc<Mutex<IdleList<C>>>,
+    conn: C,
+    config: &PoolConfig,
+) {
+    if config.max_idle == 0 || !conn.is_open() {
+        return;
+    }
+    // Without a runtime there is no reaper to close it later: do not keep it.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let start_reaper = {
+        let mut idle = lock(list);
+        idle.push(conn, Instant::now(), config.max_idle);
+        !std::mem::replace(&mut idle.reaper_running, true)
+    };
+    if start_reaper {
+        runtime.spawn(reap(Arc::downgrade(list), config.idle_timeout));
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The idle list is plain data, valid after a panic elsewhere; the proxy keeps serving.
     mutex
@@ -359,6 +392,18 @@ impl<C: Reusable> Drop for ReaperRunning<C> {
 trait Reusable {
     /// The connection has not closed.
     fn is_open(&self) -> bool;
+}
+
+impl Reusable for TcpStream {
+    fn is_open(&self) -> bool {
+        // Readable while idle means the instance closed it (or sent what nobody asked for):
+        // either way it cannot carry a request. This asks the reactor, not the kernel: no
+        // syscall. A read that filled its buffer leaves the stream marked readable, so such a
+        // connection is closed early at worst; a close the reactor has not seen yet is met by
+        // the fast path as a reused connection that ended before its response.
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        self.poll_read_ready(&mut context).is_pending()
+    }
 }
 
 impl<B> Reusable for http1::SendRequest<B> {

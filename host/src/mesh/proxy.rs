@@ -56,9 +56,9 @@ pub const HEADER_DEADLINE: &str = "x-evolve-deadline-ms";
 
 // The same names as `HeaderName`s, so the data path neither parses nor validates them per
 // request.
-const SERVICE_NAME: HeaderName = HeaderName::from_static(HEADER_SERVICE);
-const INSTANCE_NAME: HeaderName = HeaderName::from_static(HEADER_INSTANCE);
-const ATTEMPTS_NAME: HeaderName = HeaderName::from_static(HEADER_ATTEMPTS);
+pub(super) const SERVICE_NAME: HeaderName = HeaderName::from_static(HEADER_SERVICE);
+pub(super) const INSTANCE_NAME: HeaderName = HeaderName::from_static(HEADER_INSTANCE);
+pub(super) const ATTEMPTS_NAME: HeaderName = HeaderName::from_static(HEADER_ATTEMPTS);
 const DEADLINE_NAME: HeaderName = HeaderName::from_static(HEADER_DEADLINE);
 const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
@@ -77,7 +77,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// `x-evolve-attempts` values for every attempt count the retry limit allows (at most 10
 /// retries), so the header costs no formatting.
-const ATTEMPTS: [HeaderValue; 11] = [
+pub(super) const ATTEMPTS: [HeaderValue; 11] = [
     HeaderValue::from_static("1"),
     HeaderValue::from_static("2"),
     HeaderValue::from_static("3"),
@@ -270,40 +270,91 @@ pub async fn forward(
         };
 
         // Step 4.
-        let connect_only = outcome == AttemptOutcome::ConnectError;
-        let can_retry = outcome.is_failure()
-            && attempt <= plan.retries
-            && replayable.is_some()
-            && (may_retry || (connect_only && plan.retries > 0));
-        if can_retry {
-            let pause = backoff(&config.retry, attempt);
-            let in_time = Instant::now() + pause < deadline;
-            let another = plan
-                .services
-                .iter()
-                .flat_map(|s| s.instances.iter())
-                .any(|i| i.uid != instance.uid && !tried.contains(&i.uid));
-            if in_time && another {
-                if service.budget.try_withdraw() {
-                    service.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tried.push(instance.uid);
-                    // Kept in memory (bounded) so it holds no connection or slot meanwhile.
-                    previous = Some(match result {
-                        Ok(response) => keep(response, cap, deadline).await,
-                        Err(error) => Err(error),
-                    });
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-                service
-                    .stats
-                    .retries_denied_by_budget
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        let retry = retry_after(
+            config,
+            Retry {
+                retries: plan.retries,
+                may_retry,
+                replayable: replayable.is_some(),
+                services: plan.services,
+                deadline,
+            },
+            outcome,
+            attempt,
+            &service,
+            &instance,
+            &tried,
+        );
+        if let Some(pause) = retry {
+            tried.push(instance.uid);
+            // Kept in memory (bounded) so it holds no connection or slot meanwhile.
+            previous = Some(match result {
+                Ok(response) => keep(response, cap, deadline).await,
+                Err(error) => Err(error),
+            });
+            tokio::time::sleep(pause).await;
+            continue;
         }
 
         // Step 5.
         return result;
+    }
+}
+
+/// What decides whether a failed attempt is retried, besides its outcome.
+pub(super) struct Retry<'a> {
+    /// Retries the route allows.
+    pub retries: u32,
+    /// The method is idempotent or the route retries any.
+    pub may_retry: bool,
+    /// The request body can be sent again (it was buffered, or there is none).
+    pub replayable: bool,
+    /// Where another instance may be found.
+    pub services: &'a [Arc<ServiceState>],
+    pub deadline: Instant,
+}
+
+/// Step 4's decision after attempt number `attempt` ended with `outcome`: the pause before the
+/// next attempt, or `None` when this one's answer stands. A retry needs a failure, retries
+/// left, a replayable body, an idempotent request (or a connect error, which sent nothing),
+/// time before the deadline, an instance not tried yet, and the service's retry budget;
+/// the budget's withdrawals and refusals are counted here.
+pub(super) fn retry_after(
+    config: &MeshConfig,
+    rules: Retry<'_>,
+    outcome: AttemptOutcome,
+    attempt: u32,
+    service: &ServiceState,
+    instance: &InstanceState,
+    tried: &[u64],
+) -> Option<Duration> {
+    let connect_only = outcome == AttemptOutcome::ConnectError;
+    let can_retry = outcome.is_failure()
+        && attempt <= rules.retries
+        && rules.replayable
+        && (rules.may_retry || (connect_only && rules.retries > 0));
+    if !can_retry {
+        return None;
+    }
+    let pause = backoff(&config.retry, attempt);
+    let in_time = Instant::now() + pause < rules.deadline;
+    let another = rules
+        .services
+        .iter()
+        .flat_map(|s| s.instances.iter())
+        .any(|i| i.uid != instance.uid && !tried.contains(&i.uid));
+    if !(in_time && another) {
+        return None;
+    }
+    if service.budget.try_withdraw() {
+        service.stats.retries.fetch_add(1, Ordering::Relaxed);
+        Some(pause)
+    } else {
+        service
+            .stats
+            .retries_denied_by_budget
+            .fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -344,7 +395,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
         .to_string()
 }
 
-fn pool_name(services: &[Arc<ServiceState>]) -> String {
+pub(super) fn pool_name(services: &[Arc<ServiceState>]) -> String {
     services
         .iter()
         .map(|s| s.name())
@@ -352,7 +403,7 @@ fn pool_name(services: &[Arc<ServiceState>]) -> String {
         .join(", ")
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
@@ -450,13 +501,13 @@ fn respond(
 }
 
 /// Counts a request in flight on its instance and holds its service slot until dropped.
-struct InFlight {
+pub(super) struct InFlight {
     instance: Arc<InstanceState>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl InFlight {
-    fn enter(instance: Arc<InstanceState>, permit: OwnedSemaphorePermit) -> InFlight {
+    pub(super) fn enter(instance: Arc<InstanceState>, permit: OwnedSemaphorePermit) -> InFlight {
         instance.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             instance,
@@ -473,20 +524,20 @@ impl Drop for InFlight {
 
 /// Makes sure a chosen half-open probe is released when the request is dropped before it
 /// reported (the caller went away): otherwise the circuit would wait for it forever.
-struct AttemptGuard {
-    pick: Pick,
+pub(super) struct AttemptGuard {
+    pub(super) pick: Pick,
     finished: bool,
 }
 
 impl AttemptGuard {
-    fn new(pick: Pick) -> AttemptGuard {
+    pub(super) fn new(pick: Pick) -> AttemptGuard {
         AttemptGuard {
             pick,
             finished: false,
         }
     }
 
-    fn finish(
+    pub(super) fn finish(
         &mut self,
         outcome: AttemptOutcome,
         elapsed: Duration,
