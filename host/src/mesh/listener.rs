@@ -56,7 +56,7 @@ use super::h1::{self, Framing, RequestHead, ResponseHead};
 use super::instance::InstanceState;
 use super::proxy::{
     ATTEMPTS, ATTEMPTS_NAME, AttemptGuard, INSTANCE_NAME, InFlight, Retry, SERVICE_NAME,
-    error_chain, retry_after,
+    error_chain, retry_after, take_slot,
 };
 use super::retry::is_idempotent;
 use super::service::{AttemptOutcome, ServiceState, choose};
@@ -326,17 +326,12 @@ impl Connection {
             if attempt == 1 {
                 service.budget.deposit();
             }
-            let permit = match service.limit.acquire(deadline).await {
+            let permit = match take_slot(service, deadline).await {
                 Ok(permit) => permit,
-                Err(reason) => {
-                    service.stats.shed.fetch_add(1, Ordering::Relaxed);
+                Err(error) => {
                     if let Some(previous) = previous {
                         return self.answer_previous(previous).await;
                     }
-                    let error = MeshError::Shed {
-                        service: service.name().to_string(),
-                        reason,
-                    };
                     return self.answer_error_after(error).await;
                 }
             };
@@ -355,21 +350,21 @@ impl Connection {
                 Err(_) => AttemptOutcome::Timeout,
             };
             guard.finish(outcome, elapsed, config, mesh.events());
+            // Step 4.
+            let rules = Retry {
+                retries,
+                may_retry,
+                replayable,
+                services,
+                deadline,
+            };
+            let retry = retry_after(config, rules, outcome, attempt, service, &instance, &tried);
             // A body cut off mid-stream (timeout, reset, client gone) leaves the client's
             // connection in an unknown state: it closes after the answer.
             let error = match result {
                 Ok(Ok((upstream, head))) => {
-                    // Step 4, for an answer with a 5xx status.
-                    let rules = Retry {
-                        retries,
-                        may_retry,
-                        replayable,
-                        services,
-                        deadline,
-                    };
-                    if let Some(pause) =
-                        retry_after(config, rules, outcome, attempt, service, &instance, &tried)
-                    {
+                    // An answer with a 5xx status, kept while the retry runs.
+                    if let Some(pause) = retry {
                         tried.push(instance.uid);
                         previous = Some(
                             match self
@@ -412,17 +407,7 @@ impl Connection {
                 },
             };
             drop(in_flight);
-            // Step 4, for an attempt without an answer.
-            let rules = Retry {
-                retries,
-                may_retry,
-                replayable,
-                services,
-                deadline,
-            };
-            if let Some(pause) =
-                retry_after(config, rules, outcome, attempt, service, &instance, &tried)
-            {
+            if let Some(pause) = retry {
                 tried.push(instance.uid);
                 previous = Some(Previous::Error(error));
                 tokio::time::sleep(pause).await;

@@ -183,17 +183,13 @@ pub async fn forward(
         if attempt == 1 {
             service.budget.deposit();
         }
-        let permit = match service.limit.acquire(deadline).await {
+        let permit = match take_slot(&service, deadline).await {
             Ok(permit) => permit,
-            Err(reason) => {
-                service.stats.shed.fetch_add(1, Ordering::Relaxed);
+            Err(error) => {
                 if let Some(answer) = previous {
                     return answer;
                 }
-                return Err(MeshError::Shed {
-                    service: service.name().to_string(),
-                    reason,
-                });
+                return Err(error);
             }
         };
         let instance = Arc::clone(&guard.pick.instance);
@@ -299,6 +295,21 @@ pub async fn forward(
         // Step 5.
         return result;
     }
+}
+
+/// A slot of the service's concurrency limit, waited for until `deadline`; a shed request is
+/// counted and named.
+pub(super) async fn take_slot(
+    service: &ServiceState,
+    deadline: Instant,
+) -> Result<OwnedSemaphorePermit, MeshError> {
+    service.limit.acquire(deadline).await.map_err(|reason| {
+        service.stats.shed.fetch_add(1, Ordering::Relaxed);
+        MeshError::Shed {
+            service: service.name().to_string(),
+            reason,
+        }
+    })
 }
 
 /// What decides whether a failed attempt is retried, besides its outcome.

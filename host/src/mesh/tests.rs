@@ -1163,6 +1163,20 @@ async fn listen(mesh: &Mesh, service: &str) -> (SocketAddr, tokio::sync::watch::
     (addr, stop_tx)
 }
 
+/// Registers service `name` (capability `c`) with `instances` and starts the data-plane
+/// listener for it.
+async fn listening(
+    f: &Fixture,
+    name: &str,
+    instances: Vec<InstanceSpec>,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    f.mesh
+        .register(service(name, "c", instances), false)
+        .await
+        .expect("register");
+    listen(&f.mesh, name).await
+}
+
 /// Writes `request` (one or more pipelined requests) on a fresh connection to `addr` and
 /// returns everything read until the listener closes it.
 async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
@@ -1263,11 +1277,7 @@ async fn raw_backend(
 async fn the_fast_path_serves_pipelined_requests_on_one_instance_connection() {
     let a = Backend::start("a").await;
     let f = fixture(calm());
-    f.mesh
-        .register(service("fc", "forecast", vec![a.instance(100)]), false)
-        .await
-        .expect("register");
-    let (addr, _stop) = listen(&f.mesh, "fc").await;
+    let (addr, _stop) = listening(&f, "fc", vec![a.instance(100)]).await;
     let answer = raw_exchange(
         addr,
         b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -1306,11 +1316,7 @@ async fn chunked_and_close_delimited_responses_reach_the_client_whole() {
         AfterAnswers::Close,
     )
     .await;
-    f.mesh
-        .register(service("chunked", "c", vec![chunked]), false)
-        .await
-        .expect("register");
-    let (addr, _stop) = listen(&f.mesh, "chunked").await;
+    let (addr, _stop) = listening(&f, "chunked", vec![chunked]).await;
     let answer = raw_exchange(
         addr,
         b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n",
@@ -1331,11 +1337,7 @@ async fn chunked_and_close_delimited_responses_reach_the_client_whole() {
         AfterAnswers::Close,
     )
     .await;
-    f.mesh
-        .register(service("close", "c", vec![until_close]), false)
-        .await
-        .expect("register");
-    let (addr, _stop) = listen(&f.mesh, "close").await;
+    let (addr, _stop) = listening(&f, "close", vec![until_close]).await;
     // The body ends with the connection, so the client's connection ends after it too and
     // the second request gets no answer.
     let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\n\r\nGET /second HTTP/1.1\r\n\r\n").await;
@@ -1353,11 +1355,7 @@ async fn a_reused_connection_the_instance_closed_is_replaced_only_for_an_idempot
         AfterAnswers::DropNext,
     )
     .await;
-    f.mesh
-        .register(service("flaky", "f", vec![instance]), false)
-        .await
-        .expect("register");
-    let (addr, _stop) = listen(&f.mesh, "flaky").await;
+    let (addr, _stop) = listening(&f, "flaky", vec![instance]).await;
     // The second GET meets the first one's connection, which the instance closes unanswered:
     // it goes again on a fresh connection, which is no mesh retry.
     let answer = raw_exchange(
@@ -1424,11 +1422,7 @@ async fn the_fast_path_retries_a_5xx_elsewhere_or_returns_it_whole() {
 async fn requests_the_fast_path_does_not_take_are_served_by_hyper_on_the_same_connection() {
     let a = Backend::start("a").await;
     let f = fixture(calm());
-    f.mesh
-        .register(service("fc", "forecast", vec![a.instance(100)]), false)
-        .await
-        .expect("register");
-    let (addr, _stop) = listen(&f.mesh, "fc").await;
+    let (addr, _stop) = listening(&f, "fc", vec![a.instance(100)]).await;
     // A fast-path GET, then a chunked POST: hyper takes the connection from there.
     let answer = raw_exchange(
         addr,
@@ -1457,11 +1451,7 @@ async fn a_body_larger_than_the_retry_buffer_streams_to_the_instance_intact() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Backend::start("a").await;
     let f = fixture(calm());
-    f.mesh
-        .register(service("fc", "forecast", vec![a.instance(100)]), false)
-        .await
-        .expect("register");
-    let (addr, _stop) = listen(&f.mesh, "fc").await;
+    let (addr, _stop) = listening(&f, "fc", vec![a.instance(100)]).await;
     let body: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
