@@ -1,6 +1,6 @@
 //! The service mesh end to end: the bundled `http-health` plugin drives health transitions of
-//! real backends, routing follows them, the catalog survives a restart, and bad registrations
-//! get specific 4xx errors.
+//! real backends, routing follows them, the catalog survives a restart, bad registrations get
+//! specific 4xx errors, and the data-plane listener forwards any path with the mesh's retries.
 
 use evolve_e2e::Env;
 use evolve_e2e::http::{Backend, request};
@@ -173,4 +173,64 @@ fn bad_registrations_get_specific_errors() {
     let routed = daemon.post("/v1/route/weather", &json!({}));
     assert_eq!(routed.status, 404);
     assert_eq!(routed.json()["error"]["code"], "no_route");
+}
+
+#[test]
+fn the_data_plane_listener_forwards_any_path_with_retries_in_the_daemon() {
+    use std::io::{Read, Write};
+    let (a, b) = (Backend::start(503), Backend::start(200));
+    let mut env = Env::new();
+    let port = evolve_e2e::redis::free_port();
+    env.extra_config.push_str(&format!(
+        "[mesh]\nlisten = \"127.0.0.1:{port}\"\nlisten_service = \"fc\"\nslow_start_ms = 0\n\
+         [mesh.retry]\nmax_retries = 1\nbackoff_base_ms = 1\nbackoff_max_ms = 1\n\
+         [[mesh.services]]\nname = \"fc\"\ntype = \"http\"\ncapabilities = [\"forecast\"]\n\
+         lb = \"round_robin\"\n\
+         instances = [{{ id = \"a\", endpoint = \"{}\" }}, {{ id = \"b\", endpoint = \"{}\" }}]\n",
+        a.url(),
+        b.url()
+    ));
+    let daemon = env.start();
+    let mut stream = evolve_e2e::wait_until("the data-plane listener accepts", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    // Two requests at paths no API route has, pipelined on one connection; the last closes it.
+    stream
+        .write_all(
+            b"GET /any/path?x=1 HTTP/1.1\r\nHost: t\r\n\r\n\
+              POST /other HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        )
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let heads: Vec<&str> = answer.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(heads.len(), 2, "{answer}");
+    // The GET met a's 503 (round-robin starts there) and was retried on b.
+    assert!(heads[0].starts_with("200"), "{answer}");
+    assert!(heads[0].contains("x-evolve-service: fc\r\n"), "{answer}");
+    assert!(heads[0].contains("x-evolve-instance: b\r\n"), "{answer}");
+    assert!(heads[0].contains("x-evolve-attempts: 2\r\n"), "{answer}");
+    // The POST is not idempotent: whichever instance it met answered it, once.
+    let post_status = if heads[1].contains("x-evolve-instance: a\r\n") {
+        "503"
+    } else {
+        "200"
+    };
+    assert!(heads[1].starts_with(post_status), "{answer}");
+    assert!(heads[1].contains("x-evolve-attempts: 1\r\n"), "{answer}");
+    assert!(heads[1].contains("connection: close\r\n"), "{answer}");
+
+    let metrics = daemon.get("/metrics").text();
+    let a_requests = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("evolve_mesh_requests_total{service=\"fc\",instance=\"a\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(a_requests >= Some(1), "{metrics}");
+    assert!(
+        metrics.contains("evolve_mesh_retries_total{service=\"fc\"} 1"),
+        "{metrics}"
+    );
 }
