@@ -143,22 +143,8 @@ fn dev_rebuilds_a_python_plugin_and_keeps_the_last_good_one_on_a_broken_build() 
     let env = Env::new();
     let daemon = env.start();
     let project = env.temp.path().join("py-dev");
-    let project_arg = project.to_str().unwrap().to_owned();
-    let (code, stdout, stderr) = cli(
-        &[
-            "plugin",
-            "new",
-            "py-dev",
-            "--kind",
-            "meta-agent",
-            "--lang",
-            "python",
-            "--dir",
-            &project_arg,
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    evolve_e2e::plugin_new("py-dev", "meta-agent", Some("python"), &project);
+    let project_arg = project.display().to_string();
     let tools = root().join("target/plugin-tools");
     let envs = [("EVOLVE_PLUGIN_TOOLS", tools.to_str().unwrap())];
     let url = daemon.url();

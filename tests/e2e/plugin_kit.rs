@@ -62,22 +62,8 @@ fn plugin_test(project: &Path, args: &[&str]) -> (i32, String, String) {
 /// `evolve plugin new` then `evolve plugin build` in `work`; the built plugin dir.
 fn new_and_build(work: &Path, name: &str, kind: &str, lang: &str) -> PathBuf {
     let project = work.join(name);
+    evolve_e2e::plugin_new(name, kind, Some(lang), &project);
     let project_arg = project.display().to_string();
-    let (code, stdout, stderr) = cli(
-        &[
-            "plugin",
-            "new",
-            name,
-            "--kind",
-            kind,
-            "--lang",
-            lang,
-            "--dir",
-            &project_arg,
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "plugin new: {stdout}\n{stderr}");
     let manifest = std::fs::read_to_string(project.join("plugin.toml")).unwrap();
     assert!(manifest.contains("# [permissions]"), "{manifest}");
 
@@ -232,20 +218,7 @@ fn rust_templates_pass_their_own_tests_unchanged() {
     let work = tempfile::tempdir().unwrap();
     for kind in ["meta-agent", "health-checker"] {
         let project = work.path().join(kind);
-        let project_arg = project.display().to_string();
-        let (code, stdout, stderr) = cli(
-            &[
-                "plugin",
-                "new",
-                "tested",
-                "--kind",
-                kind,
-                "--dir",
-                &project_arg,
-            ],
-            &[],
-        );
-        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        evolve_e2e::plugin_new("tested", kind, None, &project);
         assert!(
             project.join("Cargo.lock").is_file(),
             "plugin new copies the workspace's lock file"
@@ -270,22 +243,8 @@ fn rust_templates_pass_their_own_tests_unchanged() {
 fn build_errors_name_the_fix() {
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join("p");
+    evolve_e2e::plugin_new("p", "meta-agent", Some("python"), &project);
     let project_arg = project.display().to_string();
-    let (code, _, stderr) = cli(
-        &[
-            "plugin",
-            "new",
-            "p",
-            "--kind",
-            "meta-agent",
-            "--lang",
-            "python",
-            "--dir",
-            &project_arg,
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{stderr}");
     // A tools dir without the toolchain: the error names the install command.
     let empty = work.path().join("no-tools");
     let (code, _, stderr) = cli(

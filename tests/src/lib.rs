@@ -463,6 +463,17 @@ impl Drop for Daemon {
     }
 }
 
+/// `evolve plugin new NAME --kind KIND [--lang LANG] --dir DIR`, which must succeed.
+pub fn plugin_new(name: &str, kind: &str, lang: Option<&str>, dir: &Path) {
+    let dir = dir.display().to_string();
+    let mut args = vec!["plugin", "new", name, "--kind", kind, "--dir", &dir];
+    if let Some(lang) = lang {
+        args.extend(["--lang", lang]);
+    }
+    let (code, stdout, stderr) = cli(&args, &[]);
+    assert_eq!(code, 0, "plugin new {name}: {stdout}\n{stderr}");
+}
+
 /// Runs the `evolve` CLI with `args`; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(evolve_bin());

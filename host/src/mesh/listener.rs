@@ -51,7 +51,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::catalog::Protocol;
 use super::h1::{self, Framing, RequestHead, ResponseHead};
 use super::instance::InstanceState;
 use super::proxy::{
@@ -197,6 +196,15 @@ enum Failure {
     ClientGone,
 }
 
+/// Why an attempt got no final response head.
+enum NoHead {
+    /// The connection ended or failed before a single response byte: the instance may not
+    /// have read the request (a reused connection it had closed).
+    Silent(String),
+    /// It failed after the instance had answered something.
+    Failed(String),
+}
+
 /// A failed attempt's response, read whole so a retry holds no connection or slot meanwhile.
 struct Kept {
     /// Head (complete, with the `x-evolve-*` fields) and body, as the client gets them.
@@ -236,10 +244,7 @@ impl Connection {
                 }
             };
             let state = mesh.service(&service);
-            if state
-                .as_ref()
-                .is_some_and(|s| s.instances.iter().any(|i| i.protocol() == Protocol::H2c))
-            {
+            if state.as_ref().is_some_and(|s| s.has_h2c) {
                 return serve_with_hyper(self.client, self.input, mesh, service).await;
             }
             self.input.drain(..head_len);
@@ -463,15 +468,9 @@ impl Connection {
                 self.stream_body(&mut upstream).await?;
             }
             match self.read_response_head(&mut upstream).await {
-                Ok(Some(head)) => return Ok((upstream, head)),
-                Ok(None) if resend => continue,
-                Ok(None) => {
-                    return Err(Failure::Reset(
-                        "the instance closed the connection".to_string(),
-                    ));
-                }
-                Err(_) if resend && self.upstream_input.is_empty() => continue,
-                Err(error) => return Err(Failure::Reset(error)),
+                Ok(head) => return Ok((upstream, head)),
+                Err(NoHead::Silent(_)) if resend => continue,
+                Err(NoHead::Silent(why) | NoHead::Failed(why)) => return Err(Failure::Reset(why)),
             }
         }
     }
@@ -501,40 +500,46 @@ impl Connection {
 
     /// Reads a final response head from `upstream` into `self.upstream_input` (rendered into
     /// `self.response`), forwarding interim (1xx) responses to the client on the way.
-    /// `Ok(None)`: the connection ended before a response byte.
     async fn read_response_head(
         &mut self,
         upstream: &mut TcpStream,
-    ) -> Result<Option<ResponseHead>, String> {
+    ) -> Result<ResponseHead, NoHead> {
         self.upstream_input.clear();
         let head_request = self.head.method == http::Method::HEAD;
+        // Any byte, interim responses included: after one, the request was surely read.
+        let mut heard = false;
         loop {
             if !self.upstream_input.is_empty() {
                 let parsed =
                     h1::parse_response(&self.upstream_input, head_request, &mut self.response)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| NoHead::Failed(e.to_string()))?;
                 if let Some(head) = parsed {
                     if !(100..200).contains(&head.status) {
-                        return Ok(Some(head));
+                        return Ok(head);
                     }
                     // An interim response goes to the client as it came (RFC 9110 §15.2).
                     self.response.extend_from_slice(b"\r\n");
                     self.client
                         .write_all(&self.response)
                         .await
-                        .map_err(|e| format!("the client went away: {e}"))?;
+                        .map_err(|e| NoHead::Failed(format!("the client went away: {e}")))?;
                     self.upstream_input.drain(..head.len);
                     continue;
                 }
             }
-            let before = self.upstream_input.len();
-            match read_more(upstream, &mut self.upstream_input).await {
-                Ok(0) if before == 0 => return Ok(None),
-                Ok(0) => return Err("the connection ended inside the response head".into()),
-                Ok(_) => {}
-                Err(error) if before == 0 => return Err(error.to_string()),
-                Err(error) => return Err(error.to_string()),
-            }
+            let why = match read_more(upstream, &mut self.upstream_input).await {
+                Ok(0) => "the instance closed the connection".to_string(),
+                Ok(_) => {
+                    heard = true;
+                    continue;
+                }
+                Err(error) => error.to_string(),
+            };
+            return Err(if heard {
+                NoHead::Failed(format!("{why} inside the response head"))
+            } else {
+                NoHead::Silent(why)
+            });
         }
     }
 

@@ -287,12 +287,7 @@ impl InstancePool {
                 address: self.dial.address.clone(),
                 source,
             })?;
-        self.stats.opened.fetch_add(1, Ordering::Relaxed);
-        // Its errors reach the request that was on it; an idle connection that ends is
-        // noticed through its sender.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        self.drive(connection);
         Ok(sender)
     }
 
@@ -316,11 +311,17 @@ impl InstancePool {
                 address: self.dial.address.clone(),
                 source,
             })?;
+        self.drive(connection);
+        Ok(sender)
+    }
+
+    /// Counts a connection hyper opened and spawns its task. Its errors reach the request that
+    /// was on it; one that ends while idle is noticed through its sender.
+    fn drive<F: std::future::Future + Send + 'static>(&self, connection: F) {
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(sender)
     }
 }
 

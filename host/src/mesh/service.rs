@@ -11,7 +11,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::breaker::{Admission, ConcurrencyLimit, Transition};
-use super::catalog::ServiceSpec;
+use super::catalog::{Protocol, ServiceSpec};
 use super::config::MeshConfig;
 use super::health::HealthState;
 use super::instance::{InstanceState, InstanceStatus};
@@ -54,6 +54,8 @@ pub struct ServiceState {
     pub spec: ServiceSpec,
     pub source: Source,
     pub instances: Vec<Arc<InstanceState>>,
+    /// Some instance speaks h2c (the data-plane listener's fast path is HTTP/1.1 only).
+    pub has_h2c: bool,
     pub limit: ConcurrencyLimit,
     pub budget: RetryBudget,
     pub balancer: Balancer,
@@ -103,8 +105,9 @@ impl ServiceState {
                     None => Arc::new(InstanceState::new(&spec.name, instance, config)),
                 }
             })
-            .collect();
+            .collect::<Vec<Arc<InstanceState>>>();
         ServiceState {
+            has_h2c: instances.iter().any(|i| i.protocol() == Protocol::H2c),
             limit: ConcurrencyLimit::new(
                 spec.max_in_flight.unwrap_or(config.breaker.max_in_flight),
                 spec.max_pending.unwrap_or(config.breaker.max_pending),
