@@ -33,7 +33,8 @@
 //! hyper's pooled senders may be checked out from either.
 
 use std::convert::Infallible;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -49,7 +50,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, Framing, RequestHead, ResponseHead};
 use super::instance::InstanceState;
@@ -234,6 +235,10 @@ impl Connection {
     }
 
     async fn serve(mut self, mesh: Mesh, service: Arc<str>) {
+        // The deadline timer is reset per request rather than made anew: a later deadline only
+        // moves the registered one (no timer-wheel lock), where a fresh timer per request
+        // registered and removed itself each time.
+        let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
         loop {
             // Step 1.
             let head_len = match self.read_head().await {
@@ -252,7 +257,7 @@ impl Connection {
             self.body_at_hand = (self.input.len() as u64).min(length) as usize;
             self.body_left = length - self.body_at_hand as u64;
             let next = match state {
-                Some(state) => self.exchange(&mesh, &state).await,
+                Some(state) => self.exchange(&mesh, &state, timer.as_mut()).await,
                 None => {
                     let error = MeshError::UnknownService(service.to_string());
                     self.answer_error_after(error).await
@@ -280,7 +285,12 @@ impl Connection {
     }
 
     /// Steps 2-5 for the request whose head is in `self.head`.
-    async fn exchange(&mut self, mesh: &Mesh, service: &Arc<ServiceState>) -> Next {
+    async fn exchange(
+        &mut self,
+        mesh: &Mesh,
+        service: &Arc<ServiceState>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Next {
         let config = mesh.config();
         let started = Instant::now();
         let timeout = Duration::from_millis(config.timeout_ms);
@@ -313,7 +323,14 @@ impl Connection {
         loop {
             attempt += 1;
             // Step 3.
-            let pick = match choose(services, &service.balancer, &tried, config) {
+            // One clock reading per attempt serves the choice, the deadline header and the
+            // latency: each costs a vDSO call and Instant arithmetic, per request.
+            let sent = if attempt == 1 {
+                started
+            } else {
+                Instant::now()
+            };
+            let pick = match choose(services, &service.balancer, &tried, config, sent) {
                 Ok(pick) => pick,
                 Err(why) => {
                     if let Some(previous) = previous {
@@ -329,7 +346,7 @@ impl Connection {
             };
             let mut guard = AttemptGuard::new(pick);
             if attempt == 1 {
-                service.budget.deposit();
+                service.budget.deposit(started);
             }
             let permit = match take_slot(service, deadline).await {
                 Ok(permit) => permit,
@@ -344,9 +361,8 @@ impl Connection {
             instance.stats.requests.fetch_add(1, Ordering::Relaxed);
             let in_flight = InFlight::enter(Arc::clone(&instance), permit);
 
-            let sent = Instant::now();
-            let result = tokio::time::timeout_at(deadline, self.send(&instance, deadline)).await;
-            let elapsed = sent.elapsed();
+            let send = self.send(&instance, sent, deadline);
+            let result = within(timer.as_mut(), deadline, send).await;
             let outcome = match &result {
                 Ok(Ok((_, head))) => AttemptOutcome::Status(head.status),
                 Ok(Err(Failure::Connect(_))) => AttemptOutcome::ConnectError,
@@ -354,7 +370,7 @@ impl Connection {
                 Ok(Err(Failure::ClientGone)) => AttemptOutcome::Cancelled,
                 Err(_) => AttemptOutcome::Timeout,
             };
-            guard.finish(outcome, elapsed, config, mesh.events());
+            let ended = guard.finish(outcome, sent, config, mesh.events());
             // Step 4.
             let rules = Retry {
                 retries,
@@ -387,7 +403,7 @@ impl Connection {
                     // Step 5.
                     self.consume_body_at_hand();
                     let next = self
-                        .respond(upstream, head, &instance, attempt, in_flight)
+                        .respond(upstream, head, &instance, attempt, in_flight, ended)
                         .await;
                     return next;
                 }
@@ -427,9 +443,10 @@ impl Connection {
     async fn send(
         &mut self,
         instance: &InstanceState,
+        sent: Instant,
         deadline: Instant,
     ) -> Result<(TcpStream, ResponseHead), Failure> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.saturating_duration_since(sent);
         h1::render_request(
             &mut self.request,
             &self.head,
@@ -441,7 +458,7 @@ impl Connection {
             .extend_from_slice(&self.input[..self.body_at_hand]);
         let streamed = self.body_left;
         loop {
-            let (mut upstream, reused) = match instance.pool.take_raw() {
+            let (mut upstream, reused) = match instance.pool.take_raw(sent) {
                 Some(stream) => (stream, true),
                 None => (
                     instance
@@ -458,7 +475,7 @@ impl Connection {
             // have read a request it never answered (this is no retry in the mesh's sense).
             let resend_unwritten = reused && streamed == 0;
             let resend = resend_unwritten && is_idempotent(&self.head.method);
-            if let Err(error) = upstream.write_all(&self.request).await {
+            if let Err(error) = send_all(&mut upstream, &self.request).await {
                 if resend_unwritten {
                     continue;
                 }
@@ -574,6 +591,7 @@ impl Connection {
         instance: &InstanceState,
         attempt: u32,
         in_flight: InFlight,
+        head_at: Instant,
     ) -> Next {
         let close = self.head.close || head.framing == Framing::UntilClose;
         self.finish_head(instance, attempt, close);
@@ -581,7 +599,7 @@ impl Connection {
         let (ended, reusable) = match head.framing {
             Framing::Empty => {
                 let clean = at_hand.is_empty();
-                if self.client.write_all(&self.response).await.is_err() {
+                if send_all(&mut self.client, &self.response).await.is_err() {
                     return Next::Close;
                 }
                 (true, clean)
@@ -590,7 +608,7 @@ impl Connection {
                 let take = (at_hand.len() as u64).min(length) as usize;
                 let clean = at_hand.len() as u64 <= length;
                 self.response.extend_from_slice(&at_hand[..take]);
-                if self.client.write_all(&self.response).await.is_err() {
+                if send_all(&mut self.client, &self.response).await.is_err() {
                     return Next::Close;
                 }
                 let left = length - take as u64;
@@ -612,14 +630,14 @@ impl Connection {
                     Ok(Some(end)) => {
                         let clean = end == at_hand.len();
                         self.response.extend_from_slice(&at_hand[..end]);
-                        if self.client.write_all(&self.response).await.is_err() {
+                        if send_all(&mut self.client, &self.response).await.is_err() {
                             return Next::Close;
                         }
                         (true, clean)
                     }
                     Ok(None) => {
                         self.response.extend_from_slice(at_hand);
-                        if self.client.write_all(&self.response).await.is_err() {
+                        if send_all(&mut self.client, &self.response).await.is_err() {
                             return Next::Close;
                         }
                         match copy_chunked(
@@ -654,7 +672,9 @@ impl Connection {
         };
         drop(in_flight);
         if ended && reusable && head.reusable {
-            instance.pool.check_in_raw(upstream);
+            // Idle since the head arrived, as far as the pool knows: a connection whose body
+            // took a while is reaped that much sooner, never later than its idle timeout.
+            instance.pool.check_in_raw(upstream, head_at);
         }
         if ended && !close {
             Next::KeepAlive
@@ -784,6 +804,40 @@ impl Connection {
         Next::KeepAlive
     }
 }
+
+/// Writes all of `bytes` to `stream`. Most writes fit the socket's buffer at once: those are
+/// one non-blocking `send`, without `write_all`'s future and readiness polling around it.
+async fn send_all(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    match stream.try_write(bytes) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(n) => stream.write_all(&bytes[n..]).await,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+            stream.write_all(bytes).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `future`'s output, or `Err(TimedOut)` once `deadline` passes first, on `timer`.
+async fn within<F: Future>(
+    mut timer: Pin<&mut Sleep>,
+    deadline: Instant,
+    future: F,
+) -> Result<F::Output, TimedOut> {
+    timer.as_mut().reset(deadline);
+    let mut future = pin!(future);
+    poll_fn(|cx| {
+        // The future first, as `tokio::time::timeout` does: an answer at the deadline counts.
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        timer.as_mut().poll(cx).map(|()| Err(TimedOut))
+    })
+    .await
+}
+
+/// The deadline passed before the attempt ended.
+struct TimedOut;
 
 /// Reads what `stream` has into the spare room of `buf` (growing it to [`READ_CHUNK`] when
 /// full); 0 means the peer closed.

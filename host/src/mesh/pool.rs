@@ -165,21 +165,21 @@ impl InstancePool {
     /// Gives a lease back after its response body ended.
     pub fn check_in(&self, lease: Lease) {
         let Some(sender) = lease.0 else { return };
-        park(&self.idle, sender, &self.config);
+        park(&self.idle, sender, &self.config, Instant::now());
     }
 
-    /// The most recently idle fast-path connection, if one is open and young enough.
-    pub fn take_raw(&self) -> Option<TcpStream> {
-        let taken = lock(&self.raw_idle).pop(Instant::now(), self.config.idle_timeout);
+    /// The most recently idle fast-path connection, if one is open and young enough at `now`.
+    pub fn take_raw(&self, now: Instant) -> Option<TcpStream> {
+        let taken = lock(&self.raw_idle).pop(now, self.config.idle_timeout);
         if taken.is_some() {
             self.stats.reused.fetch_add(1, Ordering::Relaxed);
         }
         taken
     }
 
-    /// Gives a fast-path connection back after its response ended.
-    pub fn check_in_raw(&self, stream: TcpStream) {
-        park(&self.raw_idle, stream, &self.config);
+    /// Gives a fast-path connection back after its response ended, idle since `idle_since`.
+    pub fn check_in_raw(&self, stream: TcpStream, idle_since: Instant) {
+        park(&self.raw_idle, stream, &self.config, idle_since);
     }
 
     /// Opens a connection for the fast path (TCP within `connect_timeout`, `TCP_NODELAY`).
@@ -325,27 +325,32 @@ impl InstancePool {
     }
 }
 
-/// Keeps an idle connection in `list` (see [`IdleList::push`]) and makes sure a reaper runs.
+/// Keeps an idle connection in `list` (see [`IdleList::push`]), idle since `now`, and makes
+/// sure a reaper runs.
 fn park<C: Reusable + Send + 'static>(
     list: &Arc<Mutex<IdleList<C>>>,
     conn: C,
     config: &PoolConfig,
+    now: Instant,
 ) {
-    if config.max_idle == 0 || !conn.is_open() {
+    if config.max_idle == 0 {
+        return;
+    }
+    // Whether it is still open is asked once, when it is taken: asking here too cost as much
+    // as the rest of the check-in, and one that closes while idle is met by `pop` anyway.
+    let mut idle = lock(list);
+    if idle.reaper_running {
+        idle.push(conn, now, config.max_idle);
         return;
     }
     // Without a runtime there is no reaper to close it later: do not keep it.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let start_reaper = {
-        let mut idle = lock(list);
-        idle.push(conn, Instant::now(), config.max_idle);
-        !std::mem::replace(&mut idle.reaper_running, true)
-    };
-    if start_reaper {
-        runtime.spawn(reap(Arc::downgrade(list), config.idle_timeout));
-    }
+    idle.push(conn, now, config.max_idle);
+    idle.reaper_running = true;
+    drop(idle);
+    runtime.spawn(reap(Arc::downgrade(list), config.idle_timeout));
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -434,9 +439,9 @@ impl<C: Reusable> IdleList<C> {
         self.entries.len()
     }
 
-    /// Keeps `conn` unless `max` are kept already or it closed (then it is dropped, closing it).
+    /// Keeps `conn` unless `max` are kept already (then it is dropped, closing it).
     fn push(&mut self, conn: C, now: Instant, max: usize) {
-        if self.entries.len() < max && conn.is_open() {
+        if self.entries.len() < max {
             self.entries.push_back((conn, now));
         }
     }

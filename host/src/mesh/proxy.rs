@@ -163,7 +163,12 @@ pub async fn forward(
     loop {
         attempt += 1;
         // Step 3.
-        let pick = match choose(plan.services, plan.balancer, &tried, config) {
+        let chosen_at = if attempt == 1 {
+            started
+        } else {
+            Instant::now()
+        };
+        let pick = match choose(plan.services, plan.balancer, &tried, config, chosen_at) {
             Ok(pick) => pick,
             Err(why) => {
                 if let Some(answer) = previous {
@@ -181,7 +186,7 @@ pub async fn forward(
         let mut guard = AttemptGuard::new(pick);
         let service = Arc::clone(&guard.pick.service);
         if attempt == 1 {
-            service.budget.deposit();
+            service.budget.deposit(started);
         }
         let permit = match take_slot(&service, deadline).await {
             Ok(permit) => permit,
@@ -229,7 +234,6 @@ pub async fn forward(
         }
         let sent = Instant::now();
         let result = tokio::time::timeout_at(deadline, instance.pool.send(outgoing)).await;
-        let elapsed = sent.elapsed();
         let (outcome, answer) = match result {
             Ok(Ok(response)) => (
                 AttemptOutcome::Status(response.0.status().as_u16()),
@@ -247,7 +251,7 @@ pub async fn forward(
             ),
             Err(_) => (AttemptOutcome::Timeout, Err(String::new())),
         };
-        guard.finish(outcome, elapsed, config, context.events);
+        guard.finish(outcome, sent, config, context.events);
 
         let result = match answer {
             Ok((response, lease)) => Ok(respond(response, lease, &instance, attempt, in_flight)),
@@ -548,15 +552,18 @@ impl AttemptGuard {
         }
     }
 
+    /// Records the attempt sent at `sent` as ended now; returns when that was.
     pub(super) fn finish(
         &mut self,
         outcome: AttemptOutcome,
-        elapsed: Duration,
+        sent: Instant,
         config: &MeshConfig,
         events: &EventBus,
-    ) {
+    ) -> Instant {
         self.finished = true;
-        record(&self.pick, outcome, elapsed, config, events);
+        let ended = Instant::now();
+        record(&self.pick, outcome, ended - sent, ended, config, events);
+        ended
     }
 }
 

@@ -69,42 +69,47 @@ impl RetryBudget {
         }
     }
 
-    fn with_slot<T>(&self, f: impl FnOnce(&mut (u64, u64, u64), (u64, u64)) -> T) -> Option<T> {
-        let second = Instant::now()
-            .saturating_duration_since(self.origin)
-            .as_secs();
-        let mut buckets = self.buckets.lock().ok()?;
-        let window = self.window_s;
-        let totals = buckets
-            .slots
-            .iter()
-            .filter(|(s, _, _)| *s != u64::MAX && *s + window > second)
-            .fold((0, 0), |(rq, rt), (_, q, t)| (rq + q, rt + t));
-        let slot = &mut buckets.slots[(second % window) as usize];
-        if slot.0 != second {
-            // The slot's old second left the window; it no longer counts in `totals` either.
-            *slot = (second, 0, 0);
+    /// Counts one original request, made at `now` (live traffic earns retry allowance).
+    pub fn deposit(&self, now: Instant) {
+        let second = self.second(now);
+        if let Ok(mut buckets) = self.buckets.lock() {
+            self.slot(&mut buckets, second).1 += 1;
         }
-        Some(f(slot, totals))
-    }
-
-    /// Counts one original request (live traffic earns retry allowance).
-    pub fn deposit(&self) {
-        self.with_slot(|slot, _| slot.1 += 1);
     }
 
     /// Takes allowance for one retry; false when the budget is spent.
     pub fn try_withdraw(&self) -> bool {
         let (pct, floor) = (self.pct, self.min_per_s * self.window_s);
-        self.with_slot(|slot, (requests, retries)| {
-            // retries + 1 ≤ floor + pct% of requests, in integers.
-            let allowed = (retries + 1) * 100 <= floor * 100 + pct * requests;
-            if allowed {
-                slot.2 += 1;
-            }
-            allowed
-        })
-        .unwrap_or(false)
+        let second = self.second(Instant::now());
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return false;
+        };
+        let window = self.window_s;
+        let (requests, retries) = buckets
+            .slots
+            .iter()
+            .filter(|(s, _, _)| *s != u64::MAX && *s + window > second)
+            .fold((0, 0), |(rq, rt), (_, q, t)| (rq + q, rt + t));
+        // retries + 1 ≤ floor + pct% of requests, in integers.
+        let allowed = (retries + 1) * 100 <= floor * 100 + pct * requests;
+        if allowed {
+            self.slot(&mut buckets, second).2 += 1;
+        }
+        allowed
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs()
+    }
+
+    /// The bucket of `second`, emptied first when it still holds an older second: that second
+    /// left the window (and was not counted in any total taken at `second`).
+    fn slot<'a>(&self, buckets: &'a mut Buckets, second: u64) -> &'a mut (u64, u64, u64) {
+        let slot = &mut buckets.slots[(second % self.window_s) as usize];
+        if slot.0 != second {
+            *slot = (second, 0, 0);
+        }
+        slot
     }
 }
 
@@ -122,7 +127,7 @@ mod tests {
         };
         let budget = RetryBudget::new(&config);
         for _ in 0..100 {
-            budget.deposit();
+            budget.deposit(Instant::now());
         }
         // 10 (floor: 1/s over 10 s) + 20 % of 100.
         let granted = (0..100).filter(|_| budget.try_withdraw()).count();

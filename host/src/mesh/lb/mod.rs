@@ -32,6 +32,16 @@ pub struct Candidate {
     pub ewma_us: f64,
 }
 
+impl Candidate {
+    /// A placeholder for storage not yet filled.
+    pub const EMPTY: Candidate = Candidate {
+        uid: 0,
+        weight: 0.0,
+        in_flight: 0,
+        ewma_us: 0.0,
+    };
+}
+
 /// A balancer with its state, for one pool of instances (a service or a route).
 #[derive(Debug)]
 pub enum Balancer {
