@@ -256,8 +256,8 @@ mod tests {
 
     #[test]
     fn decay_matches_exp_on_both_sides_of_the_series_cutoff() {
-        for x in [0.0, 1e-9, 1e-6, 5e-4, 9.99e-4, 1e-3, 0.01, 0.5, 3.0] {
-            let exact = (-x as f64).exp();
+        for x in [0.0_f64, 1e-9, 1e-6, 5e-4, 9.99e-4, 1e-3, 0.01, 0.5, 3.0] {
+            let exact = (-x).exp();
             assert!(
                 (decay(x) - exact).abs() <= 1e-13,
                 "decay({x}) = {} but e^-x = {exact}",
