@@ -50,6 +50,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::coop::unconstrained;
 use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, Framing, RequestHead, ResponseHead};
@@ -831,7 +832,11 @@ async fn within<F: Future>(
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        timer.as_mut().poll(cx).map(|()| Err(TimedOut))
+        // Outside the task's cooperative budget: a future that always spends it (a client
+        // streaming its body without a pause) must still meet its deadline.
+        pin!(unconstrained(timer.as_mut()))
+            .poll(cx)
+            .map(|()| Err(TimedOut))
     })
     .await
 }
