@@ -230,8 +230,9 @@ pub fn parse_response(
     }
     out.clear();
     match buf.iter().position(|&b| b == b'\n') {
-        // An HTTP/1.1 status line that ends in CRLF goes as it came.
-        Some(end) if version == 1 && end > 0 && buf[end - 1] == b'\r' => {
+        // An HTTP/1.1 status line that ends in CRLF goes as it came (not when blank lines
+        // came first: httparse skips those).
+        Some(end) if version == 1 && buf.starts_with(b"HTTP/") && buf[end - 1] == b'\r' => {
             out.extend_from_slice(&buf[..=end]);
         }
         _ => {
@@ -632,6 +633,21 @@ mod tests {
             false,
         );
         assert_eq!((head.status, head.reusable), (500, false));
+    }
+
+    #[test]
+    fn a_status_line_is_copied_only_when_it_is_http_1_1_and_first() {
+        let (_, out) = response("HTTP/1.1 299 Very Fine\r\nContent-Length: 0\r\n\r\n", false);
+        assert_eq!(out, "HTTP/1.1 299 Very Fine\r\nContent-Length: 0\r\n");
+        // httparse skips blank lines before the status line; the copy must not start with one.
+        let (head, out) = response("\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+        assert_eq!(head.status, 200);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
+        let (_, out) = response("HTTP/1.1 200 OK\nContent-Length: 0\n\n", false);
+        assert_eq!(
+            out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n",
+            "bare LF is not copied"
+        );
     }
 
     #[test]

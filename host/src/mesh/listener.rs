@@ -306,12 +306,17 @@ impl Connection {
         let cap = config.retry_buffer_kb.saturating_mul(1024);
         let length = self.head.body_length;
         let replayable = length == 0 || (may_retry && length <= cap);
+        // When the request is complete: `started`, unless its body had to be waited for.
+        let mut complete_at = started;
         if replayable {
-            while (self.input.len() as u64) < length {
-                match read_more(&mut self.client, &mut self.input).await {
-                    Ok(0) | Err(_) => return Next::Close,
-                    Ok(_) => {}
+            if (self.input.len() as u64) < length {
+                while (self.input.len() as u64) < length {
+                    match read_more(&mut self.client, &mut self.input).await {
+                        Ok(0) | Err(_) => return Next::Close,
+                        Ok(_) => {}
+                    }
                 }
+                complete_at = Instant::now();
             }
             self.body_at_hand = length as usize;
             self.body_left = 0;
@@ -323,15 +328,14 @@ impl Connection {
         let mut previous: Option<Previous> = None;
         loop {
             attempt += 1;
-            // Step 3.
-            // One clock reading per attempt serves the choice, the deadline header and the
-            // latency: each costs a vDSO call and Instant arithmetic, per request.
-            let sent = if attempt == 1 {
-                started
+            // Step 3. Clock readings are shared where nothing was awaited in between: each
+            // costs a vDSO call and Instant arithmetic per request.
+            let chosen_at = if attempt == 1 {
+                complete_at
             } else {
                 Instant::now()
             };
-            let pick = match choose(services, &service.balancer, &tried, config, sent) {
+            let pick = match choose(services, &service.balancer, &tried, config, chosen_at) {
                 Ok(pick) => pick,
                 Err(why) => {
                     if let Some(previous) = previous {
@@ -347,7 +351,7 @@ impl Connection {
             };
             let mut guard = AttemptGuard::new(pick);
             if attempt == 1 {
-                service.budget.deposit(started);
+                service.budget.deposit(chosen_at);
             }
             let permit = match take_slot(service, deadline).await {
                 Ok(permit) => permit,
@@ -362,6 +366,9 @@ impl Connection {
             instance.stats.requests.fetch_add(1, Ordering::Relaxed);
             let in_flight = InFlight::enter(Arc::clone(&instance), permit);
 
+            // After the slot, which may have been waited for: the deadline header, the pool's
+            // idle check and the latency start here.
+            let sent = Instant::now();
             let send = self.send(&instance, sent, deadline);
             let result = within(timer.as_mut(), deadline, send).await;
             let outcome = match &result {
@@ -597,6 +604,8 @@ impl Connection {
         let close = self.head.close || head.framing == Framing::UntilClose;
         self.finish_head(instance, attempt, close);
         let at_hand = &self.upstream_input[head.len..];
+        // Whether body bytes were read from the instance after its head.
+        let mut streamed = false;
         let (ended, reusable) = match head.framing {
             Framing::Empty => {
                 let clean = at_hand.is_empty();
@@ -613,6 +622,7 @@ impl Connection {
                     return Next::Close;
                 }
                 let left = length - take as u64;
+                streamed = left > 0;
                 match copy_length(
                     &mut upstream,
                     &mut self.client,
@@ -641,6 +651,7 @@ impl Connection {
                         if send_all(&mut self.client, &self.response).await.is_err() {
                             return Next::Close;
                         }
+                        streamed = true;
                         match copy_chunked(
                             &mut upstream,
                             &mut self.client,
@@ -673,9 +684,11 @@ impl Connection {
         };
         drop(in_flight);
         if ended && reusable && head.reusable {
-            // Idle since the head arrived, as far as the pool knows: a connection whose body
-            // took a while is reaped that much sooner, never later than its idle timeout.
-            instance.pool.check_in_raw(upstream, head_at);
+            // Idle since its last byte was read: with the head, unless the body came after
+            // (stamped at the head, a long body would make it look expired, and the pool drops
+            // every connection older than an expired one).
+            let idle_since = if streamed { Instant::now() } else { head_at };
+            instance.pool.check_in_raw(upstream, idle_since);
         }
         if ended && !close {
             Next::KeepAlive

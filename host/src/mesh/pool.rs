@@ -333,11 +333,10 @@ fn park<C: Reusable + Send + 'static>(
     config: &PoolConfig,
     now: Instant,
 ) {
-    if config.max_idle == 0 {
+    // A closed one would hold a slot (and its descriptor) that an open one could use.
+    if config.max_idle == 0 || !conn.is_open() {
         return;
     }
-    // Whether it is still open is asked once, when it is taken: asking here too cost as much
-    // as the rest of the check-in, and one that closes while idle is met by `pop` anyway.
     let mut idle = lock(list);
     if idle.reaper_running {
         idle.push(conn, now, config.max_idle);

@@ -163,11 +163,8 @@ pub async fn forward(
     loop {
         attempt += 1;
         // Step 3.
-        let chosen_at = if attempt == 1 {
-            started
-        } else {
-            Instant::now()
-        };
+        // Not `started`: the body may have been collected since.
+        let chosen_at = Instant::now();
         let pick = match choose(plan.services, plan.balancer, &tried, config, chosen_at) {
             Ok(pick) => pick,
             Err(why) => {
@@ -186,7 +183,7 @@ pub async fn forward(
         let mut guard = AttemptGuard::new(pick);
         let service = Arc::clone(&guard.pick.service);
         if attempt == 1 {
-            service.budget.deposit(started);
+            service.budget.deposit(chosen_at);
         }
         let permit = match take_slot(&service, deadline).await {
             Ok(permit) => permit,

@@ -72,8 +72,10 @@ impl RetryBudget {
     /// Counts one original request, made at `now` (live traffic earns retry allowance).
     pub fn deposit(&self, now: Instant) {
         let second = self.second(now);
-        if let Ok(mut buckets) = self.buckets.lock() {
-            self.slot(&mut buckets, second).1 += 1;
+        if let Ok(mut buckets) = self.buckets.lock()
+            && let Some(slot) = self.slot(&mut buckets, second)
+        {
+            slot.1 += 1;
         }
     }
 
@@ -92,8 +94,8 @@ impl RetryBudget {
             .fold((0, 0), |(rq, rt), (_, q, t)| (rq + q, rt + t));
         // retries + 1 ≤ floor + pct% of requests, in integers.
         let allowed = (retries + 1) * 100 <= floor * 100 + pct * requests;
-        if allowed {
-            self.slot(&mut buckets, second).2 += 1;
+        if allowed && let Some(slot) = self.slot(&mut buckets, second) {
+            slot.2 += 1;
         }
         allowed
     }
@@ -103,13 +105,17 @@ impl RetryBudget {
     }
 
     /// The bucket of `second`, emptied first when it still holds an older second: that second
-    /// left the window (and was not counted in any total taken at `second`).
-    fn slot<'a>(&self, buckets: &'a mut Buckets, second: u64) -> &'a mut (u64, u64, u64) {
+    /// left the window (and was not counted in any total taken at `second`). `None` when it
+    /// holds a newer one: a reading taken a window ago must not wipe the current second.
+    fn slot<'a>(&self, buckets: &'a mut Buckets, second: u64) -> Option<&'a mut (u64, u64, u64)> {
         let slot = &mut buckets.slots[(second % self.window_s) as usize];
+        if slot.0 != u64::MAX && slot.0 > second {
+            return None;
+        }
         if slot.0 != second {
             *slot = (second, 0, 0);
         }
-        slot
+        Some(slot)
     }
 }
 
@@ -136,6 +142,25 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         let granted = (0..100).filter(|_| budget.try_withdraw()).count();
         assert_eq!(granted, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deposit_read_a_window_ago_leaves_the_current_second_alone() {
+        let config = RetryConfig {
+            budget_pct: 0,
+            budget_min_per_s: 1,
+            budget_window_s: 10,
+            ..RetryConfig::default()
+        };
+        let budget = RetryBudget::new(&config);
+        let long_ago = Instant::now();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // The floor allows 10 retries per window; take them all in the current second.
+        let granted = (0..20).filter(|_| budget.try_withdraw()).count();
+        assert_eq!(granted, 10);
+        // A request whose clock was read 10 s ago maps to the same bucket: it must not empty it.
+        budget.deposit(long_ago);
+        assert!(!budget.try_withdraw(), "the spent retries still count");
     }
 
     #[test]
