@@ -309,14 +309,11 @@ impl Connection {
         // When the request is complete: `started`, unless its body had to be waited for.
         let mut complete_at = started;
         if replayable {
-            if (self.input.len() as u64) < length {
-                while (self.input.len() as u64) < length {
-                    match read_more(&mut self.client, &mut self.input).await {
-                        Ok(0) | Err(_) => return Next::Close,
-                        Ok(_) => {}
-                    }
+            while (self.input.len() as u64) < length {
+                match read_more(&mut self.client, &mut self.input).await {
+                    Ok(0) | Err(_) => return Next::Close,
+                    Ok(_) => complete_at = Instant::now(),
                 }
-                complete_at = Instant::now();
             }
             self.body_at_hand = length as usize;
             self.body_left = 0;
