@@ -316,7 +316,7 @@ fn spawn_daemon(args: &UpArgs) -> anyhow::Result<Child> {
     }
     command.spawn().with_context(|| {
         format!(
-            "cannot start {} (build it with `cargo build --release -p evolve-host`)",
+            "cannot start {} (build it with `cargo build --release -p evolve-daemon`)",
             args.evolve.display()
         )
     })

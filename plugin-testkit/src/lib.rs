@@ -1,7 +1,7 @@
 //! `evolve-plugin-testkit`: run a **built** plugin (a dir with `plugin.toml` and its component,
 //! as `evolve plugin build` or `cargo xtask build-plugins` writes it) in-process against a
 //! mocked host, from ordinary `cargo test` tests. The plugin goes through the daemon's own
-//! runtime (evolve-host's `runtime`): the same loader checks, sandbox, HTTP allow-list and
+//! runtime (the `evolve-runtime` crate): the same loader checks, sandbox, HTTP allow-list and
 //! limits as in production; only the rest of the system is scripted.
 //!
 //! | you script | with |
@@ -46,14 +46,15 @@
 //! | [`scenario`] | scenario files (`tests/*.toml`), as `evolve plugin test` runs them |
 
 pub mod build;
-// The kit's core lives in evolve-host (so `evolve plugin test` runs it too); this crate is its
-// `cargo test` front end.
-pub use evolve_host::testkit::{kit, logs, mock, scenario};
+pub mod kit;
+pub mod logs;
+pub mod mock;
+pub mod scenario;
 
 pub use build::build_plugin;
-pub use evolve_host::runtime::CallError;
-pub use evolve_host::runtime::bindings::inventory as inventory_types;
-pub use evolve_host::runtime::bindings::types;
+pub use evolve_runtime::CallError;
+pub use evolve_runtime::bindings::inventory as inventory_types;
+pub use evolve_runtime::bindings::types;
 pub use kit::{Kit, KitBuilder, KitError};
 pub use logs::LogRecord;
 pub use mock::{FakeHttp, FakeResponse, Inventory, ProbeKind, service};

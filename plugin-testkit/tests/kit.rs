@@ -5,11 +5,11 @@
 
 use std::path::PathBuf;
 
-use evolve_host::runtime::LoadError;
 use evolve_plugin_testkit::types::{ErrorCode, HealthStatus};
 use evolve_plugin_testkit::{
     CallError, FakeHttp, FakeResponse, Inventory, Kit, KitError, ProbeKind, service,
 };
+use evolve_runtime::LoadError;
 use serde_json::json;
 
 fn built(set: &str, name: &str) -> PathBuf {

@@ -209,7 +209,7 @@ fn js_plugins_from_new_to_serving() {
 /// release profile, its copy of the workspace's Cargo.lock and the test kit's tokio features make
 /// the workspace's compiled dependencies (wasmtime, tokio, hyper, ...) fresh for it; what builds
 /// is the project, the Evolve crates it depends on (a path outside the workspace gets its own
-/// build) and the few dependencies evolve-host's dev-dependencies unify differently.
+/// build) and the few dependencies the host crates' dev-dependencies unify differently.
 #[test]
 fn rust_templates_pass_their_own_tests_unchanged() {
     // Minutes of compiling (the daemon's crates for the project): one such test at a time, on

@@ -74,7 +74,7 @@ fn build_all(root: &Path) -> Result<()> {
             "build",
             "--release",
             "--package",
-            "evolve-host",
+            "evolve-daemon",
             "--bin",
             "evolve",
             "--package",

@@ -1,0 +1,17 @@
+//! `evolve-core`: the small primitives every Evolve crate shares, so each idea is written once.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`events`] | the internal event bus: versioned [`events::Event`]s, the recent-events ring |
+//! | [`health`] | the health vocabulary: [`health::Status`], [`health::Part`] |
+//! | [`rng`] | a fast per-thread random source, jitter |
+//! | [`fsutil`] | file helpers (durable writes) |
+//!
+//! Nothing here knows about plugins, services or models; the crates above build on it:
+//! `evolve-runtime` (plugins), `evolve-registry` (models), `evolve-mesh` (services),
+//! `evolve-cluster` (several daemons), and `evolve-daemon` on top.
+
+pub mod events;
+pub mod fsutil;
+pub mod health;
+pub mod rng;

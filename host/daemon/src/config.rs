@@ -1,0 +1,700 @@
+//! Daemon configuration: a TOML file, environment overrides for the common keys, then CLI flags.
+//!
+//! Every key, its default and its unit is listed in the README; [`HostConfig::default`] is the
+//! source of truth for the defaults. Relative paths are relative to the daemon's working
+//! directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::agents::AgentsConfig;
+use crate::reload::ReloadConfig;
+use evolve_cluster::ClusterConfig;
+use evolve_mesh::MeshConfig;
+use evolve_registry::{RegistryConfig, ScoringPolicy, scoring};
+use evolve_runtime::{LimitValues, RuntimeConfig, SupervisionConfig};
+
+/// Environment variables that override config keys (and the key each overrides).
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("EVOLVE_LISTEN", "server.listen"),
+    ("EVOLVE_AUTH_TOKEN", "server.tokens.env"),
+    ("EVOLVE_DATA_DIR", "data_dir"),
+    ("EVOLVE_PLUGINS_DIR", "plugins.dir"),
+    ("EVOLVE_LOG", "log.level"),
+    ("EVOLVE_LOG_FORMAT", "log.format"),
+    ("EVOLVE_REDIS_URL", "cluster.redis_url"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Base directory for state: AOT cache, relative directory grants, stores.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub plugins: PluginsConfig,
+    pub runtime: RuntimeSection,
+    pub reload: ReloadConfig,
+    pub log: LogConfig,
+    pub agents: AgentsConfig,
+    pub registry: RegistrySection,
+    /// The service mesh (`[mesh]`).
+    pub mesh: MeshConfig,
+    /// Several daemons, one mesh over Redis (`[cluster]`); unset `redis_url` = one daemon.
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Named bearer tokens; when any is set, mutating endpoints require one.
+    pub tokens: BTreeMap<String, String>,
+    /// Largest request body accepted, KiB.
+    pub body_limit_kb: u64,
+    /// How long in-flight requests may take to finish after SIGTERM / Ctrl-C, s.
+    pub shutdown_grace_s: u64,
+    /// Lets the API listen beyond loopback without a token. Dangerous (anyone who can reach
+    /// the port can load work into the daemon); the daemon warns at start and the
+    /// security-auditor agent reports it.
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct PluginsConfig {
+    /// Directory of plugin directories; default `<data_dir>/plugins`.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Component instances alive at once across all plugins.
+    pub pool_instances: u32,
+    /// AOT cache directory; default `<data_dir>/cache/aot`.
+    pub cache_dir: Option<PathBuf>,
+    /// Limits a plugin gets when its manifest is silent.
+    pub defaults: LimitValues,
+    /// Limits no manifest may exceed.
+    pub ceilings: LimitValues,
+    /// Quarantine of plugins that keep failing (`[runtime.supervision]`).
+    pub supervision: SupervisionConfig,
+}
+
+/// `[registry]`: the model registry's store, backups, limits and scoring policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// SQLite file; default `<data_dir>/registry.db`.
+    pub db: Option<PathBuf>,
+    /// Backup directory; default `<data_dir>/backups/registry`.
+    pub backup_dir: Option<PathBuf>,
+    /// Seconds between scheduled backups (0 = only on demand), s.
+    pub backup_interval_s: u64,
+    /// Backups kept; older ones are removed after each new one.
+    pub backup_keep: u32,
+    /// Most points in one recording batch.
+    pub max_batch_points: u32,
+    /// Largest JSON import body, MiB (the general body limit is far smaller).
+    pub import_limit_mb: u64,
+    /// Policy used when a best-model query names none.
+    pub default_policy: String,
+    /// Named scoring policies (`[registry.policies.<name>]`); `default` exists unless redefined.
+    pub policies: BTreeMap<String, ScoringPolicy>,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            db: None,
+            backup_dir: None,
+            backup_interval_s: 3_600,
+            backup_keep: 24,
+            max_batch_points: 10_000,
+            import_limit_mb: 512,
+            default_policy: scoring::DEFAULT_POLICY.into(),
+            policies: BTreeMap::new(),
+        }
+    }
+}
+
+impl RegistrySection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("registry.{key}"),
+            message,
+        };
+        if self.backup_keep == 0 || self.backup_keep > 10_000 {
+            return Err(invalid("backup_keep", "must be between 1 and 10000".into()));
+        }
+        if self.max_batch_points == 0 || self.max_batch_points > 1_000_000 {
+            return Err(invalid(
+                "max_batch_points",
+                "must be between 1 and 1000000".into(),
+            ));
+        }
+        if self.import_limit_mb == 0 || self.import_limit_mb > 16_384 {
+            return Err(invalid(
+                "import_limit_mb",
+                "must be between 1 and 16384".into(),
+            ));
+        }
+        for (name, policy) in &self.policies {
+            evolve_registry::models::check_name("policy", name, false)
+                .map_err(|e| invalid(&format!("policies.{name}"), e.to_string()))?;
+            policy
+                .validate(&format!("registry.policies.{name}"))
+                .map_err(|message| invalid(&format!("policies.{name}"), message))?;
+        }
+        let known = scoring::with_default(self.policies.clone());
+        if !known.contains_key(&self.default_policy) {
+            return Err(invalid(
+                "default_policy",
+                format!(
+                    "\"{}\" is not a policy; known: {}",
+                    self.default_policy,
+                    known.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `info,evolve::plugin=debug`.
+    pub level: String,
+    pub format: LogFormat,
+    /// Directory of the daemon's JSON-lines log files (one per day, `evolve.log.YYYY-MM-DD`);
+    /// default `<data_dir>/logs`. The log-analyzer agent reads it.
+    pub dir: Option<PathBuf>,
+    /// Whether logs are written to `dir` as well as stderr.
+    pub to_files: bool,
+    /// Daily log files kept; older ones are deleted.
+    pub files_kept: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            data_dir: PathBuf::from("data"),
+            server: ServerConfig::default(),
+            plugins: PluginsConfig::default(),
+            runtime: RuntimeSection::default(),
+            reload: ReloadConfig::default(),
+            log: LogConfig::default(),
+            agents: AgentsConfig::default(),
+            registry: RegistrySection::default(),
+            mesh: MeshConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tokens: BTreeMap::new(),
+            body_limit_kb: 1_024,
+            shutdown_grace_s: 30,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            pool_instances: 128,
+            cache_dir: None,
+            defaults: LimitValues::DEFAULTS,
+            ceilings: LimitValues::CEILINGS,
+            supervision: SupervisionConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+            dir: None,
+            to_files: true,
+            files_kept: 7,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Reads `path` if given, else the defaults; then applies environment overrides. Does not
+    /// validate: callers apply CLI flags first, then call [`HostConfig::validate`].
+    pub fn load(path: Option<&Path>) -> Result<HostConfig, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                HostConfig::parse(&text, path)?
+            }
+            None => HostConfig::default(),
+        };
+        config.apply_env(|key| std::env::var(key).ok())?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<HostConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Applies [`ENV_OVERRIDES`] read through `get` (a parameter so tests need not touch the
+    /// process environment).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(listen) = get("EVOLVE_LISTEN") {
+            self.server.listen = parse_listen(&listen, "EVOLVE_LISTEN")?;
+        }
+        if let Some(token) = get("EVOLVE_AUTH_TOKEN").filter(|t| !t.is_empty()) {
+            self.server.tokens.insert("env".into(), token);
+        }
+        if let Some(dir) = get("EVOLVE_DATA_DIR") {
+            self.data_dir = dir.into();
+        }
+        if let Some(dir) = get("EVOLVE_PLUGINS_DIR") {
+            self.plugins.dir = Some(dir.into());
+        }
+        if let Some(url) = get("EVOLVE_REDIS_URL").filter(|u| !u.is_empty()) {
+            self.cluster.redis_url = Some(url);
+        }
+        if let Some(level) = get("EVOLVE_LOG") {
+            self.log.level = level;
+        }
+        if let Some(format) = get("EVOLVE_LOG_FORMAT") {
+            self.log.format = match format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "EVOLVE_LOG_FORMAT".into(),
+                        message: format!("\"{other}\" is not one of \"text\", \"json\""),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.runtime
+            .defaults
+            .check_against(&self.runtime.ceilings)
+            .map_err(|message| ConfigError::Invalid {
+                key: "runtime".into(),
+                message,
+            })?;
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.runtime.pool_instances == 0 || self.runtime.pool_instances > 10_000 {
+            return Err(invalid(
+                "runtime.pool_instances",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.runtime.ceilings.max_concurrency > 10_000
+            || self.runtime.ceilings.max_queue > 1_000_000
+        {
+            return Err(invalid(
+                "runtime.ceilings",
+                "max_concurrency must be at most 10000 and max_queue at most 1000000",
+            ));
+        }
+        if self.reload.watch_window_s > 86_400 {
+            return Err(invalid("reload.watch_window_s", "must be at most 86400"));
+        }
+        if self.reload.debounce_ms > 60_000 {
+            return Err(invalid("reload.debounce_ms", "must be at most 60000"));
+        }
+        self.registry.validate()?;
+        if self.server.body_limit_kb == 0 {
+            return Err(invalid("server.body_limit_kb", "must be at least 1"));
+        }
+        for (name, token) in &self.server.tokens {
+            // Short tokens are guessable; a bearer token is the only thing guarding the API.
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    key: format!("server.tokens.{name}"),
+                    message: "a token must be at least 16 characters".into(),
+                });
+            }
+        }
+        self.mesh
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        // Model-aware routes (issue 9) name a scoring policy the registry must know.
+        for (request_type, entry) in &self.mesh.routes {
+            if let Some(policy) = entry.resolve(request_type).policy
+                && policy != evolve_registry::scoring::DEFAULT_POLICY
+                && !self.registry.policies.contains_key(&policy)
+            {
+                return Err(ConfigError::Invalid {
+                    key: format!("mesh.routes.{request_type}.policy"),
+                    message: format!(
+                        "no scoring policy named \"{policy}\"; define [registry.policies.{policy}] or use \"default\""
+                    ),
+                });
+            }
+        }
+        self.agents
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        self.cluster
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        if self.log.files_kept == 0 || self.log.files_kept > 3_650 {
+            return Err(invalid("log.files_kept", "must be between 1 and 3650"));
+        }
+        if !self.server.listen.ip().is_loopback()
+            && self.server.tokens.is_empty()
+            && !self.server.allow_unauthenticated
+        {
+            return Err(ConfigError::Invalid {
+                key: "server.listen".into(),
+                message: format!(
+                    "{} is reachable beyond this machine, so an auth token is required: set EVOLVE_AUTH_TOKEN or [server.tokens], or listen on 127.0.0.1 (or, knowingly, server.allow_unauthenticated = true)",
+                    self.server.listen
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The daemon's log directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.log
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("logs"))
+    }
+
+    /// The agent run history database.
+    pub fn agents_db(&self) -> PathBuf {
+        self.agents
+            .db
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agents.db"))
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.plugins
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The registry's settings with paths resolved against `data_dir`.
+    pub fn registry_config(&self) -> RegistryConfig {
+        RegistryConfig {
+            db_path: self
+                .registry
+                .db
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("registry.db")),
+            backup_dir: self.registry_backup_dir(),
+            backup_keep: self.registry.backup_keep,
+            max_batch_points: self.registry.max_batch_points,
+            default_policy: self.registry.default_policy.clone(),
+            policies: scoring::with_default(self.registry.policies.clone()),
+        }
+    }
+
+    pub fn registry_backup_dir(&self) -> PathBuf {
+        self.registry
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("backups").join("registry"))
+    }
+
+    /// The mesh's catalog file (services registered through the API).
+    pub fn mesh_catalog_file(&self) -> PathBuf {
+        self.mesh
+            .catalog_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mesh").join("catalog.json"))
+    }
+
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            pool_instances: self.runtime.pool_instances,
+            defaults: self.runtime.defaults,
+            ceilings: self.runtime.ceilings,
+            cache_dir: self
+                .runtime
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("cache").join("aot")),
+            data_dir: self.data_dir.clone(),
+            protected_dirs: vec![self.plugins_dir()],
+            supervision: self.runtime.supervision,
+        }
+    }
+}
+
+/// Parses `host:port`; `what` names the source in the error.
+pub fn parse_listen(text: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid {
+        key: what.into(),
+        message: format!("\"{text}\" is not an address such as 127.0.0.1:7070"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let parsed = HostConfig::parse("", Path::new("e.toml")).expect("empty is valid");
+        assert_eq!(parsed, HostConfig::default());
+        assert_eq!(parsed.plugins_dir(), PathBuf::from("data/plugins"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = HostConfig::parse(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
+            Path::new("c.toml"),
+        )
+        .expect_err("typo");
+        let text = err.to_string();
+        assert!(text.contains("lisen") && text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn nested_sections_parse_and_reject_typos() {
+        let text = "[runtime]\npool_instances = 8\n[runtime.supervision]\nquarantine_base_ms = 5\n[reload]\nwatch_window_s = 2\n";
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        assert_eq!(config.runtime.supervision.quarantine_base_ms, 5);
+        assert_eq!(config.reload.watch_window_s, 2);
+        let typo = "[runtime.supervision]\nquarantine_bsae_ms = 5\n";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn model_aware_and_fanout_route_keys_parse_and_are_validated() {
+        let text = r#"
+[mesh.routes.forecast]
+capability = "forecast"
+task = "forecast"
+model = "champion"
+model_fallback = "reject"
+[mesh.routes.analysis]
+capability = "analysis"
+fanout = "best_n"
+fanout_n = 3
+aggregate = "quorum"
+quorum = 2
+[mesh.routes.plain]
+capability = "plain"
+task = "risk"
+"#;
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("in range");
+        let forecast = config.mesh.route("forecast");
+        assert_eq!(
+            forecast.model_wanted(),
+            Some(evolve_mesh::config::ModelWanted::Alias("champion".into()))
+        );
+        assert_eq!(
+            forecast.model_fallback,
+            Some(evolve_mesh::config::ModelFallback::Reject)
+        );
+        assert_eq!(
+            config.mesh.route("plain").model_wanted(),
+            Some(evolve_mesh::config::ModelWanted::Best)
+        );
+        assert_eq!(config.mesh.route("other").model_wanted(), None);
+        assert_eq!(config.mesh.route("analysis").quorum, Some(2));
+
+        let refused = |routes: &str, key: &str, words: &str| {
+            let text = format!("[mesh.routes.r]\ncapability = \"c\"\n{routes}");
+            let config = HostConfig::parse(&text, Path::new("c.toml")).expect("parses");
+            let err = config.validate().expect_err(routes).to_string();
+            assert!(err.contains(key) && err.contains(words), "{routes}: {err}");
+        };
+        refused("model = \"champion\"", "mesh.routes.r", "model needs task");
+        refused("policy = \"default\"", "mesh.routes.r", "policy needs task");
+        refused("model_fallback = \"reject\"", "mesh.routes.r", "needs task");
+        refused("task = \"bad task\"", "mesh.routes.r", "task");
+        refused(
+            "task = \"f\"\nmodel = \"a b\"",
+            "mesh.routes.r",
+            "alias name",
+        );
+        refused(
+            "task = \"f\"\npolicy = \"nope\"",
+            "mesh.routes.r.policy",
+            "no scoring policy named",
+        );
+        refused("fanout = \"best_n\"", "mesh.routes.r", "needs fanout_n");
+        refused(
+            "fanout = \"best_n\"\nfanout_n = 0",
+            "mesh.routes.r",
+            "at least 1",
+        );
+        refused(
+            "fanout = \"all\"\nfanout_n = 2",
+            "mesh.routes.r",
+            "fanout_n goes with",
+        );
+        refused("aggregate = \"all\"", "mesh.routes.r", "need fanout");
+        refused(
+            "fanout = \"all\"\naggregate = \"quorum\"",
+            "mesh.routes.r",
+            "needs quorum",
+        );
+        refused(
+            "fanout = \"all\"\nquorum = 2",
+            "mesh.routes.r",
+            "quorum goes with",
+        );
+        refused(
+            "fanout = \"best_n\"\nfanout_n = 2\naggregate = \"quorum\"\nquorum = 3",
+            "mesh.routes.r",
+            "could never succeed",
+        );
+        let typo = "[mesh.routes.r]\ncapability = \"c\"\nfanout = \"every\"\n";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn mesh_section_parses_routes_and_services_and_validates_ranges() {
+        let text = r#"
+[mesh]
+lb = "weighted"
+[mesh.routes]
+forecast = "forecast"
+predict = { capability = "forecast", path = "/v2/predict", timeout_ms = 500, lb = "least_loaded" }
+[mesh.breaker]
+max_in_flight = 10
+[[mesh.services]]
+name = "fc"
+capabilities = ["forecast"]
+instances = [{ endpoint = "http://127.0.0.1:9000", weight = 50 }]
+"#;
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("in range");
+        assert_eq!(
+            config.mesh.route("predict").path.as_deref(),
+            Some("/v2/predict")
+        );
+        assert_eq!(config.mesh.route("forecast").capability, "forecast");
+        assert_eq!(config.mesh.services[0].instances[0].weight, 50);
+        let typo = "[mesh.breaker]
+max_in_fligth = 3
+";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+        let bad = HostConfig::parse(
+            "[mesh]
+timeout_ms = 0
+",
+            Path::new("c.toml"),
+        )
+        .expect("parses");
+        let err = bad.validate().expect_err("zero timeout");
+        assert!(err.to_string().contains("mesh.timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut config = HostConfig::default();
+        config
+            .apply_env(|k| match k {
+                "EVOLVE_LISTEN" => Some("127.0.0.1:9999".into()),
+                "EVOLVE_DATA_DIR" => Some("/tmp/x".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        assert_eq!(config.server.listen.port(), 9999);
+        assert_eq!(config.plugins_dir(), PathBuf::from("/tmp/x/plugins"));
+    }
+
+    #[test]
+    fn registry_policies_parse_validate_and_resolve_paths() {
+        let text = "[registry]\nbackup_keep = 3\ndefault_policy = \"risk\"\n[registry.policies.risk]\nmetrics = [{ name = \"max_drawdown\", weight = 2.0 }, { name = \"sharpe_ratio\" }]\nwindow_days = 10\n";
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("valid policy");
+        let registry = config.registry_config();
+        assert_eq!(registry.db_path, PathBuf::from("data/registry.db"));
+        assert_eq!(registry.backup_dir, PathBuf::from("data/backups/registry"));
+        assert!(
+            registry.policies.contains_key("default") && registry.policies.contains_key("risk")
+        );
+        assert_eq!(
+            registry.policies["risk"].metrics[0].direction(),
+            evolve_registry::scoring::Direction::Down
+        );
+
+        let bad_weight =
+            "[registry.policies.x]\nmetrics = [{ name = \"sharpe_ratio\", weight = -1.0 }]\n";
+        let err = HostConfig::parse(bad_weight, Path::new("c.toml"))
+            .expect("parses")
+            .validate()
+            .expect_err("negative weight");
+        assert!(err.to_string().contains("registry.policies.x"), "{err}");
+        let unknown = "[registry]\ndefault_policy = \"nope\"\n";
+        let err = HostConfig::parse(unknown, Path::new("c.toml"))
+            .expect("parses")
+            .validate()
+            .expect_err("unknown policy");
+        assert!(err.to_string().contains("known: default"), "{err}");
+        let typo = "[registry.policies.x]\nwindow_dayz = 3\n";
+        assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn public_listen_without_token_is_refused() {
+        let mut config = HostConfig::default();
+        config.server.listen = "0.0.0.0:7070".parse().expect("addr");
+        let err = config.validate().expect_err("needs a token");
+        assert!(err.to_string().contains("auth token is required"), "{err}");
+        config
+            .server
+            .tokens
+            .insert("ops".into(), "0123456789abcdef0123".into());
+        config.validate().expect("token set");
+    }
+}
