@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cluster benchmark (issue 7): event propagation between two daemons (p50 / p99) and catalog
+# Cluster benchmark: event propagation between two daemons (p50 / p99) and catalog
 # convergence with N services, against a private redis-server on a free loopback port.
 # Usage: bench/cluster/run.sh [--rounds 200] [--services 1000]
 set -euo pipefail

@@ -19,7 +19,7 @@ pub fn build_plugin(project: impl AsRef<Path>) -> Result<PathBuf, ProjectError> 
     let project = project.as_ref().to_path_buf();
     let built = BUILT.get_or_init(Mutex::default);
     // Held for the build, so concurrent tests wait for the one build instead of racing it.
-    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    let mut built = evolve_core::sync::lock(built);
     if let Some(dir) = built.get(&project) {
         return Ok(dir.clone());
     }

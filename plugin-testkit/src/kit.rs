@@ -273,20 +273,17 @@ impl Kit {
     /// Everything the plugin logged so far (the `logging` import and stdout/stderr lines), in
     /// order, including its load canary.
     pub fn logs(&self) -> Vec<LogRecord> {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        evolve_core::sync::lock(&self.logs).clone()
     }
 
     /// Forgets the captured logs (e.g. those of the canary).
     pub fn clear_logs(&self) {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        evolve_core::sync::lock(&self.logs).clear();
     }
 
     /// `METHOD url` of every request that reached the [`FakeHttp`] (not those the allow-list
     /// denied), in order.
     pub fn http_requests(&self) -> Vec<String> {
-        self.http_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        evolve_core::sync::lock(&self.http_seen).clone()
     }
 }

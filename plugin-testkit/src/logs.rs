@@ -46,10 +46,7 @@ impl<S: tracing::Subscriber> Layer<S> for Capture {
             },
             stream: visitor.stream,
         };
-        self.sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(record);
+        evolve_core::sync::lock(&self.sink).push(record);
     }
 }
 

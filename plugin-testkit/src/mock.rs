@@ -245,10 +245,7 @@ impl HttpTransport for FakeHttp {
         method: &http::Method,
         uri: &http::Uri,
     ) -> Result<http::Response<bytes::Bytes>, wasmtime_wasi_http::Error> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(format!("{method} {uri}"));
+        evolve_core::sync::lock(&self.seen).push(format!("{method} {uri}"));
         let route =
             uri_host_port(uri).and_then(|(host, port)| self.routes.get(&format!("{host}:{port}")));
         match route {

@@ -1,4 +1,4 @@
-//! Several daemons, one mesh (issue 7), end to end: real `redis-server`s on free loopback
+//! Several daemons, one mesh, end to end: real `redis-server`s on free loopback
 //! ports, real daemons, real backends. A service registered on one daemon is routed to from
 //! another; a killed daemon's services expire; Redis killed and restarted under load loses no
 //! routed request and converges; a daemon started without Redis serves and joins later; events

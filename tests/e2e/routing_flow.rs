@@ -1,4 +1,4 @@
-//! Model-aware routing and fan-out end to end (issue 9): a real daemon, real registry, real
+//! Model-aware routing and fan-out end to end: a real daemon, real registry, real
 //! backends that echo what they received ([`EchoBackend`]).
 
 use evolve_e2e::echo::EchoBackend;

@@ -20,13 +20,12 @@
 //!   when they are missing (a venv and an npm prefix: nothing global). The build logic is
 //!   `evolve-plugin-build`'s, shared with `evolve plugin build`.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use evolve_plugin_build::compile::WASM_TARGET;
+use evolve_plugin_build::compile::{WASM_TARGET, command_line};
 use evolve_plugin_build::{BuildOptions, Language, PluginManifest, Tools};
 
 const USAGE: &str = "usage: cargo xtask <command> [-- ARGS]
@@ -116,7 +115,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .current_dir(root))
 }
 
-/// The cluster tests (issue 7) start their own `redis-server` on free loopback ports: install
+/// The cluster tests start their own `redis-server` on free loopback ports: install
 /// Debian's package when it is missing (as root, or through sudo).
 fn ensure_redis_server() -> Result<()> {
     let present = Command::new("redis-server")
@@ -195,18 +194,6 @@ fn run(cmd: &mut Command) -> Result<()> {
         .with_context(|| format!("failed to start `{line}`"))?;
     ensure!(status.success(), "`{line}` failed ({status})");
     Ok(())
-}
-
-/// `cmd` as a shell-like line, for error messages.
-fn command_line(cmd: &Command) -> String {
-    let mut line = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        let _ = write!(line, " {}", arg.to_string_lossy());
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        let _ = write!(line, " (in {})", dir.display());
-    }
-    line
 }
 
 /// The `cargo` that runs us, so `cargo +toolchain xtask` builds guests with the same toolchain.

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use evolve_core::backoff::{Backoff, Jitter};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Value};
 use serde_json::json;
@@ -818,15 +819,15 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.is_ok();
 }
 
-/// `min × 2^failures`, capped at `max`, with the upper half jittered.
+/// The wait before reconnect attempt `failures + 1`: `min × 2^failures`, capped at `max`
+/// (at least 1 ms), the upper half jittered so the nodes of a cluster do not reconnect in step.
 pub fn backoff(min_ms: u64, max_ms: u64, failures: u32) -> Duration {
-    let full = min_ms
-        .saturating_mul(1u64 << failures.min(32))
-        .min(max_ms)
-        .max(1);
-    let half = full / 2;
-    let extra = evolve_core::rng::with_thread_rng(|rng| rng.next_u64() % (full - half + 1));
-    Duration::from_millis(half + extra)
+    Backoff {
+        base: Duration::from_millis(min_ms.max(1)),
+        max: Duration::from_millis(max_ms.max(1)),
+        jitter: Jitter::UpperHalf,
+    }
+    .delay(failures.saturating_add(1))
 }
 
 #[cfg(test)]

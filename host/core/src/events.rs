@@ -68,7 +68,7 @@ pub enum EventKind {
     RegistryBackupWritten,
     #[serde(rename = "registry.restored")]
     RegistryRestored,
-    /// This node reached Redis and joined the cluster (issue 7).
+    /// This node reached Redis and joined the cluster.
     #[serde(rename = "cluster.connected")]
     ClusterConnected,
     /// This node lost Redis: it routes on the last known catalog and buffers events.
@@ -183,7 +183,7 @@ impl EventBus {
         }
         // Kept and sent under one lock, so `follow` sees each event exactly once: in its
         // snapshot or on its receiver.
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = crate::sync::lock(&self.recent);
         if recent.len() == RECENT_CAPACITY {
             recent.pop_front();
         }
@@ -199,14 +199,14 @@ impl EventBus {
     /// The recent events (oldest first) and a receiver of every later one, with no gap and no
     /// event in both: what a follower (`GET /v1/events?follow=true`) replays, then streams.
     pub fn follow(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = crate::sync::lock(&self.recent);
         let receiver = self.sender.subscribe();
         (recent.iter().cloned().collect(), receiver)
     }
 
     /// The most recent events, oldest first.
     pub fn recent(&self) -> Vec<Event> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = crate::sync::lock(&self.recent);
         recent.iter().cloned().collect()
     }
 }

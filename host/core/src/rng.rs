@@ -79,6 +79,16 @@ pub fn jitter(base: Duration, pct: u32) -> Duration {
     base.mul_f64(factor.max(0.0))
 }
 
+/// A uniform duration in `[0, max]`, at millisecond resolution.
+pub fn up_to(max: Duration) -> Duration {
+    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    if max_ms == 0 {
+        return Duration::ZERO;
+    }
+    let sample = with_thread_rng(|rng| rng.next_u64());
+    Duration::from_millis(sample % max_ms.saturating_add(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +113,19 @@ mod tests {
             assert!(j >= Duration::from_millis(800) && j <= Duration::from_millis(1_200));
         }
         assert_eq!(jitter(base, 0), base);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bound_and_varies() {
+        let bound = Duration::from_secs(30);
+        let samples: Vec<Duration> = (0..200).map(|_| up_to(bound)).collect();
+        assert!(samples.iter().all(|d| *d <= bound));
+        let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "only {} distinct values",
+            distinct.len()
+        );
+        assert_eq!(up_to(Duration::ZERO), Duration::ZERO);
     }
 }

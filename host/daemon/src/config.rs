@@ -364,7 +364,7 @@ impl HostConfig {
         self.mesh
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
-        // Model-aware routes (issue 9) name a scoring policy the registry must know.
+        // Model-aware routes name a scoring policy the registry must know.
         for (request_type, entry) in &self.mesh.routes {
             if let Some(policy) = entry.resolve(request_type).policy
                 && policy != evolve_registry::scoring::DEFAULT_POLICY

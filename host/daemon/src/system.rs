@@ -319,7 +319,7 @@ impl SystemProbes for DaemonProbes {
 }
 
 /// The registry as the mesh's [`ModelSelector`]: model-aware routes ask it which model to send
-/// and record what backends reported (issue 9). Kept here so the mesh never depends on the
+/// and record what backends reported. Kept here so the mesh never depends on the
 /// registry.
 pub struct RegistrySelector {
     pub registry: Arc<Registry>,

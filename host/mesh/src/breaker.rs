@@ -29,7 +29,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::config::BreakerConfig;
-use evolve_core::rng::jitter;
+use evolve_core::backoff::{Backoff, Jitter};
+use evolve_core::window::RollingWindow;
 
 /// Circuit state as the API, metrics and inventory spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,59 +83,18 @@ enum State {
     HalfOpen { probe_running: bool },
 }
 
-/// Outcome counts in 1 s buckets over the window.
-#[derive(Debug, Clone)]
-struct RollingWindow {
-    /// (bucket second, successes, failures)
-    buckets: Vec<(u64, u32, u32)>,
-    origin: Instant,
+/// Outcomes of one second, in the breaker's rolling window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Outcomes {
+    successes: u32,
+    failures: u32,
 }
 
-impl RollingWindow {
-    fn new(seconds: u32, origin: Instant) -> RollingWindow {
-        RollingWindow {
-            buckets: vec![(u64::MAX, 0, 0); seconds.max(1) as usize],
-            origin,
-        }
-    }
-
-    fn record(&mut self, now: Instant, failure: bool) {
-        let second = now.saturating_duration_since(self.origin).as_secs();
-        let len = self.buckets.len();
-        let slot = &mut self.buckets[(second % len as u64) as usize];
-        if slot.0 != second {
-            *slot = (second, 0, 0);
-        }
-        if failure {
-            slot.2 += 1;
-        } else {
-            slot.1 += 1;
-        }
-    }
-
-    /// (total, failures) within the window ending at `now`.
-    fn totals(&self, now: Instant) -> (u32, u32) {
-        let second = now.saturating_duration_since(self.origin).as_secs();
-        let len = self.buckets.len() as u64;
-        self.buckets
-            .iter()
-            .filter(|(s, _, _)| *s != u64::MAX && *s + len > second)
-            .fold((0, 0), |(t, f), (_, ok, fail)| (t + ok + fail, f + fail))
-    }
-
-    fn clear(&mut self) {
-        for slot in &mut self.buckets {
-            *slot = (u64::MAX, 0, 0);
-        }
-    }
-}
-
-/// Per-instance failure accrual; see the module docs for the state machine.
 #[derive(Debug, Clone)]
 pub struct FailureAccrual {
     state: State,
     consecutive: u32,
-    window: RollingWindow,
+    window: RollingWindow<Outcomes>,
     openings: u32,
 }
 
@@ -215,13 +175,21 @@ impl FailureAccrual {
             }
             // Step 1: count, maybe open.
             (State::Closed, _) => {
-                self.window.record(now, failure);
+                if let Some(outcomes) = self.window.current(now) {
+                    if failure {
+                        outcomes.failures += 1;
+                    } else {
+                        outcomes.successes += 1;
+                    }
+                }
                 if !failure {
                     self.consecutive = 0;
                     return None;
                 }
                 self.consecutive += 1;
-                let (total, failures) = self.window.totals(now);
+                let (total, failures) = self.window.fold(now, (0, 0), |(total, failures), o| {
+                    (total + o.successes + o.failures, failures + o.failures)
+                });
                 let by_count = config.consecutive_failures > 0
                     && self.consecutive >= config.consecutive_failures;
                 let by_rate = config.failure_rate_pct > 0
@@ -250,14 +218,12 @@ impl FailureAccrual {
     /// Step → 2.
     fn open(&mut self, config: &BreakerConfig, now: Instant) -> Transition {
         self.openings = self.openings.saturating_add(1);
-        let factor = 1u64 << self.openings.saturating_sub(1).min(30);
-        let period = Duration::from_millis(
-            config
-                .open_base_ms
-                .saturating_mul(factor)
-                .min(config.open_max_ms),
-        );
-        let period = jitter(period, config.jitter_pct);
+        let period = Backoff {
+            base: Duration::from_millis(config.open_base_ms),
+            max: Duration::from_millis(config.open_max_ms),
+            jitter: Jitter::Percent(config.jitter_pct),
+        }
+        .delay(self.openings);
         self.state = State::Open {
             until: now + period,
         };

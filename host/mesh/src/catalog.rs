@@ -392,7 +392,7 @@ struct CatalogFile {
 
 /// Why the catalog file could not be read or written.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum CatalogFileError {
     #[error("cannot read the mesh catalog {path}: {source}")]
     Read {
         path: PathBuf,
@@ -427,8 +427,8 @@ impl CatalogStore {
     }
 
     /// The stored services; none when the file does not exist yet.
-    pub fn load(&self) -> Result<Vec<ServiceSpec>, StoreError> {
-        let read_error = |source| StoreError::Read {
+    pub fn load(&self) -> Result<Vec<ServiceSpec>, CatalogFileError> {
+        let read_error = |source| CatalogFileError::Read {
             path: self.path.clone(),
             source,
         };
@@ -438,7 +438,7 @@ impl CatalogStore {
             Err(e) => return Err(read_error(e)),
         };
         let len = file.metadata().map_err(read_error)?.len();
-        let corrupt = |message: String| StoreError::Corrupt {
+        let corrupt = |message: String| CatalogFileError::Corrupt {
             path: self.path.clone(),
             message,
         };
@@ -465,8 +465,8 @@ impl CatalogStore {
     }
 
     /// Replaces the file with `services`, durably (temp file, fsync, rename, fsync of the dir).
-    pub fn save(&self, services: &[ServiceSpec]) -> Result<(), StoreError> {
-        let write_error = |source| StoreError::Write {
+    pub fn save(&self, services: &[ServiceSpec]) -> Result<(), CatalogFileError> {
+        let write_error = |source| CatalogFileError::Write {
             path: self.path.clone(),
             source,
         };
@@ -584,6 +584,6 @@ mod tests {
         assert_eq!(store.load().expect("load"), vec![s]);
         std::fs::write(store.path(), b"{\"version\":1,\"services\":[{").expect("write");
         let err = store.load().expect_err("half-written");
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, CatalogFileError::Corrupt { .. }), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use crate::breaker::Shed;
-use crate::catalog::{CheckedSpecError, SpecError, StoreError};
+use crate::catalog::{CatalogFileError, CheckedSpecError, SpecError};
 use crate::service::Unavailable;
 
 /// What can go wrong in the mesh; each has one HTTP status and a stable code ([`MeshError::status`],
@@ -72,7 +72,7 @@ pub enum MeshError {
     #[error("the catalog holds {0} services, the most it may; remove one first")]
     TooManyServices(usize),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] CatalogFileError),
 }
 
 impl MeshError {

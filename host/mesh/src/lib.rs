@@ -55,7 +55,7 @@ use axum::body::Body;
 use http::{Method, Request, Response};
 use serde_json::json;
 
-pub use self::catalog::{CheckedSpecError, ServiceSpec, SpecError, StoreError};
+pub use self::catalog::{CatalogFileError, CheckedSpecError, ServiceSpec, SpecError};
 pub use self::config::{LbKind, MeshConfig};
 pub use self::error::MeshError;
 pub use self::health::{CheckOutcome, CheckReport, CheckRunner, CheckVerdict, InstanceRecord};
@@ -283,7 +283,7 @@ impl Mesh {
         let path = store.path().to_path_buf();
         tokio::task::spawn_blocking(move || store.save(&specs))
             .await
-            .map_err(|e| StoreError::Write {
+            .map_err(|e| CatalogFileError::Write {
                 path,
                 source: std::io::Error::other(e.to_string()),
             })??;

@@ -200,7 +200,7 @@ impl SelectionCache {
 
 /// One outcome to record.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub struct RoutedOutcome {
     pub model: String,
     pub version: u32,
     pub metrics: Vec<(String, f64)>,
@@ -212,7 +212,7 @@ pub struct Outcome {
 pub struct ModelRouting {
     selector: Arc<dyn ModelSelector>,
     cache: SelectionCache,
-    outcomes: mpsc::Sender<Outcome>,
+    outcomes: mpsc::Sender<RoutedOutcome>,
     pub stats: Arc<RouteStats>,
 }
 
@@ -223,7 +223,7 @@ impl ModelRouting {
         events: &EventBus,
         stats: Arc<RouteStats>,
     ) -> ModelRouting {
-        let (sender, mut receiver) = mpsc::channel::<Outcome>(OUTCOME_QUEUE);
+        let (sender, mut receiver) = mpsc::channel::<RoutedOutcome>(OUTCOME_QUEUE);
         let worker_stats = Arc::clone(&stats);
         let worker_selector = Arc::clone(&selector);
         tokio::spawn(async move {
@@ -294,7 +294,7 @@ impl ModelRouting {
     }
 
     /// Queues `outcome` for recording; a full queue drops it (counted) rather than wait.
-    pub fn record(&self, outcome: Outcome) {
+    pub fn record(&self, outcome: RoutedOutcome) {
         if self.outcomes.try_send(outcome).is_err() {
             self.stats.outcomes_dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -345,7 +345,7 @@ impl ModelRouting {
         backend: &str,
     ) {
         match parsed {
-            Ok(metrics) => self.record(Outcome {
+            Ok(metrics) => self.record(RoutedOutcome {
                 model: selection.name.clone(),
                 version: selection.version,
                 metrics,
@@ -706,7 +706,7 @@ mod tests {
     struct FakeSelector {
         version: std::sync::atomic::AtomicU32,
         calls: AtomicU64,
-        recorded: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Outcome>>>,
+        recorded: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<RoutedOutcome>>>,
     }
 
     impl ModelSelector for FakeSelector {
@@ -732,7 +732,7 @@ mod tests {
             source: &str,
         ) -> Result<(), String> {
             if let Some(sender) = self.recorded.lock().expect("lock").as_ref() {
-                let _ = sender.send(Outcome {
+                let _ = sender.send(RoutedOutcome {
                     model: model.into(),
                     version,
                     metrics: metrics.to_vec(),
@@ -745,7 +745,7 @@ mod tests {
 
     fn fake() -> (
         Arc<FakeSelector>,
-        tokio::sync::mpsc::UnboundedReceiver<Outcome>,
+        tokio::sync::mpsc::UnboundedReceiver<RoutedOutcome>,
     ) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let selector = Arc::new(FakeSelector {
@@ -814,7 +814,7 @@ mod tests {
         let outcome = recorded.recv().await.expect("recorded");
         assert_eq!(
             outcome,
-            Outcome {
+            RoutedOutcome {
                 model: "m".into(),
                 version: 4,
                 metrics: vec![("mae".into(), 0.5)],

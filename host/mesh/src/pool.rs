@@ -33,6 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use evolve_core::sync::lock;
+
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -350,13 +352,6 @@ fn park<C: Reusable + Send + 'static>(
     idle.reaper_running = true;
     drop(idle);
     runtime.spawn(reap(Arc::downgrade(list), config.idle_timeout));
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The idle list is plain data, valid after a panic elsewhere; the proxy keeps serving.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Closes expired idle connections until the pool has none or is gone.

@@ -17,7 +17,9 @@ use http::Method;
 use tokio::time::Instant;
 
 use super::config::RetryConfig;
-use evolve_core::rng::with_thread_rng;
+use evolve_core::backoff::{Backoff, Jitter};
+use evolve_core::sync::lock;
+use evolve_core::window::RollingWindow;
 
 /// Whether `method` may be sent twice without changing the outcome (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
@@ -30,26 +32,24 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// Full-jitter exponential backoff before retry number `retry` (1-based): uniform in
 /// `[0, min(max, base × 2^(retry-1))]`.
 pub fn backoff(config: &RetryConfig, retry: u32) -> Duration {
-    let factor = 1u64 << retry.saturating_sub(1).min(20);
-    let ceiling = config
-        .backoff_base_ms
-        .saturating_mul(factor)
-        .min(config.backoff_max_ms);
-    let ms = with_thread_rng(|rng| rng.next_f64()) * ceiling as f64;
-    Duration::from_micros((ms * 1_000.0) as u64)
+    Backoff {
+        base: Duration::from_millis(config.backoff_base_ms),
+        max: Duration::from_millis(config.backoff_max_ms),
+        jitter: Jitter::Full,
+    }
+    .delay(retry)
 }
 
-/// Requests and retries per 1 s bucket.
-#[derive(Debug)]
-struct Buckets {
-    /// (bucket second, requests, retries)
-    slots: Vec<(u64, u64, u64)>,
+/// What the budget counts in one second.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spend {
+    requests: u64,
+    retries: u64,
 }
 
 #[derive(Debug)]
 pub struct RetryBudget {
-    buckets: Mutex<Buckets>,
-    origin: Instant,
+    window: Mutex<RollingWindow<Spend>>,
     pct: u64,
     min_per_s: u64,
     window_s: u64,
@@ -59,10 +59,7 @@ impl RetryBudget {
     pub fn new(config: &RetryConfig) -> RetryBudget {
         let window_s = u64::from(config.budget_window_s.max(1));
         RetryBudget {
-            buckets: Mutex::new(Buckets {
-                slots: vec![(u64::MAX, 0, 0); window_s as usize],
-            }),
-            origin: Instant::now(),
+            window: Mutex::new(RollingWindow::new(config.budget_window_s, Instant::now())),
             pct: u64::from(config.budget_pct),
             min_per_s: u64::from(config.budget_min_per_s),
             window_s,
@@ -71,51 +68,25 @@ impl RetryBudget {
 
     /// Counts one original request, made at `now` (live traffic earns retry allowance).
     pub fn deposit(&self, now: Instant) {
-        let second = self.second(now);
-        if let Ok(mut buckets) = self.buckets.lock()
-            && let Some(slot) = self.slot(&mut buckets, second)
-        {
-            slot.1 += 1;
+        if let Some(spend) = lock(&self.window).current(now) {
+            spend.requests += 1;
         }
     }
 
     /// Takes allowance for one retry; false when the budget is spent.
     pub fn try_withdraw(&self) -> bool {
         let (pct, floor) = (self.pct, self.min_per_s * self.window_s);
-        let second = self.second(Instant::now());
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return false;
-        };
-        let window = self.window_s;
-        let (requests, retries) = buckets
-            .slots
-            .iter()
-            .filter(|(s, _, _)| *s != u64::MAX && *s + window > second)
-            .fold((0, 0), |(rq, rt), (_, q, t)| (rq + q, rt + t));
+        let now = Instant::now();
+        let mut window = lock(&self.window);
+        let (requests, retries) = window.fold(now, (0, 0), |(requests, retries), spend| {
+            (requests + spend.requests, retries + spend.retries)
+        });
         // retries + 1 ≤ floor + pct% of requests, in integers.
         let allowed = (retries + 1) * 100 <= floor * 100 + pct * requests;
-        if allowed && let Some(slot) = self.slot(&mut buckets, second) {
-            slot.2 += 1;
+        if allowed && let Some(spend) = window.current(now) {
+            spend.retries += 1;
         }
         allowed
-    }
-
-    fn second(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.origin).as_secs()
-    }
-
-    /// The bucket of `second`, emptied first when it still holds an older second: that second
-    /// left the window (and was not counted in any total taken at `second`). `None` when it
-    /// holds a newer one: a reading taken a window ago must not wipe the current second.
-    fn slot<'a>(&self, buckets: &'a mut Buckets, second: u64) -> Option<&'a mut (u64, u64, u64)> {
-        let slot = &mut buckets.slots[(second % self.window_s) as usize];
-        if slot.0 != u64::MAX && slot.0 > second {
-            return None;
-        }
-        if slot.0 != second {
-            *slot = (second, 0, 0);
-        }
-        Some(slot)
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::aliases::{self, Alias, AliasMove, check_alias_name};
-use super::error::{RegistryError, StoreError};
+use super::error::{DatabaseError, RegistryError};
 use super::models::{self, NewModel, Version, VersionStatus, check_name};
 use super::performance::Point;
 use super::store;
@@ -43,15 +43,15 @@ pub struct BackupInfo {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DatabaseError + 'a {
+    move |source| DatabaseError::Io {
         what,
         path: path.to_path_buf(),
         error: source,
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+fn sync_dir(dir: &Path) -> Result<(), DatabaseError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("cannot sync directory", dir))
@@ -64,7 +64,7 @@ pub(crate) fn backup(
     keep: u32,
     now: DateTime<Utc>,
     label: &str,
-) -> Result<BackupInfo, StoreError> {
+) -> Result<BackupInfo, DatabaseError> {
     std::fs::create_dir_all(dir).map_err(io("cannot create backup directory", dir))?;
     let file = format!(
         "{BACKUP_PREFIX}{}{label}{BACKUP_SUFFIX}",
@@ -98,7 +98,7 @@ pub(crate) fn backup(
 }
 
 /// Backups in `dir`, newest first. A missing directory has none.
-pub fn list(dir: &Path) -> Result<Vec<BackupInfo>, StoreError> {
+pub fn list(dir: &Path) -> Result<Vec<BackupInfo>, DatabaseError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -128,7 +128,7 @@ pub fn list(dir: &Path) -> Result<Vec<BackupInfo>, StoreError> {
     Ok(backups)
 }
 
-fn prune(dir: &Path, keep: u32) -> Result<(), StoreError> {
+fn prune(dir: &Path, keep: u32) -> Result<(), DatabaseError> {
     for old in list(dir)?.into_iter().skip(keep.max(1) as usize) {
         std::fs::remove_file(&old.path).map_err(io("cannot remove old backup", &old.path))?;
     }
@@ -156,7 +156,7 @@ pub fn find(dir: &Path, file: &str) -> Result<PathBuf, RegistryError> {
 }
 
 /// Replaces the live database's content with `source`'s, after checking `source`.
-pub(crate) fn restore_into(conn: &mut Connection, source: &Path) -> Result<(), StoreError> {
+pub(crate) fn restore_into(conn: &mut Connection, source: &Path) -> Result<(), DatabaseError> {
     store::check_candidate(source)?;
     let from = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     Backup::new(&from, conn)?.run_to_completion(PAGES_PER_STEP, Duration::ZERO, None)?;
@@ -171,7 +171,7 @@ pub fn restore_offline(
     db: &Path,
     source: &Path,
     backup_dir: &Path,
-) -> Result<Option<PathBuf>, StoreError> {
+) -> Result<Option<PathBuf>, DatabaseError> {
     store::check_candidate(source)?;
     let dir = db
         .parent()

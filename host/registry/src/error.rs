@@ -1,13 +1,13 @@
 //! The registry's errors: one small enum per layer, so callers can match on what went wrong.
 //!
-//! [`StoreError`] is about the database file (open, corrupt, foreign, I/O); [`RegistryError`]
+//! [`DatabaseError`] is about the database file (open, corrupt, foreign, I/O); [`RegistryError`]
 //! is about a request (unknown model, bad value, nothing to roll back) and wraps a store error.
 
 use std::path::PathBuf;
 
 /// The database file could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum DatabaseError {
     #[error("{path} is not an Evolve model registry ({detail}); {hint}")]
     Foreign {
         path: PathBuf,
@@ -45,9 +45,9 @@ pub enum StoreError {
     },
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(error: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite(error)
+impl From<rusqlite::Error> for DatabaseError {
+    fn from(error: rusqlite::Error) -> DatabaseError {
+        DatabaseError::Sqlite(error)
     }
 }
 
@@ -81,12 +81,12 @@ pub enum RegistryError {
     #[error("{0}")]
     BackupNotFound(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] DatabaseError),
 }
 
 impl From<rusqlite::Error> for RegistryError {
     fn from(error: rusqlite::Error) -> RegistryError {
-        RegistryError::Store(StoreError::Sqlite(error))
+        RegistryError::Store(DatabaseError::Sqlite(error))
     }
 }
 
@@ -112,9 +112,9 @@ impl RegistryError {
             RegistryError::NoEligibleModel { .. } => "no_eligible_model",
             RegistryError::NotEmpty { .. } => "registry_not_empty",
             RegistryError::BackupNotFound(_) => "backup_not_found",
-            RegistryError::Store(StoreError::Foreign { .. }) => "foreign_file",
-            RegistryError::Store(StoreError::Corrupt { .. }) => "corrupt_file",
-            RegistryError::Store(StoreError::TooNew { .. }) => "schema_too_new",
+            RegistryError::Store(DatabaseError::Foreign { .. }) => "foreign_file",
+            RegistryError::Store(DatabaseError::Corrupt { .. }) => "corrupt_file",
+            RegistryError::Store(DatabaseError::TooNew { .. }) => "schema_too_new",
             RegistryError::Store(_) => "store_error",
         }
     }

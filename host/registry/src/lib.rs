@@ -9,7 +9,7 @@
 //! | [`performance`] | metric points: record, history, aggregates, the in-memory series index |
 //! | [`scoring`] | scoring policies and the explained best-model ranking |
 //! | [`backup`] | online backup / restore / keep-N, JSON export and import |
-//! | [`error`] | [`StoreError`], [`RegistryError`] |
+//! | [`error`] | [`DatabaseError`], [`RegistryError`] |
 //!
 //! [`Registry`] is the one entry point. Its methods are synchronous (SQLite): async callers run
 //! them on a blocking thread. One connection behind a mutex serialises writers; every write is
@@ -37,10 +37,10 @@ use serde::{Deserialize, Serialize};
 
 pub use self::aliases::{Alias, AliasAction, AliasMove, MoveContext};
 pub use self::backup::{BackupInfo, RegistryExport};
-pub use self::error::{RegistryError, StoreError};
+pub use self::error::{DatabaseError, RegistryError};
 pub use self::models::{Model, ModelFilter, NewModel, NewVersion, Version, VersionStatus};
 use self::performance::SeriesIndex;
-pub use self::performance::{History, HistoryQuery, NewPoint};
+pub use self::performance::{HistoryQuery, NewPoint, PerformanceHistory};
 use self::scoring::Candidate;
 pub use self::scoring::{BestModelAnswer, ScoringPolicy};
 pub use self::status::{IntegrityRecord, StoreStatus};
@@ -209,7 +209,7 @@ impl Registry {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            std::fs::create_dir_all(dir).map_err(|source| DatabaseError::Io {
                 what: "cannot create directory",
                 path: dir.to_path_buf(),
                 error: source,
@@ -244,7 +244,7 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock left no open transaction behind (it rolled back on
         // drop), so the state is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        evolve_core::sync::lock(&self.state)
     }
 
     /// Runs `write` in one IMMEDIATE transaction and commits; the registry is unchanged on error.
@@ -388,7 +388,11 @@ impl Registry {
         })
     }
 
-    pub fn history(&self, model: &str, query: &HistoryQuery) -> Result<History, RegistryError> {
+    pub fn history(
+        &self,
+        model: &str,
+        query: &HistoryQuery,
+    ) -> Result<PerformanceHistory, RegistryError> {
         performance::history(&self.lock().conn, model, query, Utc::now())
     }
 
@@ -550,7 +554,7 @@ impl Registry {
                 return;
             }
         };
-        *self.inventory.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+        *evolve_core::sync::write(&self.inventory) = Arc::new(view);
         self.inventory_reflects.store(changes, Ordering::Release);
     }
 
@@ -596,20 +600,12 @@ impl Registry {
 
     /// Models for the plugin inventory (at most [`MAX_INVENTORY_MODELS`]); from memory.
     pub fn inventory_models(&self) -> Vec<ModelSummary> {
-        self.inventory
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .models
-            .clone()
+        evolve_core::sync::read(&self.inventory).models.clone()
     }
 
     /// Best model per task type under the default policy, for the plugin inventory; from memory.
     pub fn inventory_best(&self) -> Vec<ModelChoice> {
-        self.inventory
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .best
-            .clone()
+        evolve_core::sync::read(&self.inventory).best.clone()
     }
 }
 

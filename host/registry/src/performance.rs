@@ -129,7 +129,7 @@ pub struct Bucket {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct History {
+pub struct PerformanceHistory {
     pub model: String,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
@@ -230,7 +230,7 @@ pub(crate) fn history(
     model: &str,
     query: &HistoryQuery,
     now: DateTime<Utc>,
-) -> Result<History, RegistryError> {
+) -> Result<PerformanceHistory, RegistryError> {
     let id = model_id(conn, model)?;
     if let Some(version) = query.version {
         version_id(conn, id, model, version)?;
@@ -339,7 +339,7 @@ pub(crate) fn history(
             buckets
         }
     };
-    Ok(History {
+    Ok(PerformanceHistory {
         model: model.to_string(),
         since,
         until,

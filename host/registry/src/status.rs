@@ -53,11 +53,7 @@ impl Registry {
             Err(TryLockError::WouldBlock) => ("busy".to_string(), true, None),
         };
         let file_present = self.config.db_path.is_file();
-        let last_integrity_check = self
-            .last_integrity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let last_integrity_check = evolve_core::sync::lock(&self.last_integrity).clone();
         let integrity_ok = last_integrity_check.as_ref().is_none_or(|r| r.ok);
         StoreStatus {
             usable: read_ok && file_present && integrity_ok,
@@ -79,10 +75,7 @@ impl Registry {
             ok,
             first_problem: (!ok).then(|| problems.first().cloned().unwrap_or_default()),
         };
-        *self
-            .last_integrity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(record);
+        *evolve_core::sync::lock(&self.last_integrity) = Some(record);
     }
 }
 

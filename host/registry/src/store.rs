@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::error::StoreError;
+use super::error::DatabaseError;
 
 /// `PRAGMA application_id` of a registry file ("EvMR"): tells our file from any other SQLite file.
 pub const APPLICATION_ID: i32 = 0x4576_4d52;
@@ -113,7 +113,7 @@ pub fn schema_version() -> i64 {
 
 /// Opens (creating if absent) the registry at `path`; `restore_hint` ends the error message of a
 /// refused file. See the module docs for the steps.
-pub fn open(path: &Path, restore_hint: &str) -> Result<Connection, StoreError> {
+pub fn open(path: &Path, restore_hint: &str) -> Result<Connection, DatabaseError> {
     // 1. Header.
     check_header(path, restore_hint)?;
     // 2. Open and pragmas.
@@ -131,7 +131,7 @@ pub fn open(path: &Path, restore_hint: &str) -> Result<Connection, StoreError> {
     // 4. Damage.
     let check = quick_check(&conn).map_err(|e| classify(path, e, restore_hint))?;
     if check != "ok" {
-        return Err(StoreError::Corrupt {
+        return Err(DatabaseError::Corrupt {
             path: path.to_path_buf(),
             detail: format!("quick_check: {check}"),
             hint: restore_hint.to_string(),
@@ -145,10 +145,10 @@ pub fn open(path: &Path, restore_hint: &str) -> Result<Connection, StoreError> {
 /// WAL with `synchronous = FULL`: a commit returns after its WAL frames are fsynced, so every
 /// write the API acknowledged survives `kill -9` and power loss. NORMAL would be faster but can
 /// lose the last commits on power loss, which the README's promise rules out.
-fn set_pragmas(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+fn set_pragmas(conn: &Connection, path: &Path) -> Result<(), DatabaseError> {
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::NoWal {
+        return Err(DatabaseError::NoWal {
             path: path.to_path_buf(),
             mode,
         });
@@ -157,12 +157,12 @@ fn set_pragmas(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn check_header(path: &Path, restore_hint: &str) -> Result<(), StoreError> {
+fn check_header(path: &Path, restore_hint: &str) -> Result<(), DatabaseError> {
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
-            return Err(StoreError::Io {
+            return Err(DatabaseError::Io {
                 what: "cannot read",
                 path: path.to_path_buf(),
                 error: source,
@@ -173,7 +173,7 @@ fn check_header(path: &Path, restore_hint: &str) -> Result<(), StoreError> {
     (&mut file)
         .take(16)
         .read_to_end(&mut header)
-        .map_err(|source| StoreError::Io {
+        .map_err(|source| DatabaseError::Io {
             what: "cannot read",
             path: path.to_path_buf(),
             error: source,
@@ -183,14 +183,18 @@ fn check_header(path: &Path, restore_hint: &str) -> Result<(), StoreError> {
     if header.is_empty() || header.as_slice() == SQLITE_HEADER {
         return Ok(());
     }
-    Err(StoreError::Foreign {
+    Err(DatabaseError::Foreign {
         path: path.to_path_buf(),
         detail: "it is not a SQLite database".into(),
         hint: restore_hint.to_string(),
     })
 }
 
-fn check_ownership(conn: &Connection, path: &Path, restore_hint: &str) -> Result<(), StoreError> {
+fn check_ownership(
+    conn: &Connection,
+    path: &Path,
+    restore_hint: &str,
+) -> Result<(), DatabaseError> {
     let app_id: i32 = conn
         .query_row("PRAGMA application_id", [], |row| row.get(0))
         .map_err(|e| classify(path, e, restore_hint))?;
@@ -201,7 +205,7 @@ fn check_ownership(conn: &Connection, path: &Path, restore_hint: &str) -> Result
             |row| row.get(0),
         )
         .map_err(|e| classify(path, e, restore_hint))?;
-    let foreign = |detail: String| StoreError::Foreign {
+    let foreign = |detail: String| DatabaseError::Foreign {
         path: path.to_path_buf(),
         detail,
         hint: restore_hint.to_string(),
@@ -230,10 +234,10 @@ pub fn integrity_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     rows.collect()
 }
 
-fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+fn migrate(conn: &Connection, path: &Path) -> Result<(), DatabaseError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if found > schema_version() {
-        return Err(StoreError::TooNew {
+        return Err(DatabaseError::TooNew {
             path: path.to_path_buf(),
             found,
             supported: schema_version(),
@@ -254,40 +258,40 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 
 /// After a restore replaced the content under an open connection: WAL and pragmas again, and
 /// the migrations a backup from an older build lacks.
-pub(crate) fn reopen_after_restore(conn: &Connection, source: &Path) -> Result<(), StoreError> {
+pub(crate) fn reopen_after_restore(conn: &Connection, source: &Path) -> Result<(), DatabaseError> {
     set_pragmas(conn, source)?;
     migrate(conn, source)
 }
 
-/// Turns SQLite's "not a database" / "malformed" codes into [`StoreError`]s with the hint.
-fn classify(path: &Path, error: rusqlite::Error, restore_hint: &str) -> StoreError {
+/// Turns SQLite's "not a database" / "malformed" codes into [`DatabaseError`]s with the hint.
+fn classify(path: &Path, error: rusqlite::Error, restore_hint: &str) -> DatabaseError {
     use rusqlite::ffi::ErrorCode;
     match error.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase) => StoreError::Foreign {
+        Some(ErrorCode::NotADatabase) => DatabaseError::Foreign {
             path: path.to_path_buf(),
             detail: error.to_string(),
             hint: restore_hint.to_string(),
         },
-        Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+        Some(ErrorCode::DatabaseCorrupt) => DatabaseError::Corrupt {
             path: path.to_path_buf(),
             detail: error.to_string(),
             hint: restore_hint.to_string(),
         },
-        _ => StoreError::Sqlite(error),
+        _ => DatabaseError::Sqlite(error),
     }
 }
 
 /// Checks a file meant to replace the registry (a backup being restored) without changing it:
 /// ours, sound, not newer than this build. Returns its schema version.
-pub fn check_candidate(path: &Path) -> Result<i64, StoreError> {
+pub fn check_candidate(path: &Path) -> Result<i64, DatabaseError> {
     let hint = "choose another backup file";
-    let metadata = std::fs::metadata(path).map_err(|source| StoreError::Io {
+    let metadata = std::fs::metadata(path).map_err(|source| DatabaseError::Io {
         what: "cannot read",
         path: path.to_path_buf(),
         error: source,
     })?;
     if metadata.len() == 0 {
-        return Err(StoreError::Foreign {
+        return Err(DatabaseError::Foreign {
             path: path.to_path_buf(),
             detail: "the file is empty".into(),
             hint: hint.into(),
@@ -303,7 +307,7 @@ pub fn check_candidate(path: &Path) -> Result<i64, StoreError> {
         .query_row("PRAGMA application_id", [], |row| row.get(0))
         .map_err(|e| classify(path, e, hint))?;
     if app_id != APPLICATION_ID {
-        return Err(StoreError::Foreign {
+        return Err(DatabaseError::Foreign {
             path: path.to_path_buf(),
             detail: format!("application_id {app_id:#x}, not {APPLICATION_ID:#x}"),
             hint: hint.into(),
@@ -311,7 +315,7 @@ pub fn check_candidate(path: &Path) -> Result<i64, StoreError> {
     }
     let problems = integrity_check(&conn).map_err(|e| classify(path, e, hint))?;
     if problems != ["ok"] {
-        return Err(StoreError::Corrupt {
+        return Err(DatabaseError::Corrupt {
             path: path.to_path_buf(),
             detail: format!("integrity_check: {}", problems.join("; ")),
             hint: hint.into(),
@@ -319,7 +323,7 @@ pub fn check_candidate(path: &Path) -> Result<i64, StoreError> {
     }
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > schema_version() {
-        return Err(StoreError::TooNew {
+        return Err(DatabaseError::TooNew {
             path: path.to_path_buf(),
             found: version,
             supported: schema_version(),

@@ -587,7 +587,7 @@ fn backup_restore_keeps_n_and_refuses_bad_files() {
     let err = Registry::open(bad.clone()).unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, RegistryError::Store(StoreError::Foreign { .. })),
+        matches!(err, RegistryError::Store(DatabaseError::Foreign { .. })),
         "{text}"
     );
     assert!(
@@ -608,7 +608,7 @@ fn backup_restore_keeps_n_and_refuses_bad_files() {
     bad.db_path = foreign;
     assert!(matches!(
         Registry::open(bad.clone()),
-        Err(RegistryError::Store(StoreError::Foreign { .. }))
+        Err(RegistryError::Store(DatabaseError::Foreign { .. }))
     ));
 
     // A registry with damaged pages.
@@ -625,7 +625,7 @@ fn backup_restore_keeps_n_and_refuses_bad_files() {
     assert!(
         matches!(
             err,
-            RegistryError::Store(StoreError::Corrupt { .. } | StoreError::Foreign { .. })
+            RegistryError::Store(DatabaseError::Corrupt { .. } | DatabaseError::Foreign { .. })
         ),
         "{err}"
     );

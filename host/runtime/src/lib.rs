@@ -37,6 +37,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use chrono::{DateTime, Utc};
+use evolve_core::sync::{lock, read, write};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
@@ -133,20 +134,6 @@ struct Shared {
     probes: RwLock<Arc<dyn SystemProbes>>,
     http_transport: RwLock<Option<Arc<dyn sandbox::HttpTransport>>>,
     _ticker: EpochTicker,
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // Writers never panic while holding these locks (plain map inserts), so a poisoned lock
-    // still holds consistent data.
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a swap took out of service; all of it is in the draining set.

@@ -77,7 +77,7 @@ impl CallLog {
     fn lock(&self) -> MutexGuard<'_, CallLogInner> {
         // A poisoned lock only means another writer panicked mid-write; the counters are still
         // meaningful, so keep logging rather than propagate the panic into the host.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        evolve_core::sync::lock(&self.inner)
     }
 
     /// The `logging.log` import.
@@ -379,12 +379,12 @@ impl HttpPolicy {
 
     /// The first few distinct refused `host:port`s of this call, and how many refusals in all.
     pub fn refused(&self) -> (Vec<String>, u64) {
-        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let refused = evolve_core::sync::lock(&self.refused);
         (refused.hosts.clone(), refused.count)
     }
 
     fn record_refusal(&self, authority: &str) {
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refused = evolve_core::sync::lock(&self.refused);
         refused.count += 1;
         let mut host = authority.to_string();
         if host.len() > MAX_REFUSED_HOST_BYTES {

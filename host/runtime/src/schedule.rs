@@ -304,16 +304,6 @@ fn number(text: &str, min: u32, max: u32) -> Result<u32, String> {
     Ok(n)
 }
 
-/// A uniformly random duration in `0..=max`.
-pub fn random_jitter(max: Duration) -> Duration {
-    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
-    if max_ms == 0 {
-        return Duration::ZERO;
-    }
-    let sample = evolve_core::rng::with_thread_rng(|rng| rng.next_u64());
-    Duration::from_millis(sample % max_ms.saturating_add(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,19 +416,5 @@ mod tests {
                 .expect_err("must fail")
                 .contains("at least 1")
         );
-    }
-
-    #[test]
-    fn jitter_stays_within_its_bound_and_varies() {
-        let bound = Duration::from_secs(30);
-        let samples: Vec<Duration> = (0..200).map(|_| random_jitter(bound)).collect();
-        assert!(samples.iter().all(|d| *d <= bound));
-        let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
-        assert!(
-            distinct.len() > 100,
-            "only {} distinct values",
-            distinct.len()
-        );
-        assert_eq!(random_jitter(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -16,6 +16,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use evolve_core::backoff::{Backoff, Jitter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -44,13 +45,14 @@ impl Default for SupervisionConfig {
 }
 
 impl SupervisionConfig {
+    /// The quarantine after strike `strikes`: not jittered, since the operator is shown it.
     fn backoff(&self, strikes: u32) -> Duration {
-        let factor = 1u64 << strikes.saturating_sub(1).min(30);
-        Duration::from_millis(
-            self.quarantine_base_ms
-                .saturating_mul(factor)
-                .min(self.quarantine_max_ms),
-        )
+        Backoff {
+            base: Duration::from_millis(self.quarantine_base_ms),
+            max: Duration::from_millis(self.quarantine_max_ms),
+            jitter: Jitter::None,
+        }
+        .delay(strikes)
     }
 }
 
@@ -107,7 +109,7 @@ pub fn is_fault(error: &CallError) -> bool {
 
 impl Supervision {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        evolve_core::sync::lock(&self.state)
     }
 
     /// `Err((remaining, reason))` while quarantined.

@@ -1,4 +1,4 @@
-//! Cluster benchmark (issue 7), run by `bench/cluster/run.sh`: real `redis-server`, real
+//! Cluster benchmark, run by `bench/cluster/run.sh`: real `redis-server`, real
 //! daemons, release build.
 //!
 //! 1. **Propagation**: a service registered on node A (API answer, fsynced) until node B has

@@ -60,7 +60,7 @@ pub enum HistoryError {
 /// How a run ended (or that it has not yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum RunOutcome {
     Running,
     Succeeded,
     Failed,
@@ -69,24 +69,24 @@ pub enum Outcome {
     Interrupted,
 }
 
-impl Outcome {
+impl RunOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Running => "running",
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Interrupted => "interrupted",
+            RunOutcome::Running => "running",
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Interrupted => "interrupted",
         }
     }
 
-    fn parse(text: &str) -> Outcome {
+    fn parse(text: &str) -> RunOutcome {
         match text {
-            "running" => Outcome::Running,
-            "succeeded" => Outcome::Succeeded,
-            "cancelled" => Outcome::Cancelled,
-            "interrupted" => Outcome::Interrupted,
-            _ => Outcome::Failed,
+            "running" => RunOutcome::Running,
+            "succeeded" => RunOutcome::Succeeded,
+            "cancelled" => RunOutcome::Cancelled,
+            "interrupted" => RunOutcome::Interrupted,
+            _ => RunOutcome::Failed,
         }
     }
 }
@@ -130,7 +130,7 @@ pub struct RunRecord {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
-    pub outcome: Outcome,
+    pub outcome: RunOutcome,
     pub summary: Option<String>,
     /// The agent's JSON output.
     pub output: Option<serde_json::Value>,
@@ -145,7 +145,7 @@ pub struct RunRecord {
 #[derive(Debug, Clone)]
 pub struct Finish {
     pub finished_at: DateTime<Utc>,
-    pub outcome: Outcome,
+    pub outcome: RunOutcome,
     pub summary: Option<String>,
     pub output: Option<String>,
     pub error_code: Option<String>,
@@ -166,26 +166,26 @@ pub struct RunStats {
     pub p50_ms: Option<u64>,
     pub p99_ms: Option<u64>,
     pub last_started_at: Option<DateTime<Utc>>,
-    pub last_outcome: Option<Outcome>,
+    pub last_outcome: Option<RunOutcome>,
 }
 
 /// The history store; cheap to clone, safe to share. Calls block on SQLite (an fsync per
 /// write): async callers go through `spawn_blocking`.
 #[derive(Clone)]
-pub struct History {
+pub struct RunHistory {
     conn: Arc<Mutex<Connection>>,
 }
 
-impl std::fmt::Debug for History {
+impl std::fmt::Debug for RunHistory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("History").finish_non_exhaustive()
+        f.debug_struct("RunHistory").finish_non_exhaustive()
     }
 }
 
-impl History {
+impl RunHistory {
     /// Opens (creating) the store, migrates it, and marks runs left `running` by a previous
     /// process as `interrupted`. Returns how many were.
-    pub fn open(path: &Path) -> Result<(History, usize), HistoryError> {
+    pub fn open(path: &Path) -> Result<(RunHistory, usize), HistoryError> {
         let open_err = |source| HistoryError::Open {
             path: path.to_path_buf(),
             source,
@@ -228,7 +228,7 @@ impl History {
             [],
         )?;
         Ok((
-            History {
+            RunHistory {
                 conn: Arc::new(Mutex::new(conn)),
             },
             interrupted,
@@ -238,7 +238,7 @@ impl History {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite mid-statement: each call is one
         // statement or one transaction, so the connection stays usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        evolve_core::sync::lock(&self.conn)
     }
 
     /// Records a run as started; returns its id.
@@ -351,9 +351,9 @@ impl History {
         for row in rows {
             let (outcome, duration) = row?;
             stats.runs += 1;
-            match Outcome::parse(&outcome) {
-                Outcome::Succeeded => stats.succeeded += 1,
-                Outcome::Failed => stats.failed += 1,
+            match RunOutcome::parse(&outcome) {
+                RunOutcome::Succeeded => stats.succeeded += 1,
+                RunOutcome::Failed => stats.failed += 1,
                 _ => {}
             }
             if let Some(d) = duration {
@@ -375,7 +375,7 @@ impl History {
             .optional()?;
         if let Some((ms, outcome)) = last {
             stats.last_started_at = millis_to_time(ms);
-            stats.last_outcome = Some(Outcome::parse(&outcome));
+            stats.last_outcome = Some(RunOutcome::parse(&outcome));
         }
         Ok(stats)
     }
@@ -405,7 +405,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         started_at: millis_to_time(row.get(5)?).unwrap_or_default(),
         finished_at: row.get::<_, Option<i64>>(6)?.and_then(millis_to_time),
         duration_ms: row.get::<_, Option<i64>>(7)?.map(|d| d.max(0) as u64),
-        outcome: Outcome::parse(&row.get::<_, String>(8)?),
+        outcome: RunOutcome::parse(&row.get::<_, String>(8)?),
         summary: row.get(9)?,
         // Stored as the agent wrote it (the runtime checked it is JSON); a hand-edited row
         // that no longer parses is shown as a string rather than lost.
@@ -422,7 +422,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
 mod tests {
     use super::*;
 
-    fn finish(outcome: Outcome, at: DateTime<Utc>) -> Finish {
+    fn finish(outcome: RunOutcome, at: DateTime<Utc>) -> Finish {
         Finish {
             finished_at: at,
             outcome,
@@ -441,7 +441,7 @@ mod tests {
         let path = dir.path().join("nested").join("agents.db");
         let t0 = Utc.timestamp_millis_opt(1_000_000).single().expect("time");
         let (done, open) = {
-            let (history, interrupted) = History::open(&path).expect("open");
+            let (history, interrupted) = RunHistory::open(&path).expect("open");
             assert_eq!(interrupted, 0);
             let done = history
                 .begin("doc", "generate", Trigger::Api, Some("ops"), t0)
@@ -449,7 +449,10 @@ mod tests {
             history
                 .finish(
                     done,
-                    &finish(Outcome::Succeeded, t0 + chrono::Duration::milliseconds(250)),
+                    &finish(
+                        RunOutcome::Succeeded,
+                        t0 + chrono::Duration::milliseconds(250),
+                    ),
                 )
                 .expect("finish");
             let open = history
@@ -457,31 +460,31 @@ mod tests {
                 .expect("begin");
             (done, open)
         };
-        let (history, interrupted) = History::open(&path).expect("reopen");
+        let (history, interrupted) = RunHistory::open(&path).expect("reopen");
         assert_eq!(interrupted, 1);
         let done = history.get(done).expect("get").expect("present");
-        assert_eq!(done.outcome, Outcome::Succeeded);
+        assert_eq!(done.outcome, RunOutcome::Succeeded);
         assert_eq!(done.duration_ms, Some(250));
         assert_eq!(done.output, Some(serde_json::json!({"n": 1})));
         assert_eq!(done.caller.as_deref(), Some("ops"));
         let open = history.get(open).expect("get").expect("present");
-        assert_eq!(open.outcome, Outcome::Interrupted);
+        assert_eq!(open.outcome, RunOutcome::Interrupted);
         assert_eq!(history.last_scheduled_start("doc").expect("q"), Some(t0));
     }
 
     #[test]
     fn stats_count_outcomes_and_rank_durations() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (history, _) = History::open(&dir.path().join("a.db")).expect("open");
+        let (history, _) = RunHistory::open(&dir.path().join("a.db")).expect("open");
         let t0 = Utc.timestamp_millis_opt(0).single().expect("time");
         for i in 1..=100i64 {
             let id = history
                 .begin("a", "t", Trigger::Api, None, t0)
                 .expect("begin");
             let outcome = if i % 4 == 0 {
-                Outcome::Failed
+                RunOutcome::Failed
             } else {
-                Outcome::Succeeded
+                RunOutcome::Succeeded
             };
             history
                 .finish(
@@ -495,7 +498,7 @@ mod tests {
         assert_eq!(stats.success_rate, Some(0.75));
         assert_eq!(stats.p50_ms, Some(500));
         assert_eq!(stats.p99_ms, Some(990));
-        assert_eq!(stats.last_outcome, Some(Outcome::Failed));
+        assert_eq!(stats.last_outcome, Some(RunOutcome::Failed));
         assert_eq!(history.prune("a", 10).expect("prune"), 90);
         let page = history.runs("a", 5, None).expect("runs");
         assert_eq!(page.len(), 5);
@@ -509,11 +512,11 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a.db");
-        drop(History::open(&path).expect("open"));
+        drop(RunHistory::open(&path).expect("open"));
         let conn = Connection::open(&path).expect("raw open");
         conn.pragma_update(None, "user_version", 99).expect("bump");
         drop(conn);
-        let err = History::open(&path).expect_err("too new");
+        let err = RunHistory::open(&path).expect_err("too new");
         assert!(err.to_string().contains("schema version 99"), "{err}");
     }
 }

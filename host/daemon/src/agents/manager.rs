@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,14 +26,15 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::health::{HealthLog, HealthSample};
-use super::history::{Finish, History, Outcome, RunRecord, RunStats, Trigger};
+use super::history::{Finish, RunHistory, RunOutcome, RunRecord, RunStats, Trigger};
 use super::scheduler::{self, LoopClock, Plan};
 use super::{AgentError, AgentsConfig};
+use evolve_core::backoff::{Backoff, Jitter};
 use evolve_core::events::{Event, EventBus, EventKind};
+use evolve_core::sync::lock;
 use evolve_runtime::bindings::inventory::AgentSummary;
 use evolve_runtime::bindings::types::{HealthReport, PluginError, Task};
 use evolve_runtime::manifest::{AgentSpec, MissedRuns};
-use evolve_runtime::schedule::random_jitter;
 use evolve_runtime::{CallError, CallReport, Description, Plugin, PluginKind, Runtime};
 
 /// What to run.
@@ -146,7 +147,7 @@ struct ScheduleTask {
 struct Inner {
     runtime: Runtime,
     events: EventBus,
-    history: History,
+    history: RunHistory,
     config: AgentsConfig,
     agents: Mutex<BTreeMap<String, AgentState>>,
     schedules: Mutex<BTreeMap<String, ScheduleTask>>,
@@ -164,9 +165,10 @@ impl std::fmt::Debug for AgentManager {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// The longest wait between two attempts of a run. Backoff doubles per attempt, so without a
+/// cap a run with many retries would wait hours; a run's deadline (at most a day) cuts a wait
+/// short anyway, and a retry an hour out helps no one who asked for retries.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(3_600);
 
 /// The effective run policy of an agent.
 #[derive(Debug, Clone, Copy)]
@@ -190,12 +192,15 @@ impl Policy {
         }
     }
 
-    /// Backoff before attempt `attempt + 1`: base × 2^(attempt-1), the upper half jittered.
+    /// Backoff before attempt `attempt + 1`: base × 2^(attempt-1), capped at
+    /// [`MAX_RETRY_BACKOFF`], the upper half jittered.
     fn backoff_after(&self, attempt: u32) -> Duration {
-        let full = self
-            .backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        full / 2 + random_jitter(full / 2)
+        Backoff {
+            base: self.backoff,
+            max: MAX_RETRY_BACKOFF,
+            jitter: Jitter::UpperHalf,
+        }
+        .delay(attempt)
     }
 }
 
@@ -205,7 +210,7 @@ impl AgentManager {
     pub fn new(
         runtime: Runtime,
         events: EventBus,
-        history: History,
+        history: RunHistory,
         config: AgentsConfig,
     ) -> AgentManager {
         AgentManager {
@@ -600,7 +605,7 @@ impl AgentManager {
         let finished_at = Utc::now();
         let mut finish = Finish {
             finished_at,
-            outcome: Outcome::Succeeded,
+            outcome: RunOutcome::Succeeded,
             summary: None,
             output: None,
             error_code: None,
@@ -667,7 +672,7 @@ impl AgentManager {
             "generation": generation,
             "error_code": record.error_code,
         });
-        if record.outcome == Outcome::Succeeded {
+        if record.outcome == RunOutcome::Succeeded {
             tracing::info!(
                 agent = name,
                 run_id = id,
@@ -888,23 +893,27 @@ fn schedule_view(plugin: &Plugin, next_at: Option<DateTime<Utc>>) -> Option<Sche
 }
 
 /// Outcome, error code and message of a failure.
-fn describe_failure(failure: &Failure) -> (Outcome, String, String) {
+fn describe_failure(failure: &Failure) -> (RunOutcome, String, String) {
     match failure {
-        Failure::Call(error) => (Outcome::Failed, error.code().to_string(), error.to_string()),
+        Failure::Call(error) => (
+            RunOutcome::Failed,
+            error.code().to_string(),
+            error.to_string(),
+        ),
         Failure::Plugin(error) => (
-            Outcome::Failed,
+            RunOutcome::Failed,
             format!("plugin:{}", error.code.as_str()),
             error.message.clone(),
         ),
         Failure::Deadline { deadline_ms } => (
-            Outcome::Failed,
+            RunOutcome::Failed,
             "run_deadline_exceeded".into(),
             format!(
                 "the run exceeded its deadline of {deadline_ms} ms (attempts and backoffs together)"
             ),
         ),
         Failure::Cancelled => (
-            Outcome::Cancelled,
+            RunOutcome::Cancelled,
             "cancelled".into(),
             "the run was cancelled".into(),
         ),

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::history::{History, HistoryError, Outcome, RunRecord, RunStats, Trigger};
+pub use self::history::{HistoryError, RunHistory, RunOutcome, RunRecord, RunStats, Trigger};
 pub use self::manager::{AgentManager, AgentView, RunRequest, StartedRun};
 
 /// `[agents]` in the daemon config.

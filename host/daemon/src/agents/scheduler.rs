@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 
 use super::history::Trigger;
 use evolve_runtime::manifest::MissedRuns;
-use evolve_runtime::schedule::{Schedule, random_jitter};
+use evolve_runtime::schedule::Schedule;
 
 /// Wall time derived from the tokio clock.
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +94,7 @@ pub async fn drive<F, Fut>(
         };
         planned(next);
         // Step 3: sleep until it, plus jitter.
-        let wait = (next - now).to_std().unwrap_or_default() + random_jitter(plan.jitter);
+        let wait = (next - now).to_std().unwrap_or_default() + evolve_core::rng::up_to(plan.jitter);
         tokio::time::sleep(wait).await;
         anchor = next;
         // Step 4: fire.

@@ -349,7 +349,7 @@ impl Collector for MeshCollector {
     }
 }
 
-/// Model-aware routing and fan-out (issue 9): selections by route and source, outcomes by
+/// Model-aware routing and fan-out: selections by route and source, outcomes by
 /// result, fan-out parts by route and result; read from the mesh's counters at scrape time.
 pub(super) fn register_routing(registry: &mut Registry, mesh: Mesh) {
     registry.register_collector(Box::new(RoutingCollector { mesh }));
@@ -412,7 +412,7 @@ impl Collector for RoutingCollector {
     }
 }
 
-/// Registers the cluster's metrics (issue 7).
+/// Registers the cluster's metrics.
 pub(super) fn register_cluster(registry: &mut Registry, cluster: evolve_cluster::Cluster) {
     registry.register_collector(Box::new(ClusterCollector { cluster }));
 }

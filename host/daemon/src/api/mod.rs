@@ -16,7 +16,7 @@
 //! end-to-end test checks each one is routed.
 //! | `/v1/models…`, `/v1/registry…` | the model registry: see [`models`] |
 //! | `/v1/services…`, `POST /v1/route/{type}` | the service mesh, see [`services`] |
-//! | `GET /v1/cluster` | cluster membership over Redis (issue 7) |
+//! | `GET /v1/cluster` | cluster membership over Redis |
 
 pub mod agents;
 mod cluster;
@@ -60,7 +60,7 @@ pub struct ApiState {
     pub registry: Option<Arc<Registry>>,
     /// The service mesh, when the daemon runs one.
     pub mesh: Option<evolve_mesh::Mesh>,
-    /// Cluster membership (issue 7); `GET /v1/cluster` says `disabled` without one.
+    /// Cluster membership; `GET /v1/cluster` says `disabled` without one.
     pub cluster: Option<evolve_cluster::Cluster>,
     /// Turns true when the daemon stops, so never-ending answers (event follows) end and the
     /// graceful shutdown is not held for its whole grace.

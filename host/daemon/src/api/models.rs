@@ -41,8 +41,8 @@ use super::{ApiError, ApiState, Caller, JsonBody};
 use evolve_core::events::{Event, EventKind};
 use evolve_registry::performance::MetricValue;
 use evolve_registry::{
-    HistoryQuery, ModelFilter, MoveContext, NewModel, NewPoint, NewVersion, Registry,
-    RegistryError, RegistryExport, StoreError, VersionStatus,
+    DatabaseError, HistoryQuery, ModelFilter, MoveContext, NewModel, NewPoint, NewVersion,
+    Registry, RegistryError, RegistryExport, VersionStatus,
 };
 
 impl From<RegistryError> for ApiError {
@@ -62,7 +62,9 @@ impl From<RegistryError> for ApiError {
             | RegistryError::NotEmpty { .. } => StatusCode::CONFLICT,
             // Only a file offered for restore is checked at run time: the client chose it.
             RegistryError::Store(
-                StoreError::Foreign { .. } | StoreError::Corrupt { .. } | StoreError::TooNew { .. },
+                DatabaseError::Foreign { .. }
+                | DatabaseError::Corrupt { .. }
+                | DatabaseError::TooNew { .. },
             ) => StatusCode::UNPROCESSABLE_ENTITY,
             RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::ServeArgs;
-use crate::agents::{AgentManager, History};
+use crate::agents::{AgentManager, RunHistory};
 use crate::api::{self, ApiState};
 use crate::config::{HostConfig, LogConfig, LogFormat};
 use crate::reload::Reloader;
@@ -62,7 +62,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // --- agents: run history, manager (registration, runs, schedules, health) ---
     let agents_db = config.agents_db();
-    let (history, interrupted) = tokio::task::spawn_blocking(move || History::open(&agents_db))
+    let (history, interrupted) = tokio::task::spawn_blocking(move || RunHistory::open(&agents_db))
         .await
         .context("opening the agent run history")??;
     if interrupted > 0 {
@@ -77,7 +77,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         history,
         config.agents.clone(),
     );
-    // ---- model registry (issue 5): open the store, refresh the inventory view, scheduled
+    // ---- model registry: open the store, refresh the inventory view, scheduled
     // backups. A foreign or damaged file stops the daemon with how to restore it.
     let registry_config = config.registry_config();
     let registry = {
@@ -134,7 +134,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // ---- end model registry
 
-    // ---- service mesh (issue 4): catalog from the config file and the catalog file; health
+    // ---- service mesh: catalog from the config file and the catalog file; health
     // checks start once the checker plugins are loaded (below). ----
     let mesh = Mesh::new(
         config.mesh.clone(),
@@ -148,12 +148,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         catalog = %config.mesh_catalog_file().display(),
         "mesh catalog loaded"
     );
-    // Model-aware routes (issue 9) ask the registry which model to send.
+    // Model-aware routes ask the registry which model to send.
     mesh.set_model_selector(Arc::new(crate::system::RegistrySelector {
         registry: Arc::clone(&registry),
     }));
     // ---- end service mesh ----
-    // ---- cluster (issue 7): with [cluster] redis_url, events go to Redis and the catalog is
+    // ---- cluster: with [cluster] redis_url, events go to Redis and the catalog is
     // shared; never waits for Redis (an unreachable one is retried in the background). ----
     let node_id = config
         .cluster
