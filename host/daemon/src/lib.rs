@@ -11,7 +11,8 @@
 //! | [`system`] | the daemon's inventory and probes: what plugins see of the whole system |
 //! | [`health`] | one system health: the parts and the rules that make `healthy` / `degraded` / `unhealthy` |
 //! | [`api`] | HTTP API (axum) |
-//! | [`cli`] | the `evolve` command line, including `serve` which runs the [`daemon`] |
+//! | [`cli`] | the `evolve` command line, including `serve`, which runs the [`daemon`] |
+//! | [`daemon`] | the [`daemon::Daemon`]: built from config (bind → stores → parts → plugins), run until stopped |
 //! | [`config`] | daemon configuration |
 //!
 //! The crates below: `evolve-core` (events, rng, backoff, rolling window, health vocabulary),
@@ -23,6 +24,7 @@ pub mod agents;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod health;
 pub mod reload;
 pub mod system;

@@ -9,6 +9,7 @@
 //! | [`performance`] | metric points: record, history, aggregates, the in-memory series index |
 //! | [`scoring`] | scoring policies and the explained best-model ranking |
 //! | [`backup`] | online backup / restore / keep-N, JSON export and import |
+//! | [`maintenance`] | background work: the inventory refresh and scheduled backups |
 //! | [`error`] | [`DatabaseError`], [`RegistryError`] |
 //!
 //! [`Registry`] is the one entry point. Its methods are synchronous (SQLite): async callers run
@@ -20,6 +21,7 @@
 pub mod aliases;
 pub mod backup;
 pub mod error;
+pub mod maintenance;
 pub mod models;
 pub mod performance;
 pub mod scoring;
