@@ -13,8 +13,10 @@ use evolve_core::events::EventBus;
 use evolve_runtime::bindings::types::{HealthReport, PluginError, Service, Task, TaskOutcome};
 use evolve_runtime::manifest::MANIFEST_FILE;
 use evolve_runtime::plugin::Description;
+use evolve_runtime::sandbox::HttpTransport;
 use evolve_runtime::{
     CallError, LimitValues, LoadError, Runtime, RuntimeConfig, RuntimeError, SupervisionConfig,
+    SystemView,
 };
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -133,7 +135,11 @@ impl KitBuilder {
             .enable_all()
             .build()
             .map_err(|e| setup(Path::new("(tokio runtime)"), e))?;
-        let runtime = Runtime::new(
+        let seen = self.http.as_ref().map(|http| Arc::clone(&http.seen));
+        let http_transport = self
+            .http
+            .map(|http| Arc::new(http) as Arc<dyn HttpTransport>);
+        let runtime = Runtime::with_http_transport(
             RuntimeConfig {
                 pool_instances: POOL_INSTANCES,
                 defaults: LimitValues::DEFAULTS,
@@ -144,13 +150,12 @@ impl KitBuilder {
                 protected_dirs: vec![plugin_dir.clone()],
             },
             EventBus::new(),
+            http_transport,
         )?;
-        runtime.set_system_inventory(Arc::new(self.inventory));
-        runtime.set_system_probes(Arc::new(self.probes));
-        let seen = self.http.as_ref().map(|http| Arc::clone(&http.seen));
-        if let Some(http) = self.http {
-            runtime.set_http_transport(Some(Arc::new(http)));
-        }
+        runtime.install_system_view(SystemView {
+            inventory: Arc::new(self.inventory),
+            probes: Arc::new(self.probes),
+        });
         let sink: Sink = Arc::default();
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(Capture {
             sink: Arc::clone(&sink),

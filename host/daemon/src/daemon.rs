@@ -39,7 +39,7 @@ use evolve_core::events::EventBus;
 use evolve_mesh::Mesh;
 use evolve_registry::Registry;
 use evolve_registry::maintenance::Maintenance;
-use evolve_runtime::Runtime;
+use evolve_runtime::{Runtime, SystemView};
 
 /// How long a stopping daemon waits to withdraw its registrations from the cluster; past it,
 /// peers expire them after the heartbeat TTL instead.
@@ -127,20 +127,22 @@ impl Daemon {
             registry: Arc::clone(&registry),
         }));
         let cluster = start_cluster(&config, listen, &mesh, &events)?;
-        runtime.set_system_inventory(Arc::new(DaemonInventory {
-            listen: listen.to_string(),
-            auth: !config.server.tokens.is_empty(),
-            started,
-            agents: agents.clone(),
-            registry: Some(Arc::clone(&registry)),
-            mesh: Some(mesh.clone()),
-            api_endpoints: api::inventory_endpoints(),
-        }));
-        runtime.set_system_probes(Arc::new(DaemonProbes {
-            runtime: runtime.clone(),
-            registry: Some(Arc::clone(&registry)),
-            mesh: Some(mesh.clone()),
-        }));
+        runtime.install_system_view(SystemView {
+            inventory: Arc::new(DaemonInventory {
+                listen: listen.to_string(),
+                auth: !config.server.tokens.is_empty(),
+                started,
+                agents: agents.clone(),
+                registry: Some(Arc::clone(&registry)),
+                mesh: Some(mesh.clone()),
+                api_endpoints: api::inventory_endpoints(),
+            }),
+            probes: Arc::new(DaemonProbes {
+                runtime: runtime.clone(),
+                registry: Some(Arc::clone(&registry)),
+                mesh: Some(mesh.clone()),
+            }),
+        });
 
         // 4. plugins.
         let reloader = Reloader::new(

@@ -5,6 +5,8 @@
 //! in without the runtime depending on them. A plugin sees one snapshot per call, taken lazily at
 //! its first inventory call so calls that never ask pay nothing.
 
+use std::sync::Arc;
+
 use super::bindings::inventory::{
     AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, PluginSource, PluginSummary,
     ServiceStatus,
@@ -28,6 +30,30 @@ pub trait SystemInventory: Send + Sync {
     }
     fn api_endpoints(&self) -> Vec<ApiEndpoint> {
         Vec::new()
+    }
+}
+
+/// What plugins see of the rest of the system: the `inventory` they read and the `probes` meta
+/// agents make. The daemon builds its own over its parts; the test kit scripts one.
+#[derive(Clone)]
+pub struct SystemView {
+    pub inventory: Arc<dyn SystemInventory>,
+    pub probes: Arc<dyn crate::probes::SystemProbes>,
+}
+
+impl SystemView {
+    /// No system: an inventory with only the runtime's own plugins, probes that fail saying so.
+    pub fn detached() -> SystemView {
+        SystemView {
+            inventory: Arc::new(DetachedInventory),
+            probes: Arc::new(crate::probes::DetachedProbes),
+        }
+    }
+}
+
+impl std::fmt::Debug for SystemView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemView").finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,411 @@
+//! The call path: admission, a fresh store and instance with the plugin's grants, the export
+//! call under the deadline, classification of failures, and the check of the answer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::ResourceTable;
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use super::{Description, Plugin, WorldPre};
+use crate::bindings::types::{HealthReport, PluginError, Service, Task, TaskOutcome};
+use crate::error::CallError;
+use crate::limits::StoreLimiter;
+use crate::sandbox::{CallLog, HttpPolicy, uri_host_port};
+use crate::state::PluginState;
+use crate::supervision::SupervisionConfig;
+
+/// Resources (open files, streams, HTTP requests...) a call may hold at once. Each can pin host
+/// memory or a file descriptor; wasmtime's default (1,000,000) would let one call exhaust the
+/// daemon's descriptors. Real plugins hold a handful.
+const MAX_RESOURCES: usize = 1_024;
+
+/// Bytes of HTTP header fields a checker may build per `fields` resource. wasi-http's default
+/// (128 KiB) times many resources is a lot of host memory; 16 KiB is above any real request.
+const MAX_HTTP_FIELDS_BYTES: usize = 16 << 10;
+
+/// Extra wall-clock time, past the deadline, before a call blocked in a host await (an HTTP
+/// request) is abandoned. Guest code is interrupted by the epoch within one tick of the deadline;
+/// this only covers time spent outside guest code.
+const HOST_AWAIT_GRACE: Duration = Duration::from_millis(50);
+
+/// A call into a plugin.
+#[derive(Debug)]
+pub enum Call {
+    Describe,
+    Run(Task),
+    Health,
+    Check(Service),
+}
+
+/// Its answer, when the call itself worked. A plugin's own `Err` is an answer, not a failure of
+/// the call.
+#[derive(Debug, Clone, Serialize)]
+pub enum Answer {
+    Described(Description),
+    Ran(Result<TaskOutcome, PluginError>),
+    Health(HealthReport),
+    Checked(Result<HealthReport, PluginError>),
+}
+
+/// An answer with what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallReport<T> {
+    pub plugin: String,
+    pub generation: u64,
+    pub duration_us: u64,
+    /// Log bytes over `max_log_kb` that were dropped.
+    pub logs_dropped: u64,
+    pub value: T,
+}
+
+impl Plugin {
+    /// Serves one call: quarantine check, admission, a fresh instance, the export, bounded by
+    /// limits; the outcome feeds supervision.
+    pub async fn invoke(
+        &self,
+        pool: &Arc<Semaphore>,
+        call: Call,
+        supervision: &SupervisionConfig,
+    ) -> Result<CallReport<Answer>, CallError> {
+        if let Err((remaining, reason)) = self.supervision.admit() {
+            let error = CallError::Quarantined {
+                plugin: self.name().to_string(),
+                retry_after_ms: remaining.as_millis() as u64,
+                reason,
+            };
+            self.stats.record(Duration::ZERO, Err(&error));
+            return Err(error);
+        }
+        let result = self.probe(pool, call).await;
+        self.supervision
+            .record(result.as_ref().map(|_| ()), supervision);
+        result
+    }
+
+    /// Serves one call without the quarantine check or supervision accounting: the canary path.
+    pub async fn probe(
+        &self,
+        pool: &Arc<Semaphore>,
+        call: Call,
+    ) -> Result<CallReport<Answer>, CallError> {
+        let started = Instant::now();
+        let _active = ActiveCall::enter(self);
+        let result = self.invoke_inner(pool, call).await;
+        let elapsed = started.elapsed();
+        self.stats
+            .record(elapsed, result.as_ref().map(|_| ()).map_err(|(e, _)| e));
+        let (answer, logs_dropped) = match result {
+            Ok(ok) => ok,
+            Err((error, _)) => {
+                tracing::warn!(plugin = self.name(), code = error.code(), "{error}");
+                return Err(error);
+            }
+        };
+        Ok(CallReport {
+            plugin: self.manifest.name.clone(),
+            generation: self.generation,
+            duration_us: elapsed.as_micros() as u64,
+            logs_dropped,
+            value: answer,
+        })
+    }
+
+    async fn invoke_inner(
+        &self,
+        pool: &Arc<Semaphore>,
+        call: Call,
+    ) -> Result<(Answer, u64), (CallError, u64)> {
+        let name = self.name();
+        // 1. Admission: the plugin's own concurrency and queue, then a pool slot. Per-plugin
+        //    queues bound how many wait for the pool, and the pool never sees more concurrent
+        //    instances than it has slots, so it cannot fail with a raw exhaustion error.
+        let _permit = self.gate.enter(name).await.map_err(|e| (e, 0))?;
+        // The wait for a pool slot is bounded by the call's deadline: when every slot is held
+        // by slow plugins, a caller gets Overloaded instead of hanging behind them.
+        let slot = tokio::time::timeout(self.limits.deadline(), Arc::clone(pool).acquire_owned());
+        let _slot = match slot.await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_closed)) => {
+                let message = "the runtime is shutting down".to_string();
+                let plugin = name.to_string();
+                return Err((CallError::Instantiate { plugin, message }, 0));
+            }
+            Err(_elapsed) => {
+                let (running, queued) = (self.gate.in_flight(), self.gate.queued());
+                let plugin = name.to_string();
+                return Err((
+                    CallError::Overloaded {
+                        plugin,
+                        running,
+                        queued,
+                    },
+                    0,
+                ));
+            }
+        };
+
+        // 2. A fresh store with exactly the plugin's grants.
+        let deadline = self.limits.deadline();
+        let target = match &call {
+            Call::Check(service) => service
+                .endpoint
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| uri_host_port(&uri)),
+            _ => None,
+        };
+        let log = CallLog::new(Arc::clone(&self.context.name), self.limits.max_log_bytes);
+        let wasi = self.grants.wasi_ctx(&log).map_err(|e| {
+            (
+                CallError::Instantiate {
+                    plugin: name.to_string(),
+                    message: format!("granted directory unavailable: {e}"),
+                },
+                0,
+            )
+        })?;
+        let http_policy = HttpPolicy::new(
+            Arc::clone(&self.context.name),
+            Arc::clone(&self.http_hosts),
+            target,
+            deadline,
+        )
+        .with_transport(
+            self.snapshot_source
+                .upgrade()
+                .and_then(|source| source.http_transport()),
+        );
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
+        let state = PluginState {
+            wasi,
+            table,
+            http,
+            http_policy: http_policy.clone(),
+            limiter: StoreLimiter::new(self.limits.memory_bytes),
+            log: Arc::clone(&log),
+            plugin: Arc::clone(&self.context),
+            snapshot_source: self.snapshot_source.clone(),
+            snapshot: None,
+            deadline_hit: false,
+        };
+        let mut store = Store::new(self.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        let deadline_at = Instant::now() + deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if Instant::now() >= deadline_at {
+                ctx.data_mut().deadline_hit = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yield at every tick so a busy guest shares the executor thread.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        // 3 + 4. Instantiate and call, bounded by the deadline also while in host awaits.
+        let outcome = tokio::time::timeout(
+            deadline + HOST_AWAIT_GRACE,
+            dispatch(&self.pre, &mut store, call),
+        )
+        .await;
+        let logs_dropped = log.finish();
+
+        // 5. Classify failures by what the store saw, not by the trap alone.
+        let answer = match outcome {
+            Err(_elapsed) => {
+                return Err((
+                    CallError::DeadlineExceeded {
+                        plugin: name.to_string(),
+                        deadline_ms: self.limits.deadline_ms,
+                    },
+                    logs_dropped,
+                ));
+            }
+            Ok(Err(error)) => return Err((self.classify(error, &store, &log), logs_dropped)),
+            Ok(Ok(answer)) => answer,
+        };
+
+        // 6. The answer must fit the output budget and carry valid JSON.
+        self.check_answer(&answer, &http_policy)
+            .map_err(|e| (e, logs_dropped))?;
+        Ok((answer, logs_dropped))
+    }
+
+    fn engine(&self) -> &Engine {
+        match &self.pre {
+            WorldPre::MetaAgent(pre) => pre.engine(),
+            WorldPre::HealthChecker(pre) => pre.engine(),
+        }
+    }
+
+    fn classify(
+        &self,
+        error: wasmtime::Error,
+        store: &Store<PluginState>,
+        log: &CallLog,
+    ) -> CallError {
+        let plugin = self.name().to_string();
+        if let Some(hit) = store.data().limiter.memory_hit {
+            return CallError::MemoryLimit {
+                plugin,
+                limit_bytes: hit.limit,
+                requested_bytes: hit.requested,
+            };
+        }
+        if store.data().deadline_hit
+            || matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+        {
+            return CallError::DeadlineExceeded {
+                plugin,
+                deadline_ms: self.limits.deadline_ms,
+            };
+        }
+        if let Some(trap) = error.downcast_ref::<Trap>() {
+            let stderr = log.stderr_tail();
+            let message = if stderr.is_empty() {
+                trap.to_string()
+            } else {
+                format!("{trap}; stderr: {stderr}")
+            };
+            return CallError::Trap { plugin, message };
+        }
+        CallError::Trap {
+            plugin,
+            message: format!("{error:#}"),
+        }
+    }
+
+    fn check_answer(&self, answer: &Answer, http: &HttpPolicy) -> Result<(), CallError> {
+        let plugin = || self.name().to_string();
+        let size = answer_size(answer);
+        if size > self.limits.max_output_bytes {
+            return Err(CallError::OutputTooLarge {
+                plugin: plugin(),
+                size,
+                limit: self.limits.max_output_bytes,
+            });
+        }
+        match answer {
+            Answer::Ran(Ok(outcome)) => {
+                serde_json::from_str::<serde::de::IgnoredAny>(&outcome.output).map_err(|e| {
+                    CallError::InvalidOutput {
+                        plugin: plugin(),
+                        field: "task-outcome.output",
+                        message: e.to_string(),
+                    }
+                })?;
+            }
+            Answer::Ran(Err(error)) | Answer::Checked(Err(error)) => {
+                // A plugin that failed after the host refused it a host reports the refusal.
+                let (hosts, count) = http.refused();
+                if !hosts.is_empty() {
+                    let more = count.saturating_sub(hosts.len() as u64);
+                    return Err(CallError::PermissionDenied {
+                        plugin: plugin(),
+                        refused: format!(
+                            "outbound HTTP to {}{}",
+                            hosts.join(", "),
+                            if more > 0 {
+                                format!(" (and {more} more refusals)")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                        message: error.message.clone(),
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Counts a call on its generation from admission to return, even if the caller's future is
+/// dropped midway, so draining knows when the generation is idle.
+struct ActiveCall<'a>(&'a Plugin);
+
+impl<'a> ActiveCall<'a> {
+    fn enter(plugin: &'a Plugin) -> ActiveCall<'a> {
+        plugin.active.fetch_add(1, Ordering::AcqRel);
+        ActiveCall(plugin)
+    }
+}
+
+impl Drop for ActiveCall<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Bytes of guest-produced text in an answer.
+fn answer_size(answer: &Answer) -> u64 {
+    let error_size = |e: &PluginError| e.message.len();
+    let report_size = |r: &HealthReport| r.detail.len();
+    let info = |name: &str, version: &str, desc: &str, caps: &[String]| {
+        name.len() + version.len() + desc.len() + caps.iter().map(String::len).sum::<usize>()
+    };
+    (match answer {
+        Answer::Described(Description::Agent(a)) => {
+            info(&a.name, &a.version, &a.description, &a.capabilities)
+                + a.schedule.as_ref().map_or(0, String::len)
+        }
+        Answer::Described(Description::Checker(c)) => {
+            info(&c.name, &c.version, &c.description, &c.capabilities)
+        }
+        Answer::Ran(Ok(o)) => {
+            o.summary.len() + o.output.len() + o.artifacts.iter().map(String::len).sum::<usize>()
+        }
+        Answer::Ran(Err(e)) | Answer::Checked(Err(e)) => error_size(e),
+        Answer::Health(r) | Answer::Checked(Ok(r)) => report_size(r),
+    }) as u64
+}
+
+/// Instantiates the world and calls the export `call` names.
+async fn dispatch(
+    pre: &WorldPre,
+    store: &mut Store<PluginState>,
+    call: Call,
+) -> wasmtime::Result<Answer> {
+    match pre {
+        WorldPre::MetaAgent(pre) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let agent = instance.evolve_plugin_agent();
+            Ok(match call {
+                Call::Describe => {
+                    Answer::Described(Description::Agent(agent.call_describe(&mut *store).await?))
+                }
+                Call::Run(task) => Answer::Ran(agent.call_run(&mut *store, &task).await?),
+                Call::Health => Answer::Health(agent.call_health(&mut *store).await?),
+                Call::Check(_) => {
+                    return Err(wasmtime::Error::msg("meta agents do not check services"));
+                }
+            })
+        }
+        WorldPre::HealthChecker(pre) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let checker = instance.evolve_plugin_checker();
+            Ok(match call {
+                Call::Describe => Answer::Described(Description::Checker(
+                    checker.call_describe(&mut *store).await?,
+                )),
+                Call::Check(service) => {
+                    Answer::Checked(checker.call_check(&mut *store, &service).await?)
+                }
+                Call::Run(_) | Call::Health => {
+                    return Err(wasmtime::Error::msg("health checkers do not run tasks"));
+                }
+            })
+        }
+    }
+}
