@@ -4,8 +4,8 @@ use anyhow::{Context, bail};
 use hyper::Method;
 use serde_json::{Value, json};
 
-use super::client::{call, call_ok, error_text};
-use super::commands::print_table;
+use super::client::{call, call_for_text, error_text};
+use super::render::{print_json, print_table, text};
 use super::{AgentCommand, ApiArgs, RunArgs, SystemArgs, SystemCommand};
 
 pub async fn agent(command: AgentCommand) -> anyhow::Result<()> {
@@ -19,21 +19,7 @@ pub async fn agent(command: AgentCommand) -> anyhow::Result<()> {
             api,
         } => run_and_print(&api, &format!("/v1/agents/{name}/run"), &task, &run).await,
         AgentCommand::Runs { name, limit, api } => runs(&api, &name, limit).await,
-        AgentCommand::Cancel { name, run_id, api } => {
-            let value = call_ok(
-                &api,
-                Method::POST,
-                &format!("/v1/agents/{name}/runs/{run_id}/cancel"),
-                Some(&json!({})),
-            )
-            .await?;
-            if api.json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                println!("cancelling run {run_id} of {name}");
-            }
-            Ok(())
-        }
+        AgentCommand::Cancel { name, run_id, api } => cancel(&api, &name, run_id).await,
     }
 }
 
@@ -56,7 +42,7 @@ async fn run_and_print(api: &ApiArgs, path: &str, task: &str, run: &RunArgs) -> 
     }
     let (status, value) = call(api, Method::POST, path, Some(&body)).await?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        print_json(&value)?;
     }
     if !status.is_success() {
         let run_id = value
@@ -104,11 +90,9 @@ async fn run_and_print(api: &ApiArgs, path: &str, task: &str, run: &RunArgs) -> 
 }
 
 async fn list(api: &ApiArgs) -> anyhow::Result<()> {
-    let value = call_ok(api, Method::GET, "/v1/agents", None).await?;
-    if api.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+    let Some(value) = call_for_text(api, Method::GET, "/v1/agents", None).await? else {
         return Ok(());
-    }
+    };
     let mut rows = vec![[
         "NAME".to_string(),
         "VERSION".into(),
@@ -133,9 +117,7 @@ async fn list(api: &ApiArgs) -> anyhow::Result<()> {
             text(&agent["schedule"]["next_at"]),
             text(&agent["health"]["status"]),
             text(&stats["runs"]),
-            stats["success_rate"]
-                .as_f64()
-                .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+            percent(&stats["success_rate"]),
             text(&stats["p50_ms"]),
             text(&stats["p99_ms"]),
             agent["running"].as_array().map_or(0, Vec::len).to_string(),
@@ -146,11 +128,9 @@ async fn list(api: &ApiArgs) -> anyhow::Result<()> {
 }
 
 async fn health(api: &ApiArgs) -> anyhow::Result<()> {
-    let value = call_ok(api, Method::GET, "/v1/agents/health", None).await?;
-    if api.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+    let Some(value) = call_for_text(api, Method::GET, "/v1/agents/health", None).await? else {
         return Ok(());
-    }
+    };
     let mut rows = vec![[
         "AGENT".to_string(),
         "STATUS".into(),
@@ -172,24 +152,21 @@ async fn health(api: &ApiArgs) -> anyhow::Result<()> {
 }
 
 async fn runs(api: &ApiArgs, name: &str, limit: u32) -> anyhow::Result<()> {
-    let value = call_ok(
+    let Some(value) = call_for_text(
         api,
         Method::GET,
         &format!("/v1/agents/{name}/runs?limit={limit}"),
         None,
     )
-    .await?;
-    if api.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+    .await?
+    else {
         return Ok(());
-    }
+    };
     let stats = &value["stats"];
     println!(
         "{name}: {} runs, success {}, p50 {} ms, p99 {} ms\n",
         text(&stats["runs"]),
-        stats["success_rate"]
-            .as_f64()
-            .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+        percent(&stats["success_rate"]),
         text(&stats["p50_ms"]),
         text(&stats["p99_ms"])
     );
@@ -221,11 +198,22 @@ async fn runs(api: &ApiArgs, name: &str, limit: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A JSON value as table text: strings bare, null as `-`.
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+async fn cancel(api: &ApiArgs, name: &str, run_id: i64) -> anyhow::Result<()> {
+    let answer = call_for_text(
+        api,
+        Method::POST,
+        &format!("/v1/agents/{name}/runs/{run_id}/cancel"),
+        Some(&json!({})),
+    )
+    .await?;
+    if answer.is_some() {
+        println!("cancelling run {run_id} of {name}");
     }
+    Ok(())
+}
+
+/// A rate in 0..=1 as a whole percentage, or `-`.
+fn percent(rate: &Value) -> String {
+    rate.as_f64()
+        .map_or("-".into(), |r| format!("{:.0}%", r * 100.0))
 }

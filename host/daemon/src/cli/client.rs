@@ -1,5 +1,7 @@
 //! A minimal client of the daemon's API for CLI commands.
 
+use std::fmt::Write as _;
+
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -9,6 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::ApiArgs;
+use super::render::print_json;
 
 /// Largest API answer the CLI reads; far above any real one, it only stops a wrong `--api` URL
 /// from streaming forever into memory.
@@ -128,6 +131,49 @@ pub async fn call_ok(
     Ok(value)
 }
 
+/// Like [`call_ok`], for the commands whose `--json` output is the answer as it came: with
+/// `--json` it is printed here and `None` returned, else the caller renders it as text.
+pub async fn call_for_text(
+    api: &ApiArgs,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Option<Value>> {
+    let value = call_ok(api, method, path, body).await?;
+    if api.json {
+        print_json(&value)?;
+        return Ok(None);
+    }
+    Ok(Some(value))
+}
+
+/// `?k=v&…` of the pairs that have a value (empty when none has), each value percent-encoded.
+pub fn query_string(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent_encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// `text` safe as a query string value: every byte but `A-Za-z0-9 . _ -` escaped (`~` too,
+/// which RFC 3986 would allow bare: the stricter set costs nothing and the daemon decodes both).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
 /// `STATUS CODE: message` of an API error answer.
 pub fn error_text(status: StatusCode, value: &Value) -> String {
     let message = value
@@ -139,4 +185,25 @@ pub fn error_text(status: StatusCode, value: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or("error");
     format!("{status} {code}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            query_string(&[
+                ("since", Some("2026-01-01T00:00:00+01:00".into())),
+                ("tag", None)
+            ]),
+            "?since=2026-01-01T00%3A00%3A00%2B01%3A00"
+        );
+        assert_eq!(query_string(&[("tag", None)]), "");
+        assert_eq!(
+            percent_encode("Az09._-~ /&=é"),
+            "Az09._-%7E%20%2F%26%3D%C3%A9"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use hyper::Method;
 use serde_json::Value;
 
 use super::ApiArgs;
-use super::client::{call_ok, follow_lines};
+use super::client::{call_ok, follow_lines, percent_encode};
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
@@ -114,14 +114,4 @@ pub async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
         path.push_str(&percent_encode(kind));
     }
     follow_lines(&args.api, &path, emit).await
-}
-
-/// `text` safe in a query string value (event kinds are `[a-z._]`, but `--kind` is the user's).
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -7,17 +7,16 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use super::ApiArgs;
-use super::client::call_ok;
+use super::client::call_for_text;
+use super::render::{print_json, print_table};
 use crate::api::plugins::PluginView;
 use crate::config::HostConfig;
 use evolve_runtime::{LoadError, PluginKind, Runtime};
 
 pub async fn plugin_list(api: &ApiArgs) -> anyhow::Result<()> {
-    let value = call_ok(api, Method::GET, "/v1/plugins", None).await?;
-    if api.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+    let Some(value) = call_for_text(api, Method::GET, "/v1/plugins", None).await? else {
         return Ok(());
-    }
+    };
     let empty = Vec::new();
     let plugins = value["plugins"].as_array().unwrap_or(&empty);
     let mut rows = vec![
@@ -67,23 +66,6 @@ pub async fn plugin_list(api: &ApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn print_table<const N: usize>(rows: &[[String; N]]) {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
-}
-
 pub async fn plugin_check(path: &Path, config: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = HostConfig::load(config)?;
     config.validate()?;
@@ -103,8 +85,7 @@ pub async fn plugin_check(path: &Path, config: Option<&Path>, json: bool) -> any
     };
     let view = PluginView::of(&plugin, "checked", None);
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
-        return Ok(());
+        return print_json(&view);
     }
     println!(
         "ok: {} {} ({}, built against evolve:plugin@{})",
@@ -219,23 +200,22 @@ pub async fn checker_check(
     if let Some(path) = path {
         body["metadata"] = json!({ "health_path": path });
     }
-    let value = call_ok(
+    let Some(value) = call_for_text(
         api,
         Method::POST,
         &format!("/v1/checkers/{name}/check"),
         Some(&body),
     )
-    .await?;
-    if api.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        let report = &value["report"];
-        println!(
-            "{}: {} ({})",
-            service,
-            report["status"].as_str().unwrap_or("?"),
-            report["detail"].as_str().unwrap_or("")
-        );
-    }
+    .await?
+    else {
+        return Ok(());
+    };
+    let report = &value["report"];
+    println!(
+        "{}: {} ({})",
+        service,
+        report["status"].as_str().unwrap_or("?"),
+        report["detail"].as_str().unwrap_or("")
+    );
     Ok(())
 }

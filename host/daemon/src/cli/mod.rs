@@ -9,6 +9,7 @@ mod dev;
 mod health;
 pub mod model;
 mod plugin;
+mod render;
 mod serve;
 mod service;
 
@@ -30,8 +31,11 @@ pub fn init_quiet_tracing() -> anyhow::Result<()> {
 }
 
 /// Evolve: runs sandboxed WebAssembly meta agents and health checkers.
+///
+/// `evolve --version` prints the version; it is not propagated to the subcommands, several of
+/// which take a model `--version` of their own.
 #[derive(Debug, Parser)]
-#[command(name = "evolve", version, about, propagate_version = true)]
+#[command(name = "evolve", version, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -255,5 +259,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             path,
             api,
         }) => commands::checker_check(&api, &name, &service, &endpoint, path.as_deref()).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap checks a command's definition only in debug builds, and only for the subcommand a
+    /// run parses: this checks every one, so two arguments with one name (a subcommand's
+    /// `--version` beside a propagated version flag) fail here instead of panicking a user's
+    /// debug build.
+    #[test]
+    fn every_subcommand_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

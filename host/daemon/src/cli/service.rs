@@ -8,7 +8,8 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use super::ApiArgs;
-use super::client::call_ok;
+use super::client::{call_for_text, call_ok};
+use super::render::print_json;
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
@@ -84,8 +85,7 @@ pub async fn run(command: ServiceCommand) -> anyhow::Result<()> {
         ServiceCommand::Register(args) => register(args).await,
         ServiceCommand::Show { name, api } => {
             let value = call_ok(&api, Method::GET, &format!("/v1/services/{name}"), None).await?;
-            println!("{}", serde_json::to_string_pretty(&value)?);
-            Ok(())
+            print_json(&value)
         }
         ServiceCommand::Remove { name, api } => {
             let value =
@@ -135,13 +135,11 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     } else {
         (Method::POST, "/v1/services".to_string())
     };
-    let value = call_ok(&args.api, method, &path, Some(&spec)).await?;
-    if args.api.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        let instances = value["instances"].as_array().map_or(0, Vec::len);
-        println!("registered {name} with {instances} instance(s)");
-    }
+    let Some(value) = call_for_text(&args.api, method, &path, Some(&spec)).await? else {
+        return Ok(());
+    };
+    let instances = value["instances"].as_array().map_or(0, Vec::len);
+    println!("registered {name} with {instances} instance(s)");
     Ok(())
 }
 
@@ -207,8 +205,7 @@ fn parse_instance(text: &str) -> anyhow::Result<Value> {
 
 fn print_services(api: &ApiArgs, value: &Value) -> anyhow::Result<()> {
     if api.json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-        return Ok(());
+        return print_json(value);
     }
     let services = value["services"].as_array().cloned().unwrap_or_default();
     if services.is_empty() {
