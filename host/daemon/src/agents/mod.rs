@@ -2,19 +2,23 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`manager`] | registration from the runtime, coordinated runs (no overlap, retries, deadlines, cancellation) |
+//! | [`manager`] | registration from the runner, coordinated runs (no overlap, retries, deadlines, cancellation), the views |
+//! | [`runner`] | the seam to the plugin runtime: [`AgentRunner`], and the daemon's over the runtime |
 //! | [`health`] | periodic `health()` of every agent, with a status history |
 //! | [`scheduler`] | runs agents on their manifest schedules, with jitter and the missed-run policy |
-//! | [`schedule`] | `every` / cron parsing and next-fire arithmetic (pure) |
 //! | [`history`] | the persisted run history and per-agent stats |
 //!
-//! Data flows API/CLI → [`AgentManager`] → runtime → plugin. The manager owns no plugin: it
-//! asks the runtime by name on every run, so a hot reload between runs is picked up and each
-//! run records the generation that served it.
+//! `every` / cron parsing and next-fire arithmetic are the runtime's
+//! ([`evolve_runtime::schedule`]), which validates a schedule when it loads the manifest.
+//!
+//! Data flows API/CLI → [`AgentManager`] → [`AgentRunner`] → runtime → plugin. The manager owns
+//! no plugin: it asks the runner by name on every run, so a hot reload between runs is picked
+//! up and each run records the generation that served it.
 
 pub mod health;
 pub mod history;
 pub mod manager;
+pub mod runner;
 pub mod scheduler;
 
 use std::path::PathBuf;
@@ -23,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::history::{HistoryError, RunHistory, RunOutcome, RunRecord, RunStats, Trigger};
 pub use self::manager::{AgentManager, AgentView, RunRequest, StartedRun};
+pub use self::runner::{AgentRunner, LoadedAgent, RuntimeAgents};
 
 /// `[agents]` in the daemon config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

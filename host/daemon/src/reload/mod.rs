@@ -4,6 +4,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`pipeline`] | one directory's reconcile: load → validate → canary → swap → drain → retire |
+//! | `window` | after a swap, the rollback window: faults of the new generation within it serve the previous one again |
 //! | [`watcher`] | filesystem events, debounced and settled, plus a periodic rescan |
 //!
 //! A reload that fails before the swap leaves the serving generation untouched; in-flight calls
@@ -12,6 +13,7 @@
 
 pub mod pipeline;
 pub mod watcher;
+mod window;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

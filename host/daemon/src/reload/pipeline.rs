@@ -8,7 +8,8 @@
 //!    on a fresh instance of the new generation.
 //! 5. **swap**: new calls go to the new generation, atomically.
 //! 6. **drain**: calls already admitted to the old generation finish on its code.
-//! 7. **retire**: the old generation is dropped.
+//! 7. **retire**: the old generation is dropped, once the new one has passed its rollback
+//!    window (module `window`); faults within the window serve the old one again instead.
 //!
 //! A failure in steps 1-4 (or a name clash at 5) leaves the serving generation untouched and is
 //! reported as `plugin.reload_failed`.
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
+use super::window::{self, ServingGeneration, Window, WindowVerdict};
 use super::{Reloader, fingerprint};
 use evolve_core::events::{Event, EventKind};
 use evolve_runtime::manifest::MANIFEST_FILE;
@@ -260,45 +262,23 @@ impl Reloader {
             .unwrap_or(false)
     }
 
-    /// Watches the new generation for the watch window, rolling back to `old` if its faults
-    /// reach `rollback_failures`; otherwise retires `old` once drained and the window is over.
+    /// Watches the new generation for the watch window (module `window`), rolling back
+    /// to `old` on its verdict; otherwise retires `old` once drained and the window is over.
     fn watch_then_retire(self: &Arc<Self>, dir: PathBuf, new: Arc<Plugin>, old: Arc<Plugin>) {
         let reloader = Arc::clone(self);
         tokio::spawn(async move {
-            let threshold = reloader.config.rollback_failures;
-            let window_end =
-                tokio::time::Instant::now() + Duration::from_secs(reloader.config.watch_window_s);
-            // 0 disables rollback: straight to retiring.
-            let mut watching = threshold > 0;
-            while watching {
-                // Register before reading the state, so a change in between still wakes us.
-                let fault = new.supervision.fault.notified();
-                let replaced = new.replaced.notified();
-                tokio::pin!(fault, replaced);
-                fault.as_mut().enable();
-                replaced.as_mut().enable();
-                let serving = reloader
-                    .runtime
-                    .get(new.name())
-                    .is_some_and(|current| Arc::ptr_eq(&current, &new));
-                if !serving {
-                    // Replaced or unloaded: nothing to roll back from any more.
-                    break;
-                }
-                // Enough faults, or quarantined by supervision before reaching them.
-                if new.stats.failed.load(Ordering::Relaxed) >= threshold
-                    || new.supervision.view().quarantined
-                {
-                    if reloader.roll_back(&dir, &new, &old).await {
-                        return;
-                    }
-                    break;
-                }
-                tokio::select! {
-                    _ = &mut fault => {}
-                    _ = &mut replaced => {}
-                    _ = tokio::time::sleep_until(window_end) => watching = false,
-                }
+            let window = Window {
+                length: Duration::from_secs(reloader.config.watch_window_s),
+                rollback_failures: reloader.config.rollback_failures,
+            };
+            let watched = ServingGeneration {
+                runtime: &reloader.runtime,
+                plugin: &new,
+            };
+            if window::watch(&watched, window).await == WindowVerdict::RollBack
+                && reloader.roll_back(&dir, &new, &old).await
+            {
+                return;
             }
             reloader.drain_and_retire(old);
         });
