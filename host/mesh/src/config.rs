@@ -9,31 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::ServiceSpec;
 
-/// A load-balancing algorithm, selectable per route and per service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LbKind {
-    /// Each candidate in turn; weights other than 0 are ignored.
-    RoundRobin,
-    /// Fewest requests in flight relative to weight.
-    LeastLoaded,
-    /// nginx's smooth weighted round-robin: exact shares, interleaved.
-    Weighted,
-    /// Power of two choices over peak-EWMA latency × in-flight, weighted sampling.
-    #[default]
-    P2cEwma,
-}
-
-impl LbKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LbKind::RoundRobin => "round_robin",
-            LbKind::LeastLoaded => "least_loaded",
-            LbKind::Weighted => "weighted",
-            LbKind::P2cEwma => "p2c_ewma",
-        }
-    }
-}
+/// Lives with the service spec that names it; re-exported because `[mesh] lb` and routes choose
+/// one too, and callers know it as `config::LbKind`.
+pub use super::catalog::LbKind;
 
 /// `[mesh]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::breaker::FailureAccrual;
 use super::catalog::{InstanceSpec, Protocol};
 use super::config::MeshConfig;
-use super::health::ActiveHealth;
+use super::health::state::ActiveHealth;
 use super::outlier::OutlierState;
 use super::pool::{InstancePool, PoolConfig};
 

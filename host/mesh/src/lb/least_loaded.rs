@@ -35,7 +35,7 @@ impl LeastLoaded {
 #[cfg(test)]
 mod tests {
     use super::super::{Balancer, candidates};
-    use crate::config::LbKind;
+    use crate::catalog::LbKind;
     use evolve_core::rng::Rng;
 
     #[test]

@@ -16,7 +16,7 @@ pub mod p2c_ewma;
 pub mod round_robin;
 pub mod weighted;
 
-use super::config::LbKind;
+use crate::catalog::LbKind;
 use evolve_core::rng::Rng;
 
 /// One instance a request may go to.

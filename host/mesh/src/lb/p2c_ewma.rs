@@ -60,7 +60,7 @@ fn weighted_sample(
 #[cfg(test)]
 mod tests {
     use super::super::{Balancer, candidates};
-    use crate::config::LbKind;
+    use crate::catalog::LbKind;
     use evolve_core::rng::Rng;
 
     #[test]

@@ -19,7 +19,7 @@ impl RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::super::{Balancer, candidates};
-    use crate::config::LbKind;
+    use crate::catalog::LbKind;
     use evolve_core::rng::Rng;
 
     #[test]

@@ -52,7 +52,7 @@ impl SmoothWeighted {
 #[cfg(test)]
 mod tests {
     use super::super::{Balancer, candidates};
-    use crate::config::LbKind;
+    use crate::catalog::LbKind;
     use evolve_core::rng::Rng;
 
     #[test]

@@ -1,21 +1,10 @@
-//! The catalog: what a service is (name, type, capabilities, instances, health check), how a
-//! registration is validated, and the crash-safe file that keeps API registrations across
-//! restarts.
-//!
-//! Services come from two places: `[[mesh.services]]` in the config file (read at start, owned
-//! by the file, never written back) and the API / CLI (persisted to `catalog_file`). The file is
-//! replaced atomically and fsynced before the API answers, so an acknowledged registration
-//! survives `kill -9`.
+//! What a service is, as registered: [`ServiceSpec`] and its parts, the caps on what a
+//! registration may contain, and [`ServiceSpec::validate`], whose errors name the field and the
+//! fix.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
-use super::config::LbKind;
-
-/// Version of the catalog file's JSON form.
-pub const CATALOG_FILE_VERSION: u32 = 1;
 
 /// Caps on what a registration may contain (an API body is outsider-controlled).
 pub const MAX_SERVICES: usize = 1_024;
@@ -29,8 +18,6 @@ pub const MAX_ENDPOINT_LEN: usize = 2_048;
 /// The WIT contract's weight range is 0 (drained) to 1000.
 pub const MAX_WEIGHT: u32 = 1_000;
 pub const DEFAULT_WEIGHT: u32 = 100;
-/// Largest catalog file read at start; far above 1024 services of 256 instances.
-const MAX_CATALOG_BYTES: u64 = 256 << 20;
 
 /// A service as registered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +54,32 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge.
     H2c,
+}
+
+/// A load-balancing algorithm, selectable per route and per service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LbKind {
+    /// Each candidate in turn; weights other than 0 are ignored.
+    RoundRobin,
+    /// Fewest requests in flight relative to weight.
+    LeastLoaded,
+    /// nginx's smooth weighted round-robin: exact shares, interleaved.
+    Weighted,
+    /// Power of two choices over peak-EWMA latency × in-flight, weighted sampling.
+    #[default]
+    P2cEwma,
+}
+
+impl LbKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbKind::RoundRobin => "round_robin",
+            LbKind::LeastLoaded => "least_loaded",
+            LbKind::Weighted => "weighted",
+            LbKind::P2cEwma => "p2c_ewma",
+        }
+    }
 }
 
 /// One instance of a service.
@@ -382,121 +395,12 @@ pub fn validate_endpoint(endpoint: &str, field: &str) -> Result<String, SpecErro
     Ok(format!("{}:{port}", authority.host()))
 }
 
-/// The catalog file: the services registered through the API.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CatalogFile {
-    version: u32,
-    services: Vec<ServiceSpec>,
-}
-
-/// Why the catalog file could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogFileError {
-    #[error("cannot read the mesh catalog {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "the mesh catalog {path} is not valid: {message}; fix or move the file (it holds services registered through the API)"
-    )]
-    Corrupt { path: PathBuf, message: String },
-    #[error("cannot write the mesh catalog {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// The file behind API registrations.
-#[derive(Debug, Clone)]
-pub struct CatalogStore {
-    path: PathBuf,
-}
-
-impl CatalogStore {
-    pub fn new(path: PathBuf) -> CatalogStore {
-        CatalogStore { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The stored services; none when the file does not exist yet.
-    pub fn load(&self) -> Result<Vec<ServiceSpec>, CatalogFileError> {
-        let read_error = |source| CatalogFileError::Read {
-            path: self.path.clone(),
-            source,
-        };
-        let file = match std::fs::File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(read_error(e)),
-        };
-        let len = file.metadata().map_err(read_error)?.len();
-        let corrupt = |message: String| CatalogFileError::Corrupt {
-            path: self.path.clone(),
-            message,
-        };
-        if len > MAX_CATALOG_BYTES {
-            return Err(corrupt(format!(
-                "it is {len} bytes, more than the {MAX_CATALOG_BYTES} a catalog can hold"
-            )));
-        }
-        let bytes = std::fs::read(&self.path).map_err(read_error)?;
-        let file: CatalogFile =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if file.version != CATALOG_FILE_VERSION {
-            return Err(corrupt(format!(
-                "version {} is not {CATALOG_FILE_VERSION}, the one this daemon reads",
-                file.version
-            )));
-        }
-        let mut services = file.services;
-        for spec in &mut services {
-            spec.validate(None)
-                .map_err(|e| corrupt(format!("service \"{}\": {e}", spec.name)))?;
-        }
-        Ok(services)
-    }
-
-    /// Replaces the file with `services`, durably (temp file, fsync, rename, fsync of the dir).
-    pub fn save(&self, services: &[ServiceSpec]) -> Result<(), CatalogFileError> {
-        let write_error = |source| CatalogFileError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(write_error)?;
-        let file = CatalogFile {
-            version: CATALOG_FILE_VERSION,
-            services: services.to_vec(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file)
-            .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
-        evolve_core::fsutil::write_atomic(&self.path, &bytes, ".catalog-").map_err(write_error)?;
-        // The rename is durable only once the directory entry is on disk.
-        #[cfg(unix)]
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(write_error)?;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn spec(name: &str, endpoints: &[&str]) -> ServiceSpec {
+    /// A spec of `name` offering `forecast`, one instance per endpoint; not yet validated.
+    pub(in crate::catalog) fn spec(name: &str, endpoints: &[&str]) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
             service_type: "model-server".into(),
@@ -571,19 +475,5 @@ mod tests {
         s.validate(None).expect("valid");
         assert_eq!(s.instances[0].id.as_deref(), Some("127.0.0.1:9000"));
         assert_eq!(s.instances[1].id.as_deref(), Some("example.test:80"));
-    }
-
-    #[test]
-    fn store_round_trips_and_refuses_a_corrupt_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = CatalogStore::new(dir.path().join("mesh/catalog.json"));
-        assert!(store.load().expect("absent is empty").is_empty());
-        let mut s = spec("fc", &["http://127.0.0.1:9000"]);
-        s.validate(None).expect("valid");
-        store.save(std::slice::from_ref(&s)).expect("save");
-        assert_eq!(store.load().expect("load"), vec![s]);
-        std::fs::write(store.path(), b"{\"version\":1,\"services\":[{").expect("write");
-        let err = store.load().expect_err("half-written");
-        assert!(matches!(err, CatalogFileError::Corrupt { .. }), "{err}");
     }
 }

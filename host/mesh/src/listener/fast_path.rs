@@ -1,168 +1,34 @@
-//! The data-plane listener (`[mesh] listen`): a socket of its own on which every request, at any
-//! path, is forwarded to one service (`listen_service`), as a plain reverse proxy would. It
-//! carries no API routes and no API auth, so clients that cannot prefix paths (load generators,
-//! legacy callers) use the mesh directly. `TCP_NODELAY` on both sides.
-//!
-//! It is the mesh's hot path, so it has a fast path of its own: an HTTP/1.1 exchange driven in
-//! the connection's task with the codec of [`super::h1`] over the instances' fast-path
-//! connections ([`super::pool::InstancePool::take_raw`]), with no hyper dispatcher, channel,
-//! spawned connection task, header map or boxed body per request. The mesh's decisions are the
-//! same as every other route's ([`super::service::choose`], the concurrency limit, breakers,
-//! outlier detection, the retry rules of [`super::proxy::retry_after`], deadlines, the
-//! `x-evolve-*` headers). A request the fast path does not take ([`h1::Unsupported`]: chunked
-//! request bodies, `Expect`, upgrades, HTTP/1.0, malformed heads) or a service with an h2c
-//! instance hands the connection, with the bytes already read, to hyper's server and
-//! [`super::Mesh::proxy_to`], which serve the rest of it.
-//!
-//! One exchange, in steps:
-//! 1. read the request head (bounded by [`h1::MAX_HEAD_BYTES`]);
-//! 2. read the body into memory when it may be retried and is small enough, else leave it to
-//!    stream;
-//! 3. per attempt: choose an instance, take a slot of the service's limit, send the request on
-//!    an idle connection of the instance (a reused one that turns out closed before any
-//!    response byte is replaced by a fresh one, if the request can be sent again) and read the
-//!    response head until the deadline; record the outcome;
-//! 4. retry a failed attempt when allowed, keeping its response in memory meanwhile;
-//! 5. forward the response head with the `x-evolve-*` fields and its body in the framing it
-//!    came with; give the connection back when the body ended cleanly.
-//!
-//! [`start`] runs it on a thread of its own with a current-thread tokio runtime: the
-//! connections it accepts, the upstream connections it opens and their timers are all polled
-//! there, with no work-stealing and no cross-thread wake-ups; the API stays on the daemon's
-//! multi-thread runtime. Fast-path connections are only used by the runtime that opened them;
-//! hyper's pooled senders may be checked out from either.
+//! One client connection on the listener's fast path ([`Connection`]): reads each request,
+//! forwards it to an instance chosen as every route chooses, retries when allowed, and writes
+//! the response back in the framing it came with (the steps of [`super`]).
 
-use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
-use std::thread::JoinHandle;
+use std::task::Poll;
 use std::time::Duration;
 
-use axum::body::Body;
-use http::Response;
-use http::uri::PathAndQuery;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::task::coop::unconstrained;
 use tokio::time::{Instant, Sleep};
 
-use super::h1::{self, Framing, RequestHead, ResponseHead};
-use super::instance::InstanceState;
-use super::proxy::{
+use crate::h1::{self, Framing, RequestHead, ResponseHead};
+use crate::instance::InstanceState;
+use crate::proxy::{
     ATTEMPTS, ATTEMPTS_NAME, AttemptGuard, INSTANCE_NAME, InFlight, Retry, SERVICE_NAME,
     error_chain, retry_after, take_slot,
 };
-use super::retry::is_idempotent;
-use super::service::{AttemptOutcome, ServiceState, choose};
-use super::{Mesh, MeshError};
+use crate::retry::is_idempotent;
+use crate::service::{AttemptOutcome, ServiceState, choose};
+use crate::{Mesh, MeshError};
 
-/// Bytes read from a socket at a time; a connection's buffers grow to this and stay.
-const READ_CHUNK: usize = 16 * 1024;
-
-/// Starts [`serve`] on a thread named `evolve-mesh-listen` with its own current-thread
-/// runtime. After `stop` turns true no connection is accepted; those open keep being served for
-/// `grace` (the daemon's shutdown grace, as the API's are), then the runtime is dropped, which
-/// closes them, and the thread ends.
-pub fn start(
-    listener: std::net::TcpListener,
-    mesh: Mesh,
-    service: String,
-    stop: watch::Receiver<bool>,
-    grace: Duration,
-) -> std::io::Result<JoinHandle<()>> {
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("evolve-mesh-listen".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                // Registered with this runtime's reactor, so accepts are polled here.
-                let listener = match TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::error!(%error, "mesh listener: cannot use its socket");
-                        return;
-                    }
-                };
-                serve(listener, mesh, service, stop).await;
-                tokio::time::sleep(grace).await;
-            });
-            // Dropping the runtime cancels the connections still open.
-            drop(runtime);
-        })
-}
-
-/// Accepts connections until `stop` turns true; each connection is served on its own task.
-pub async fn serve(
-    listener: TcpListener,
-    mesh: Mesh,
-    service: String,
-    mut stop: watch::Receiver<bool>,
-) {
-    let service: Arc<str> = service.into();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            // Out of file descriptors and the like: the next accept may succeed.
-            Err(error) => {
-                tracing::warn!(%error, "mesh listener: accept failed");
-                tokio::task::yield_now().await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(Connection::new(stream).serve(mesh.clone(), Arc::clone(&service)));
-    }
-}
-
-/// Serves a connection with hyper's HTTP/1.1 server from here on; `read` holds what was read
-/// from it and not used yet.
-async fn serve_with_hyper(stream: TcpStream, read: Vec<u8>, mesh: Mesh, service: Arc<str>) {
-    let handler = service_fn(move |request: http::Request<Incoming>| {
-        let (mesh, service) = (mesh.clone(), Arc::clone(&service));
-        async move { Ok::<_, Infallible>(forward(&mesh, &service, request).await) }
-    });
-    let io = Rewind {
-        read,
-        at: 0,
-        inner: stream,
-    };
-    // A client that goes away mid-request is its own business, not an error of ours.
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), handler)
-        .await;
-}
-
-async fn forward(mesh: &Mesh, service: &str, request: http::Request<Incoming>) -> Response<Body> {
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    match mesh
-        .proxy_to(service, path_and_query, request.map(Body::new), false)
-        .await
-    {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
-}
+use super::handoff::serve_with_hyper;
+use super::io::{copy_chunked, copy_length, copy_until_close, read_more, send_all};
 
 /// One client connection on the fast path, with its buffers (reused by every exchange).
-struct Connection {
+pub(super) struct Connection {
     client: TcpStream,
     /// Read from the client and not used yet: the next head, the start of a body.
     input: Vec<u8>,
@@ -191,7 +57,7 @@ enum Next {
 /// Why an attempt got no response head.
 enum Failure {
     /// No connection: the instance received nothing.
-    Connect(super::pool::SendError),
+    Connect(crate::pool::SendError),
     /// The connection failed after the request went out (or while it did).
     Reset(String),
     /// The client went away while its body was being forwarded.
@@ -222,7 +88,7 @@ enum Previous {
 }
 
 impl Connection {
-    fn new(client: TcpStream) -> Connection {
+    pub(super) fn new(client: TcpStream) -> Connection {
         Connection {
             client,
             input: Vec::new(),
@@ -235,7 +101,7 @@ impl Connection {
         }
     }
 
-    async fn serve(mut self, mesh: Mesh, service: Arc<str>) {
+    pub(super) async fn serve(mut self, mesh: Mesh, service: Arc<str>) {
         // The deadline timer is reset per request rather than made anew: a later deadline only
         // moves the registered one (no timer-wheel lock), where a fresh timer per request
         // registered and removed itself each time.
@@ -812,19 +678,6 @@ impl Connection {
     }
 }
 
-/// Writes all of `bytes` to `stream`. Most writes fit the socket's buffer at once: those are
-/// one non-blocking `send`, without `write_all`'s future and readiness polling around it.
-async fn send_all(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    match stream.try_write(bytes) {
-        Ok(n) if n == bytes.len() => Ok(()),
-        Ok(n) => stream.write_all(&bytes[n..]).await,
-        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-            stream.write_all(bytes).await
-        }
-        Err(error) => Err(error),
-    }
-}
-
 /// `future`'s output, or `Err(TimedOut)` once `deadline` passes first, on `timer`.
 async fn within<F: Future>(
     mut timer: Pin<&mut Sleep>,
@@ -849,131 +702,3 @@ async fn within<F: Future>(
 
 /// The deadline passed before the attempt ended.
 struct TimedOut;
-
-/// Reads what `stream` has into the spare room of `buf` (growing it to [`READ_CHUNK`] when
-/// full); 0 means the peer closed.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
-    stream.read_buf(buf).await
-}
-
-/// Copies `left` body bytes from `from` to `to` through `buf`. Bytes past them mean the
-/// instance sent more than it announced: its connection is not reused (`Err`).
-async fn copy_length(
-    from: &mut TcpStream,
-    to: &mut TcpStream,
-    mut left: u64,
-    buf: &mut Vec<u8>,
-) -> Result<(), ()> {
-    while left > 0 {
-        buf.clear();
-        let n = read_more(from, buf).await.map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        let take = (n as u64).min(left) as usize;
-        to.write_all(&buf[..take]).await.map_err(|_| ())?;
-        left -= take as u64;
-        if take < n {
-            return Err(());
-        }
-    }
-    Ok(())
-}
-
-/// Copies a chunked body from `from` to `to` until `scanner` sees its end. `Ok(clean)`: it
-/// ended; `clean` is false when bytes followed it (the connection is not reused).
-async fn copy_chunked(
-    from: &mut TcpStream,
-    to: &mut TcpStream,
-    mut scanner: h1::ChunkedScanner,
-    buf: &mut Vec<u8>,
-) -> Result<bool, ()> {
-    loop {
-        buf.clear();
-        let n = read_more(from, buf).await.map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        match scanner.scan(&buf[..n]).map_err(|_| ())? {
-            Some(end) => {
-                to.write_all(&buf[..end]).await.map_err(|_| ())?;
-                return Ok(end == n);
-            }
-            None => to.write_all(&buf[..n]).await.map_err(|_| ())?,
-        }
-    }
-}
-
-/// Copies from `from` to `to` until `from` closes.
-async fn copy_until_close(
-    from: &mut TcpStream,
-    to: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Result<(), ()> {
-    loop {
-        buf.clear();
-        match read_more(from, buf).await {
-            Ok(0) => return Ok(()),
-            Ok(n) => to.write_all(&buf[..n]).await.map_err(|_| ())?,
-            Err(_) => return Err(()),
-        }
-    }
-}
-
-/// A client connection handed to hyper after the fast path read from it: the bytes read are
-/// read again first.
-struct Rewind {
-    read: Vec<u8>,
-    at: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.at < this.read.len() {
-            let take = (this.read.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.read[this.at..this.at + take]);
-            this.at += take;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
