@@ -34,7 +34,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(300);
 /// keeps everyone's waits inside [`EVENT_TIMEOUT`].
 pub fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    evolve_core::sync::lock(&LOCK)
 }
 
 /// Polls `check` (every 20 ms) until it answers, for a state the daemon reaches on its own
@@ -253,9 +253,7 @@ pub struct Log {
 
 impl Log {
     fn push(&self, line: String) {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        evolve_core::sync::lock(&self.lines)
             .0
             .push(line);
         self.changed.notify_all();
@@ -263,7 +261,7 @@ impl Log {
 
     fn close(&self) {
         // A test that panicked while holding the lock poisoned it; the flag still matters.
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        evolve_core::sync::lock(&self.lines).1 = true;
         self.changed.notify_all();
     }
 

@@ -111,10 +111,13 @@ impl Daemon {
             history,
             config.agents.clone(),
         );
-        let mesh = Mesh::new(
+        let mesh = Mesh::with_model_selector(
             config.mesh.clone(),
             config.mesh_catalog_file(),
             Arc::new(PluginChecks(runtime.clone())),
+            Some(Arc::new(RegistrySelector {
+                registry: Arc::clone(&registry),
+            })),
             events.clone(),
         )
         .context("cannot start the service mesh")?;
@@ -123,9 +126,6 @@ impl Daemon {
             catalog = %config.mesh_catalog_file().display(),
             "mesh catalog loaded"
         );
-        mesh.set_model_selector(Arc::new(RegistrySelector {
-            registry: Arc::clone(&registry),
-        }));
         let cluster = start_cluster(&config, listen, &mesh, &events)?;
         runtime.install_system_view(SystemView {
             inventory: Arc::new(DaemonInventory {

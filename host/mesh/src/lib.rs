@@ -56,7 +56,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -109,8 +109,9 @@ struct Inner {
     runner: Arc<dyn CheckRunner>,
     routes: Mutex<HashMap<String, Arc<Balancer>>>,
     checks_started: AtomicBool,
-    /// Set once the daemon has a model registry (see [`Mesh::set_model_selector`]).
-    models: OnceLock<Arc<ModelRouting>>,
+    /// Model-aware routing, when the mesh was built with a selector
+    /// ([`Mesh::with_model_selector`]); without one model-aware routes take their fallback.
+    models: Option<Arc<ModelRouting>>,
     route_stats: Arc<RouteStats>,
     /// Other daemons' announced services (see [`remote`]).
     remote: Mutex<remote::RemoteTable>,
@@ -124,6 +125,19 @@ impl Mesh {
         config: MeshConfig,
         catalog_path: PathBuf,
         runner: Arc<dyn CheckRunner>,
+        events: EventBus,
+    ) -> Result<Mesh, MeshError> {
+        Mesh::with_model_selector(config, catalog_path, runner, None, events)
+    }
+
+    /// [`Mesh::new`], with `selector` (the model registry) answering model-aware routes. With a
+    /// selector this must run inside a tokio runtime: it starts the writer that records the
+    /// outcomes backends report.
+    pub fn with_model_selector(
+        config: MeshConfig,
+        catalog_path: PathBuf,
+        runner: Arc<dyn CheckRunner>,
+        selector: Option<Arc<dyn ModelSelector>>,
         events: EventBus,
     ) -> Result<Mesh, MeshError> {
         let store = CatalogStore::new(catalog_path);
@@ -154,6 +168,14 @@ impl Mesh {
             let state = ServiceState::new(spec.clone(), Source::Api, &config, None);
             services.insert(spec.name, Arc::new(state));
         }
+        let route_stats: Arc<RouteStats> = Arc::default();
+        let models = selector.map(|selector| {
+            Arc::new(ModelRouting::start(
+                selector,
+                &events,
+                Arc::clone(&route_stats),
+            ))
+        });
         Ok(Mesh {
             inner: Arc::new(Inner {
                 config,
@@ -164,8 +186,8 @@ impl Mesh {
                 runner,
                 routes: Mutex::new(HashMap::new()),
                 checks_started: AtomicBool::new(false),
-                models: OnceLock::new(),
-                route_stats: Arc::default(),
+                models,
+                route_stats,
                 remote: Mutex::new(remote::RemoteTable::new()),
             }),
         })
@@ -179,20 +201,8 @@ impl Mesh {
         &self.inner.events
     }
 
-    /// Gives model-aware routes their registry; without it they take their fallback. Call once
-    /// from within the tokio runtime (it starts the outcome writer); later calls are ignored.
-    pub fn set_model_selector(&self, selector: Arc<dyn ModelSelector>) {
-        let _ = self.inner.models.get_or_init(|| {
-            Arc::new(ModelRouting::start(
-                selector,
-                &self.inner.events,
-                Arc::clone(&self.inner.route_stats),
-            ))
-        });
-    }
-
     pub(crate) fn model_routing(&self) -> Option<&Arc<ModelRouting>> {
-        self.inner.models.get()
+        self.inner.models.as_ref()
     }
 
     /// Counters of model selections, outcomes and fan-out parts.
