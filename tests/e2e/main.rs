@@ -15,4 +15,5 @@ mod polyglot;
 mod registry;
 mod reload;
 mod routing_flow;
+mod security;
 mod serving;

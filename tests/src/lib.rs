@@ -253,9 +253,7 @@ pub struct Log {
 
 impl Log {
     fn push(&self, line: String) {
-        evolve_core::sync::lock(&self.lines)
-            .0
-            .push(line);
+        evolve_core::sync::lock(&self.lines).0.push(line);
         self.changed.notify_all();
     }
 

@@ -697,4 +697,16 @@ timeout_ms = 0
             .insert("ops".into(), "0123456789abcdef0123".into());
         config.validate().expect("token set");
     }
+
+    #[test]
+    fn short_tokens_are_refused_naming_the_key() {
+        let mut config = HostConfig::default();
+        config
+            .server
+            .tokens
+            .insert("ci".into(), "too-short-123".into());
+        let err = config.validate().expect_err("a 13-character token");
+        assert!(err.to_string().contains("server.tokens.ci"), "{err}");
+        assert!(err.to_string().contains("at least 16 characters"), "{err}");
+    }
 }

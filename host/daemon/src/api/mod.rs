@@ -394,16 +394,20 @@ pub fn router(state: ApiState) -> Router {
 #[derive(Debug, Clone)]
 pub struct Caller(pub String);
 
-/// With tokens configured, every method but GET/HEAD needs `Authorization: Bearer <token>`.
+/// With tokens configured: every method but GET/HEAD needs `Authorization: Bearer <token>`, and
+/// a token presented on any method, GET and HEAD included, must be one the daemon knows. A
+/// request that carries a known token gets its [`Caller`], which is also what makes the proxy
+/// strip the token before forwarding: the daemon's token never reaches a backend.
 async fn require_token(
     State(state): State<ApiState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let tokens = &state.config.server.tokens;
-    if tokens.is_empty() || matches!(*request.method(), Method::GET | Method::HEAD) {
+    if tokens.is_empty() {
         return Ok(next.run(request).await);
     }
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -411,17 +415,16 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
+        if reads {
+            return Ok(next.run(request).await);
+        }
         return Err(ApiError::unauthorized(
             "this endpoint changes state and needs `Authorization: Bearer <token>`",
         ));
     };
-    let caller = tokens
-        .iter()
-        .find(|(_, token)| constant_time_eq(token.as_bytes(), presented.as_bytes()))
-        .map(|(name, _)| name.clone());
-    match caller {
+    match known_token(tokens, presented) {
         Some(name) => {
-            request.extensions_mut().insert(Caller(name));
+            request.extensions_mut().insert(Caller(name.to_string()));
             Ok(next.run(request).await)
         }
         None => Err(ApiError::unauthorized(
@@ -430,7 +433,26 @@ async fn require_token(
     }
 }
 
-/// Compares without an early exit, so response time does not reveal a matching prefix.
+/// The name of the configured token equal to `presented`. Both sides are hashed first, so the
+/// comparison always covers 32 bytes whatever the lengths, and every token is compared, so
+/// neither a matching prefix, a length nor a token's place in the list shows in the time taken.
+fn known_token<'a>(
+    tokens: &'a std::collections::BTreeMap<String, String>,
+    presented: &str,
+) -> Option<&'a str> {
+    use sha2::{Digest, Sha256};
+    let presented = Sha256::digest(presented.as_bytes());
+    let mut found = None;
+    for (name, token) in tokens {
+        let token = Sha256::digest(token.as_bytes());
+        if constant_time_eq(&token, &presented) && found.is_none() {
+            found = Some(name.as_str());
+        }
+    }
+    found
+}
+
+/// Compares equal-length byte strings without an early exit.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -440,12 +462,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, known_token};
 
     #[test]
     fn token_comparison_needs_every_byte() {
         assert!(constant_time_eq(b"secret-token-123", b"secret-token-123"));
         assert!(!constant_time_eq(b"secret-token-123", b"secret-token-124"));
         assert!(!constant_time_eq(b"secret", b"secret-token-123"));
+    }
+
+    #[test]
+    fn a_presented_token_is_matched_by_value_whatever_its_length_or_place() {
+        let tokens = std::collections::BTreeMap::from([
+            ("ci".to_string(), "ci-token-0123456789abcdef".to_string()),
+            ("ops".to_string(), "ops-token-0123456789abcdef".to_string()),
+        ]);
+        assert_eq!(
+            known_token(&tokens, "ops-token-0123456789abcdef"),
+            Some("ops")
+        );
+        assert_eq!(
+            known_token(&tokens, "ci-token-0123456789abcdef"),
+            Some("ci")
+        );
+        assert_eq!(known_token(&tokens, "ops-token-0123456789abcde"), None);
+        assert_eq!(known_token(&tokens, ""), None);
     }
 }
