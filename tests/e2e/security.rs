@@ -60,6 +60,57 @@ fn the_daemon_token_never_reaches_a_backend_on_any_method() {
     }
 }
 
+/// API callers: however the token is spelled (a lowercase scheme, behind another
+/// `Authorization` header), it is not forwarded either.
+#[test]
+fn the_daemon_token_is_not_forwarded_in_any_spelling() {
+    let env = Env::new();
+    let daemon = env.start_with(&[], &[("EVOLVE_AUTH_TOKEN", TOKEN)]);
+    let backend = EchoBackend::start("b");
+    let spec = json!({
+        "name": "svc",
+        "type": "model-server",
+        "capabilities": ["echo"],
+        "instances": [{"id": "b", "endpoint": backend.url()}],
+    });
+    let bearer = format!("Bearer {TOKEN}");
+    let created = request(
+        &daemon.addr(),
+        "POST",
+        "/v1/services",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &bearer),
+        ],
+        Some(spec.to_string().as_bytes()),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let lowercase = format!("bearer {TOKEN}");
+    let spellings: [&[(&str, &str)]; 2] = [
+        &[("authorization", &lowercase)],
+        &[
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("authorization", &bearer),
+        ],
+    ];
+    for (n, headers) in spellings.into_iter().enumerate() {
+        let answer = request(
+            &daemon.addr(),
+            "GET",
+            "/v1/services/svc/proxy/x",
+            headers,
+            None,
+        );
+        assert_eq!(answer.status, 200, "{headers:?}: {}", answer.text());
+        backend.wait_requests(n + 1);
+        assert_eq!(
+            backend.last().header("authorization"),
+            None,
+            "{headers:?}: an Authorization header was forwarded"
+        );
+    }
+}
+
 /// API callers: a token presented on a read is checked like one on a write, so a wrong or
 /// revoked token is never taken as anonymous.
 #[test]

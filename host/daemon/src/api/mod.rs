@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -395,9 +395,10 @@ pub fn router(state: ApiState) -> Router {
 pub struct Caller(pub String);
 
 /// With tokens configured: every method but GET/HEAD needs `Authorization: Bearer <token>`, and
-/// a token presented on any method, GET and HEAD included, must be one the daemon knows. A
-/// request that carries a known token gets its [`Caller`], which is also what makes the proxy
-/// strip the token before forwarding: the daemon's token never reaches a backend.
+/// every bearer token presented on any method, GET and HEAD included, must be one the daemon
+/// knows. A request that carries a known token gets its [`Caller`]. (The proxy removes
+/// `Authorization` from every forwarded request while tokens are configured, so the daemon's
+/// token never reaches a backend, however it was spelled.)
 async fn require_token(
     State(state): State<ApiState>,
     mut request: Request,
@@ -408,29 +409,54 @@ async fn require_token(
         return Ok(next.run(request).await);
     }
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
+    let presented = match bearer_credentials(request.headers()) {
+        Ok(presented) => presented,
+        Err(message) => return Err(ApiError::unauthorized(message)),
+    };
+    if presented.is_empty() {
         if reads {
             return Ok(next.run(request).await);
         }
         return Err(ApiError::unauthorized(
             "this endpoint changes state and needs `Authorization: Bearer <token>`",
         ));
-    };
-    match known_token(tokens, presented) {
-        Some(name) => {
-            request.extensions_mut().insert(Caller(name.to_string()));
-            Ok(next.run(request).await)
-        }
-        None => Err(ApiError::unauthorized(
-            "the bearer token is not one this daemon knows",
-        )),
     }
+    // Every bearer credential presented must be known: a second header cannot vouch for a
+    // first one.
+    let mut caller = None;
+    for token in &presented {
+        match known_token(tokens, token) {
+            Some(name) => caller = caller.or(Some(name)),
+            None => {
+                return Err(ApiError::unauthorized(
+                    "the bearer token is not one this daemon knows",
+                ));
+            }
+        }
+    }
+    if let Some(name) = caller {
+        request.extensions_mut().insert(Caller(name.to_string()));
+    }
+    Ok(next.run(request).await)
+}
+
+/// Every bearer credential among the `Authorization` headers (the scheme is case-insensitive,
+/// RFC 9110 §11.1). Other schemes are not credentials for this daemon and are ignored here (the
+/// proxy strips them all the same); a header that is not visible ASCII is refused, since what
+/// it holds cannot be checked.
+fn bearer_credentials(headers: &HeaderMap) -> Result<Vec<&str>, &'static str> {
+    let mut presented = Vec::new();
+    for value in headers.get_all(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| "the Authorization header is not visible ASCII")?;
+        if let Some((scheme, credential)) = value.trim().split_once(' ')
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            presented.push(credential.trim());
+        }
+    }
+    Ok(presented)
 }
 
 /// The name of the configured token equal to `presented`. Both sides are hashed first, so the
@@ -462,7 +488,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, known_token};
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    use super::{bearer_credentials, constant_time_eq, known_token};
 
     #[test]
     fn token_comparison_needs_every_byte() {
@@ -487,5 +515,29 @@ mod tests {
         );
         assert_eq!(known_token(&tokens, "ops-token-0123456789abcde"), None);
         assert_eq!(known_token(&tokens, ""), None);
+    }
+
+    #[test]
+    fn every_bearer_header_is_a_credential_whatever_the_scheme_case() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjpw"),
+        );
+        headers.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  one "),
+        );
+        headers.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("BEARER two"),
+        );
+        assert_eq!(bearer_credentials(&headers), Ok(vec!["one", "two"]));
+        let mut opaque = HeaderMap::new();
+        opaque.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        assert!(bearer_credentials(&opaque).is_err());
     }
 }

@@ -154,9 +154,9 @@ async fn proxy(
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
     };
-    let authed = request.extensions().get::<Caller>().is_some();
+    let strip = strips_authorization(&state, &request);
     let response = mesh(&state)?
-        .proxy(&name, path_and_query, request, authed)
+        .proxy(&name, path_and_query, request, strip)
         .await?;
     Ok(response)
 }
@@ -166,7 +166,15 @@ async fn route(
     Path(request_type): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let authed = request.extensions().get::<Caller>().is_some();
-    let response = mesh(&state)?.route(&request_type, request, authed).await?;
+    let strip = strips_authorization(&state, &request);
+    let response = mesh(&state)?.route(&request_type, request, strip).await?;
     Ok(response)
+}
+
+/// Whether `Authorization` is removed before forwarding: always while the daemon has tokens
+/// (whatever the header says, it is a credential for this daemon or one a caller could use to
+/// smuggle this daemon's token past the check in any spelling), and for a request that carried
+/// a known token in any case.
+fn strips_authorization(state: &ApiState, request: &Request) -> bool {
+    !state.config.server.tokens.is_empty() || request.extensions().get::<Caller>().is_some()
 }
