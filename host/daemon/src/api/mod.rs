@@ -536,7 +536,7 @@ mod tests {
         let mut opaque = HeaderMap::new();
         opaque.append(
             header::AUTHORIZATION,
-            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+            HeaderValue::from_bytes(b"Bearer \xff").expect("obs-text is a valid header value"),
         );
         assert!(bearer_credentials(&opaque).is_err());
     }
