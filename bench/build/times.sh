@@ -32,12 +32,13 @@ for rev in "${revs[@]}"; do
     if [ -d "$tree/host/src/cli" ]; then
         package=evolve-host; cli=host/src/cli/model.rs; mesh=host/src/mesh/listener.rs
     else
-        package=evolve-daemon; cli=host/daemon/src/cli/serve.rs; mesh=host/mesh/src/listener.rs
+        package=evolve-daemon; cli=host/daemon/src/cli/serve.rs; mesh=host/mesh/src/listener/mod.rs
     fi
     build=(env CARGO_TARGET_DIR="$work/target-$sha" cargo build --release --quiet
         --manifest-path "$tree/Cargo.toml" -p "$package" --bin evolve)
     (cd "$tree" && cargo fetch --quiet)
     clean=$(seconds "${build[@]}")
+    [ -f "$tree/$cli" ] && [ -f "$tree/$mesh" ] || { echo "missing $cli or $mesh in $rev" >&2; exit 1; }
     touch "$tree/$cli"
     touched_cli=$(seconds "${build[@]}")
     touch "$tree/$mesh"

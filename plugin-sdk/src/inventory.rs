@@ -18,12 +18,18 @@ use crate::bindings::meta_agent::evolve::plugin::inventory as imports;
 
 pub use imports::{
     AgentSummary, ApiEndpoint, GrantedDir, HostSummary, ModelChoice, ModelSummary, PluginKind,
-    PluginLimits, PluginPermissions, PluginSource, PluginSummary, ServiceStatus,
+    PluginLimits, PluginPermissions, PluginSource, PluginSummary, SecurityPosture, ServiceStatus,
 };
 
 /// The daemon itself: version, API address, uptime.
 pub fn host() -> HostSummary {
     imports::host()
+}
+
+/// How the daemon guards itself: token names (never secrets), whether reads need a token,
+/// whether the cluster is authenticated, and the roots and env vars plugins may be granted.
+pub fn security() -> SecurityPosture {
+    imports::security()
 }
 
 /// Every loaded plugin, including this one.

@@ -144,10 +144,18 @@ impl KitBuilder {
                 pool_instances: POOL_INSTANCES,
                 defaults: LimitValues::DEFAULTS,
                 ceilings: LimitValues::CEILINGS,
-                cache_dir,
+                cache_dir: cache_dir.clone(),
                 data_dir: temp.path().join("data"),
                 supervision: SupervisionConfig::default(),
                 protected_dirs: vec![plugin_dir.clone()],
+                // The kit stands in for the operator: the plugin gets what its manifest asks
+                // for, inside the kit's own data dir.
+                grant_policy: evolve_runtime::GrantPolicy {
+                    allowed_dir_roots: vec![temp.path().join("data")],
+                    allowed_env: manifest_env(&manifest),
+                    daemon_paths: Vec::new(),
+                },
+                aot_key_file: cache_dir.join("aot.key"),
             },
             EventBus::new(),
             http_transport,
@@ -180,6 +188,21 @@ impl KitBuilder {
             _temp: temp,
         })
     }
+}
+
+/// `permissions.env` of a manifest table.
+fn manifest_env(manifest: &toml::Table) -> Vec<String> {
+    manifest
+        .get("permissions")
+        .and_then(|p| p.get("env"))
+        .and_then(toml::Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn setup(path: &Path, err: impl std::fmt::Display) -> KitError {

@@ -237,3 +237,84 @@ fn events_tail_replays_recent_events_then_follows_live_and_ends_with_the_daemon(
         "the follow held the shutdown:\n{text}"
     );
 }
+
+/// Opens `GET /v1/events?follow=true` and reads its head: the stream (still open) and the
+/// status.
+fn follow_events(addr: &str) -> (std::net::TcpStream, u16, String) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(evolve_e2e::EVENT_TIMEOUT))
+        .unwrap();
+    write!(
+        stream,
+        "GET /v1/events?follow=true HTTP/1.1\r\nhost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim_end().is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad head {head:?}"));
+    (stream, status, head)
+}
+
+/// Event followers are capped: one past the cap gets a 503 that says why, and a slot frees
+/// once a follower goes.
+#[test]
+fn event_followers_are_capped_with_a_clear_refusal() {
+    const MAX_FOLLOWERS: usize = 64;
+    let env = Env::new();
+    let daemon = env.start();
+    let addr = daemon.addr();
+    let mut followers: Vec<std::net::TcpStream> = (0..MAX_FOLLOWERS)
+        .map(|_| {
+            let (stream, status, head) = follow_events(&addr);
+            assert_eq!(status, 200, "{head}");
+            stream
+        })
+        .collect();
+
+    let refused = request(&addr, "GET", "/v1/events?follow=true", &[], None);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let error = &refused.json()["error"];
+    assert_eq!(error["code"], "too_many_followers", "{error}");
+    assert_eq!(error["max_followers"], MAX_FOLLOWERS);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("without follow"),
+        "{error}"
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Reading the recent events stays open to everyone.
+    assert_eq!(daemon.get("/v1/events").status, 200);
+
+    // One follower goes. The daemon notices when it next writes to it, so events are
+    // published until a new follower is let in.
+    drop(followers.pop());
+    let backend = evolve_e2e::http::Backend::start(200);
+    let mut published = 0;
+    let (_admitted, _, _) = evolve_e2e::wait_until("a follower slot to free", || {
+        published += 1;
+        let created = daemon.post(
+            "/v1/services",
+            &json!({"name": format!("s{published}"), "capabilities": ["c"],
+                    "instances": [{"endpoint": backend.url()}]}),
+        );
+        assert_eq!(created.status, 201, "{}", created.text());
+        let (stream, status, head) = follow_events(&addr);
+        (status == 200).then_some((stream, status, head))
+    });
+}

@@ -235,3 +235,291 @@ fn checker_may_reach_its_target_but_no_other_host() {
         "the refused host was never contacted"
     );
 }
+
+/// What the daemon's text log lines start with, as `log-forger` copies it into its text.
+const FAKE_TIMESTAMP: &str = "2026-01-01T00:00:00.000000Z";
+
+/// Characters that would break or rewrite a text log line if guest text carried them raw.
+const RAW_CONTROLS: [char; 7] = [
+    '\r', '\u{1b}', '\u{9b}', '\u{2028}', '\u{2029}', '\u{202e}', '\u{0}',
+];
+
+/// Runs echo once and checks its answer: the well-behaved neighbour still serves.
+fn echo_answers(addr: &str) {
+    let body = json!({"task": "t", "input": {"k": 1}}).to_string();
+    let response = evolve_e2e::http::request(
+        addr,
+        "POST",
+        "/v1/agents/echo/run",
+        &[("content-type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["outcome"]["output"], json!({"k": 1}));
+}
+
+#[test]
+fn plugin_text_cannot_forge_lines_in_the_daemons_text_log() {
+    let env = Env::new();
+    env.install("testing", "log-forger", |_| {});
+    env.install("testing", "echo", |_| {});
+    // The text format is the one a newline can forge lines in; the harness's reader keeps
+    // every stderr line whatever its format. `NO_COLOR` keeps each line starting with its
+    // timestamp.
+    let daemon = env.spawn(&[], &[("EVOLVE_LOG_FORMAT", "text"), ("NO_COLOR", "1")]);
+    const LISTENING: &str = "evolve API listening on http://";
+    let addr = evolve_e2e::wait_until("the daemon's listen line", || {
+        let log = daemon.log.text();
+        let at = log.find(LISTENING)? + LISTENING.len();
+        let addr: String = log[at..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        Some(addr)
+    });
+    let run = |task: &str| {
+        let body = json!({ "task": task }).to_string();
+        evolve_e2e::http::request(
+            &addr,
+            "POST",
+            "/v1/agents/log-forger/run",
+            &[("content-type", "application/json")],
+            Some(body.as_bytes()),
+        )
+    };
+
+    let logged = run("log");
+    assert_eq!(logged.status, 200, "{}", logged.text());
+    echo_answers(&addr);
+    let trapped = run("trap");
+    assert_eq!(trapped.status, 502, "{}", trapped.text());
+    let message = error_of(&trapped)["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("FORGED-TRAP") && !message.contains('\n'),
+        "a trap's error quotes the guest's stderr on one line: {message:?}"
+    );
+    echo_answers(&addr);
+    let failed = run("error");
+    assert_eq!(failed.status, 422, "{}", failed.text());
+    echo_answers(&addr);
+
+    // Each forged text is in the log (the runtime's warning of the trap and the agent
+    // manager's of the failed run are the last lines of their calls).
+    let log = evolve_e2e::wait_until("every forged text in the log", || {
+        let log = daemon.log.text();
+        [
+            "FORGED-MESSAGE",
+            "FORGED-KEY",
+            "FORGED-VALUE",
+            "FORGED-TRAP",
+            "FORGED-ERROR",
+        ]
+        .iter()
+        .all(|marker| {
+            log.lines()
+                .any(|l| l.contains(marker) && !l.contains("stream"))
+        })
+        .then_some(log)
+    });
+    let lines: Vec<&str> = log.lines().collect();
+    for line in &lines {
+        assert!(
+            !line.starts_with(FAKE_TIMESTAMP),
+            "a plugin forged a daemon log line: {line:?}\nlog:\n{log}"
+        );
+        if line.contains("FORGED") {
+            assert!(
+                line.starts_with(|c: char| c.is_ascii_digit()),
+                "forged text starts a line: {line:?}"
+            );
+            assert!(
+                !line.contains(RAW_CONTROLS),
+                "forged text carries a raw control character: {line:?}"
+            );
+        }
+    }
+    // The whole log message, its field key and value stayed on the plugin's one line.
+    let message_line = lines.iter().find(|l| l.contains("FORGED-MESSAGE")).unwrap();
+    for part in [
+        "innocent start",
+        "evolve::plugin",
+        "FORGED-CR",
+        "FORGED-ANSI",
+        "FORGED-LS",
+        "FORGED-BIDI",
+        "FORGED-KEY",
+        "FORGED-VALUE",
+        "log-forger",
+    ] {
+        assert!(
+            message_line.contains(part),
+            "{part} not on {message_line:?}"
+        );
+    }
+    // The runtime's warning of the trap quotes the panic whole on its own line.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("deliberate") && l.contains("FORGED-TRAP") && l.contains("WARN")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("failed") && l.contains("FORGED-ERROR")),
+        "{log}"
+    );
+}
+
+#[test]
+fn plugin_log_text_reaches_the_json_log_escaped() {
+    let env = Env::new();
+    env.install("testing", "log-forger", |_| {});
+    let daemon = env.start();
+    let response = daemon.post("/v1/agents/log-forger/run", &json!({"task": "log"}));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let line = daemon.log.wait_for("log-forger's log line", |v| {
+        v["plugin"] == "log-forger"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("FORGED-MESSAGE"))
+    });
+    // A consumer printing the decoded message or fields gets one line, no control characters.
+    let message = line["message"].as_str().unwrap();
+    let fields = line["fields"].as_str().unwrap();
+    for text in [message, fields] {
+        assert!(!text.contains('\n'), "{text:?}");
+        assert!(!text.contains(RAW_CONTROLS), "{text:?}");
+    }
+    assert!(message.starts_with("innocent start\\n"), "{message:?}");
+    assert!(message.contains("\\u{1b}[2J"), "{message:?}");
+    assert!(
+        fields.contains("FORGED-KEY") && fields.contains("FORGED-VALUE"),
+        "{fields:?}"
+    );
+}
+
+#[test]
+fn output_too_deep_or_not_json_is_invalid_output_naming_why_and_good_output_is_served_whole() {
+    let env = Env::new();
+    env.install("testing", "bad-json", |_| {});
+    env.install("testing", "echo", |_| {});
+    let daemon = env.start();
+    let run = |task: &str| daemon.post("/v1/agents/bad-json/run", &json!({ "task": task }));
+
+    let deep = run("deep");
+    let error = error_of(&deep);
+    assert_eq!(deep.status, 502, "{error:#}");
+    assert_eq!(error["code"], "invalid_output", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("deeper than 64 levels") && message.contains("line 1 column"),
+        "{message}"
+    );
+    echo_answers(&daemon.addr());
+
+    let surrogate = run("surrogate");
+    let error = error_of(&surrogate);
+    assert_eq!(surrogate.status, 502, "{error:#}");
+    assert_eq!(error["code"], "invalid_output", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("escape") && message.contains("line 1 column"),
+        "{message}"
+    );
+    echo_answers(&daemon.addr());
+
+    // What the runtime accepts, the API serves as the document, in the answer and from the
+    // history alike, up to the nesting limit.
+    for (task, levels) in [("limit", 64), ("fine", 3)] {
+        let response = run(task);
+        assert_eq!(response.status, 200, "{task}: {}", response.text());
+        let body = response.json();
+        let output = &body["outcome"]["output"];
+        let stored = daemon
+            .get(&format!("/v1/agents/bad-json/runs/{}", body["run_id"]))
+            .json();
+        assert_eq!(&stored["output"], output, "{stored:#}");
+        let mut depth = 0;
+        let mut node = output;
+        while let Some(inner) = node
+            .as_array()
+            .and_then(|a| a.last())
+            .or_else(|| node.as_object().and_then(|o| o.values().last()))
+        {
+            depth += 1;
+            node = inner;
+        }
+        assert_eq!(depth, levels, "{task}: served as {output}");
+    }
+    echo_answers(&daemon.addr());
+}
+
+#[test]
+fn a_plugin_claiming_another_name_is_known_by_its_manifest_name_with_one_warning() {
+    let env = Env::new();
+    env.install("testing", "echo", |_| {});
+    env.install("testing", "name-thief", |_| {});
+    let daemon = env.start();
+    let warning = daemon.wait_event("plugin.name_mismatch", "name-thief", |d| {
+        d["claimed_name"] == "echo"
+    });
+    assert!(
+        warning["message"].as_str().unwrap().contains("name-thief"),
+        "{warning:#}"
+    );
+
+    // The API lists it under its manifest name; only `claimed_name` shows the claim.
+    let thief = daemon.plugin("name-thief");
+    assert_eq!(thief["info"]["name"], "name-thief", "{thief:#}");
+    assert_eq!(thief["claimed_name"], "echo", "{thief:#}");
+    let echo = daemon.plugin("echo");
+    assert_eq!(echo["info"]["name"], "echo", "{echo:#}");
+    assert!(echo["claimed_name"].is_null(), "{echo:#}");
+    let plugins = daemon.get("/v1/plugins").json();
+    let named_echo = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "echo" || p["info"]["name"] == "echo")
+        .count();
+    assert_eq!(named_echo, 1, "{plugins:#}");
+
+    // Calls by each name reach each plugin, and are counted under its own name.
+    let ok_calls = |plugin: &str| -> u64 {
+        let metrics = daemon.get("/metrics").text();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("evolve_plugin_calls")
+                    && l.contains(&format!("plugin=\"{plugin}\""))
+                    && l.contains("outcome=\"ok\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no ok-calls series of {plugin} in\n{metrics}"))
+    };
+    let (thief_before, echo_before) = (ok_calls("name-thief"), ok_calls("echo"));
+    let stolen = daemon.post("/v1/agents/name-thief/run", &json!({"task": "t"}));
+    assert_eq!(stolen.status, 200, "{}", stolen.text());
+    assert_eq!(stolen.json()["plugin"], "name-thief");
+    assert_eq!(stolen.json()["outcome"]["output"], json!({"thief": true}));
+    assert_eq!(ok_calls("name-thief"), thief_before + 1);
+    assert_eq!(ok_calls("echo"), echo_before);
+    echo_answers(&daemon.addr());
+    assert_eq!(ok_calls("echo"), echo_before + 1);
+
+    // One warning for the load: the events log and the log line each have exactly one.
+    let events = daemon.get("/v1/events?kind=plugin.name_mismatch").json();
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["subject"], "name-thief");
+    let warnings = daemon
+        .log
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "plugin.name_mismatch")
+        .count();
+    assert_eq!(warnings, 1);
+}

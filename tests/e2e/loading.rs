@@ -132,7 +132,7 @@ fn broken_plugins_get_specific_errors_and_do_not_disturb_a_good_one() {
     expect("echo-twin", "duplicate_name", &["already used"]);
     expect(
         "grabby",
-        "permission",
+        "dir_grant_refused",
         &["overlaps", "grant a directory of its own"],
     );
     assert_eq!(failures.len(), 11, "{failures:#?}");
@@ -141,7 +141,20 @@ fn broken_plugins_get_specific_errors_and_do_not_disturb_a_good_one() {
 #[test]
 fn plugin_check_validates_without_a_daemon() {
     let data = tempfile::tempdir().unwrap();
-    let envs = [("EVOLVE_DATA_DIR", data.path().to_str().unwrap())];
+    // doc-generator grants `docs` under the data dir: the operator allows it.
+    let config = data.path().join("evolve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\nallowed_dir_roots = [{:?}]\n",
+            data.path().join("docs")
+        ),
+    )
+    .unwrap();
+    let envs = [
+        ("EVOLVE_DATA_DIR", data.path().to_str().unwrap()),
+        ("EVOLVE_CONFIG", config.to_str().unwrap()),
+    ];
     let good = built_plugin("bundled", "doc-generator");
     let (code, stdout, stderr) = cli(&["plugin", "check", good.to_str().unwrap()], &envs);
     assert_eq!(code, 0, "{stderr}");

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `evolve` daemon, one harness binary (see `evolve_e2e`).
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod agents;
 mod api;
 mod cluster;

@@ -459,3 +459,42 @@ fn registry_kill9_keeps_every_acknowledged_write() {
         writer.join().unwrap();
     }
 }
+
+/// The export is streamed (chunked, never one buffered body) and is the document an import
+/// takes.
+#[test]
+fn the_export_is_streamed_in_chunks() {
+    let env = Env::new();
+    let daemon = env.start();
+    let addr = daemon.addr();
+    let created = daemon.post(
+        "/v1/models",
+        &json!({"name": "lin", "task_type": "forecast"}),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let version = daemon.post("/v1/models/lin/versions", &json!({}));
+    assert_eq!(version.status, 201, "{}", version.text());
+    let points: Vec<Value> = (0..5_000)
+        .map(|i| json!({"version": 1, "metric": "mae", "value": f64::from(i) / 7.0}))
+        .collect();
+    let recorded = daemon.post("/v1/models/lin/performance", &json!({"points": points}));
+    assert_eq!(recorded.status, 201, "{}", recorded.text());
+
+    let export = request(&addr, "GET", "/v1/registry/export", &[], None);
+    assert_eq!(export.status, 200, "{}", export.text());
+    assert_eq!(export.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(export.header("content-length"), None);
+    assert_eq!(export.header("content-type"), Some("application/json"));
+    let document = export.json();
+    assert_eq!(document["format"], "evolve-model-registry");
+    let models = document["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0]["metrics"].as_array().unwrap().len(), 5_000);
+
+    // What was streamed imports into an empty daemon.
+    let other_env = Env::new();
+    let other = other_env.start();
+    let imported = other.post("/v1/registry/import", &document);
+    assert_eq!(imported.status, 201, "{}", imported.text());
+    assert_eq!(imported.json()["imported_points"], 5_000);
+}

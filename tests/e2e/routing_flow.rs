@@ -25,6 +25,13 @@ path = "/forecast"
 task = "forecast"
 model = "best"
 policy = "accuracy"
+record_outcomes = true
+[mesh.routes.unrecorded]
+capability = "forecast"
+path = "/forecast"
+task = "forecast"
+model = "best"
+policy = "accuracy"
 [mesh.routes.lonely]
 capability = "forecast"
 path = "/forecast"
@@ -442,4 +449,41 @@ fn fan_out_returns_every_healthy_part_marks_a_held_one_partial_and_aggregates() 
         daemon.get("/metrics").text()
     );
     c.release();
+}
+
+#[test]
+fn outcomes_are_recorded_only_on_a_route_that_says_record_outcomes() {
+    let (_env, daemon) = start();
+    let backend = EchoBackend::start("m1");
+    register_service(&daemon, "fc", "forecast", &[&backend]);
+    register_model(&daemon, "lin", 1);
+
+    // The same model-aware route without `record_outcomes`: the client sees the backend's
+    // report, the registry does not.
+    backend.set_outcome_header(Some("mae=0.7"));
+    let unrecorded = send(&daemon, "POST", "/v1/route/unrecorded", &json!({}));
+    assert_eq!(unrecorded.status, 200, "{}", unrecorded.text());
+    assert_eq!(unrecorded.header("x-evolve-model"), Some("lin"));
+    assert_eq!(unrecorded.header("x-evolve-outcome"), Some("mae=0.7"));
+    backend.set_outcome_header(None);
+    backend.set_outcome_field(Some(json!({"mae": 0.8})));
+    let unrecorded = send(&daemon, "POST", "/v1/route/unrecorded", &json!({}));
+    assert_eq!(unrecorded.json()["evolve_outcome"]["mae"], 0.8);
+
+    // With it, the report lands. Outcomes are written in the order they were queued, so once
+    // this one is in, the earlier ones would be too had they been queued.
+    backend.set_outcome_field(None);
+    backend.set_outcome_header(Some("mae=0.9"));
+    let recorded = send(&daemon, "POST", "/v1/route/best", &json!({}));
+    assert_eq!(recorded.status, 200, "{}", recorded.text());
+    wait_until("the recording route's outcome in the registry", || {
+        points(&daemon, "lin", "mae")
+            .contains(&(1, 0.9))
+            .then_some(())
+    });
+    assert_eq!(points(&daemon, "lin", "mae"), [(1, 0.9)]);
+    assert_eq!(
+        metric_line(&daemon, "evolve_route_outcomes_total{result=\"recorded\"}"),
+        Some(1.0)
+    );
 }

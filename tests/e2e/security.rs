@@ -137,3 +137,148 @@ fn a_wrong_token_is_refused_on_reads_too() {
     // Anonymous reads stay open until reads are put behind a scope.
     assert_eq!(daemon.get("/v1/plugins").status, 200);
 }
+
+/// Plugins → the host: an allowed NAME does not make its addresses reachable. A checker allowed
+/// `localhost:<port>` (which resolves to loopback) is refused before connecting, the error says
+/// which address and why, and the checked target on loopback stays reachable.
+#[test]
+fn an_allowed_name_that_resolves_to_loopback_is_refused_but_the_target_is_not() {
+    let env = Env::new();
+    let target = evolve_e2e::http::Backend::start(200);
+    let other = evolve_e2e::http::Backend::start(200);
+    let port = other.addr.rsplit_once(':').unwrap().1.to_string();
+    let sneaky = format!("localhost:{port}");
+    env.install("testing", "http-sneak", |m| {
+        let mut permissions = toml::Table::new();
+        permissions.insert("http_hosts".into(), vec![sneaky.clone()].into());
+        m.insert("permissions".into(), permissions.into());
+        m["config"]["forbidden_host"] = sneaky.clone().into();
+        m["config"]["also_target"] = true.into();
+    });
+    let daemon = env.start();
+    let response = daemon.post(
+        "/v1/checkers/http-sneak/check",
+        &json!({"name": "svc", "endpoint": target.url()}),
+    );
+    let error = response.json()["error"].clone();
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert_eq!(error["code"], "permission_denied", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains(&sneaky), "{message}");
+    assert!(message.contains("is loopback"), "{message}");
+    assert_eq!(target.connections(), 1, "the checked target is reachable");
+    assert_eq!(
+        other.connections(),
+        0,
+        "the loopback address was never contacted"
+    );
+}
+
+/// Plugins → the host: a manifest granting `../..` (out of the data dir) or the data dir itself
+/// is refused at load, with a message naming the grant, the allowed roots and the key to change;
+/// a grant inside the allowed root (file-sneak's `docs`) still loads.
+#[test]
+fn grants_out_of_the_allowed_roots_or_of_the_data_dir_are_refused_at_load() {
+    let env = Env::new();
+    let wasm =
+        std::fs::read(evolve_e2e::built_plugin("testing", "file-sneak").join("file_sneak.wasm"))
+            .unwrap();
+    let data_dir = env.data_dir.display().to_string();
+    let grabs = [("climber", "../.."), ("data-grab", data_dir.as_str())];
+    for (name, host) in grabs {
+        env.install_raw(
+            name,
+            &format!(
+                "name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"meta-agent\"\nwasm = \"p.wasm\"\n\
+                 [[permissions.dirs]]\nhost = {host:?}\nguest = \"/in\"\n"
+            ),
+            Some(("p.wasm", &wasm)),
+        );
+    }
+    env.install("testing", "file-sneak", |_| {});
+    std::fs::create_dir_all(env.data_dir.join("docs")).unwrap();
+    let daemon = env.start();
+    assert_eq!(daemon.plugin("file-sneak")["state"], "serving");
+
+    let root = env.data_dir.canonicalize().unwrap().display().to_string();
+    let plugins = daemon.get("/v1/plugins").json();
+    for (name, host) in grabs {
+        let entry = plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["state"] == "failed" && p["dir"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} was not refused: {plugins:#}"));
+        let error = &entry["last_error"];
+        assert_eq!(error["code"], "dir_grant_refused", "{error:#}");
+        let message = error["message"].as_str().unwrap();
+        for needle in [
+            format!("\"{host}\""),
+            root.clone(),
+            "runtime.allowed_dir_roots".to_string(),
+            "overlaps".to_string(),
+            "the data dir".to_string(),
+        ] {
+            assert!(
+                message.contains(&needle),
+                "{name}: {message:?} lacks {needle:?}"
+            );
+        }
+    }
+}
+
+/// Plugins → the host: a cached AOT artifact whose bytes changed is never mapped: the restart
+/// recompiles it, and the refusal is counted in `GET /v1/runtime` and `/metrics`.
+#[test]
+fn a_tampered_aot_artifact_is_recompiled_and_counted_not_mapped() {
+    // A private cache (under the data dir) this test may alter.
+    let env = Env::with_cache(None);
+    env.install("testing", "echo", |_| {});
+    let first = env.start();
+    assert_eq!(first.plugin("echo")["aot"], "compiled");
+    assert!(first.terminate());
+
+    let cache = env.data_dir.join("cache/aot");
+    let artifacts: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let mut bytes = std::fs::read(&artifacts[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&artifacts[0], &bytes).unwrap();
+
+    let second = env.start();
+    assert_eq!(
+        second.plugin("echo")["aot"],
+        "compiled",
+        "the tampered artifact was mapped"
+    );
+    let runtime = second.get("/v1/runtime").json();
+    assert_eq!(runtime["aot_cache"]["rejected"], 1, "{runtime:#}");
+    assert_eq!(runtime["aot_cache"]["hits"], 0, "{runtime:#}");
+    let metrics = second.get("/metrics").text();
+    assert!(metrics.contains("evolve_aot_rejected_total 1"), "{metrics}");
+    let response = second.post("/v1/agents/echo/run", &json!({"input": 1}));
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+/// Plugins → the host: an AOT cache directory its group may write is refused at start, with the
+/// key to change.
+#[cfg(unix)]
+#[test]
+fn a_group_writable_aot_cache_dir_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::with_cache(None);
+    let cache = env.data_dir.join("cache/aot");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let (code, log) = env.spawn(&[], &[]).wait_exit();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("770") && log.contains("runtime.cache_dir"),
+        "{log}"
+    );
+}

@@ -48,7 +48,13 @@ pub fn request(
 ) -> Response {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(super::EVENT_TIMEOUT)).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    // A test that sends its own Host replaces the default one.
+    let own_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
+    let mut head = if own_host {
+        format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n")
+    } else {
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n")
+    };
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -110,10 +110,20 @@ impl Env {
         let data_dir = temp.path().join("data");
         let plugins_dir = temp.path().join("plugins");
         std::fs::create_dir_all(&plugins_dir).unwrap();
-        let extra_config = match cache {
-            Some(dir) => format!("[runtime]\ncache_dir = {:?}\n", dir.display().to_string()),
-            None => String::new(),
-        };
+        // The bundled and test plugins grant directories under the data dir (docs, logs, state):
+        // the operator's allowed root for them. A shared cache shares its key too, or every
+        // environment would refuse the others' artifacts.
+        let mut extra_config = format!(
+            "[runtime]\nallowed_dir_roots = [{:?}]\n",
+            data_dir.display().to_string()
+        );
+        if let Some(dir) = cache {
+            extra_config.push_str(&format!(
+                "cache_dir = {:?}\naot_key_file = {:?}\n",
+                dir.display().to_string(),
+                dir.join("aot.key").display().to_string()
+            ));
+        }
         Env {
             config_path: temp.path().join("evolve.toml"),
             temp,
@@ -473,7 +483,11 @@ pub fn plugin_new(name: &str, kind: &str, lang: Option<&str>, dir: &Path) {
 /// Runs the `evolve` CLI with `args`; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(evolve_bin());
-    command.args(args).env_remove("EVOLVE_AUTH_TOKEN");
+    command
+        .args(args)
+        .env_remove("EVOLVE_AUTH_TOKEN")
+        .env_remove("EVOLVE_TOKEN")
+        .env_remove("EVOLVE_TOKEN_FILE");
     for (k, v) in envs {
         command.env(k, v);
     }

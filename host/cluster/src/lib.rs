@@ -3,8 +3,9 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`config`] | the `[cluster]` section |
+//! | [`config`] | the `[cluster]` section and its secret files |
 //! | [`wire`] | Redis keys and channels, the versioned JSON the daemons exchange |
+//! | [`seal`] | the shared key: every record and update signed, sequenced, verified |
 //! | [`driver`] | the connection state machine: announce, sync, heartbeat, publish, back off |
 //! | [`outbox`] | events waiting for Redis, bounded, drops counted |
 //! | [`status`] | what `GET /v1/cluster` and the metrics show |
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod driver;
 pub mod outbox;
+pub mod seal;
 pub mod status;
 pub mod tail;
 pub mod wire;
@@ -24,10 +26,10 @@ pub mod wire;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use redis::{Client, IntoConnectionInfo, ProtocolVersion};
+use redis::{Client, IntoConnectionInfo, ProtocolVersion, TlsCertificates};
 use tokio::sync::watch;
 
-pub use self::config::ClusterConfig;
+pub use self::config::{ClusterConfig, RedisAccess};
 pub use self::status::{ClusterStatus, ConnectionState, SharedStatus};
 use evolve_core::events::EventBus;
 use evolve_mesh::{MergeReport, Mesh, ServiceSpec};
@@ -44,6 +46,8 @@ pub trait SharedCatalog: Send + Sync + 'static {
     fn remote_nodes(&self) -> Vec<String>;
     /// Remote services routed to now.
     fn remote_count(&self) -> usize;
+    /// What `node` announced and this daemon holds, by service name.
+    fn remote_specs(&self, node: &str) -> BTreeMap<String, ServiceSpec>;
     async fn set_remote_node(&self, node: &str, specs: Vec<ServiceSpec>) -> MergeReport;
     async fn upsert_remote(&self, node: &str, spec: ServiceSpec) -> MergeReport;
     async fn remove_remote(&self, node: &str, name: &str) -> MergeReport;
@@ -81,6 +85,10 @@ impl SharedCatalog for Mesh {
             .count()
     }
 
+    fn remote_specs(&self, node: &str) -> BTreeMap<String, ServiceSpec> {
+        Mesh::remote_specs(self, node)
+    }
+
     async fn set_remote_node(&self, node: &str, specs: Vec<ServiceSpec>) -> MergeReport {
         Mesh::set_remote_node(self, node, specs).await
     }
@@ -98,23 +106,48 @@ impl SharedCatalog for Mesh {
     }
 }
 
-/// Why the cluster could not start (only a malformed URL; an unreachable Redis is not an error).
+/// Why the cluster could not start (a malformed URL or a bad secret file; an unreachable Redis
+/// is not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cluster.redis_url: {0}")]
     BadUrl(String),
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
 }
 
-/// A Redis client speaking RESP3 (pub/sub messages arrive as pushes on a normal connection).
-pub fn client(url: &str) -> Result<Client, ClusterError> {
+/// A Redis client speaking RESP3 (pub/sub messages arrive as pushes on a normal connection),
+/// with the ACL user and password of `access` (when the URL has none) and, for `rediss://`, its
+/// CA (else the system's roots). TLS is rustls.
+pub fn client(url: &str, access: &RedisAccess) -> Result<Client, ClusterError> {
     let info = url
         .into_connection_info()
         .map_err(|e| ClusterError::BadUrl(e.to_string()))?;
-    let settings = info
+    let mut settings = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    Client::open(info.set_redis_settings(settings)).map_err(|e| ClusterError::BadUrl(e.to_string()))
+    if let Some(user) = &access.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &access.password {
+        settings = settings.set_password(password);
+    }
+    let info = info.set_redis_settings(settings);
+    match &access.ca_pem {
+        Some(pem) => Client::build_with_tls(
+            info,
+            TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        )
+        .map_err(|e| ClusterError::Config {
+            key: "cluster.redis_ca_file".into(),
+            message: format!("cannot use these certificates: {e}"),
+        }),
+        None => Client::open(info).map_err(|e| ClusterError::BadUrl(e.to_string())),
+    }
 }
 
 /// The running cluster membership (or its absence); cheap to clone.
@@ -149,17 +182,37 @@ impl Cluster {
         let Some(url) = config.redis_url.clone() else {
             return Ok(Cluster::disabled(node));
         };
-        let client = client(&url)?;
+        let secrets = config
+            .secrets()
+            .map_err(|(key, message)| ClusterError::Config { key, message })?;
+        if secrets.key.is_none() {
+            if !config.allow_unauthenticated {
+                return Err(ClusterError::Config {
+                    key: "cluster.key_file".into(),
+                    message: "is required in cluster mode (or, knowingly, cluster.allow_unauthenticated = true)".into(),
+                });
+            }
+            tracing::warn!(node = %node, "cluster.allow_unauthenticated is set and there is no cluster.key_file: any client that can write to Redis can act as any node (announce endpoints that receive live traffic, deregister nodes)");
+        }
+        let client = client(&url, &secrets.redis)?;
         let status = SharedStatus::new(
             node.clone(),
             Some(config::redact_url(&url)),
             config.heartbeat_ttl_s,
             config.sync_interval_s,
         );
+        let sealer = seal::Sealer::new(secrets.key, &config.channel_prefix);
+        let mode = if sealer.authenticated() {
+            "hmac-sha256"
+        } else {
+            "unauthenticated"
+        };
+        status.update(|s| s.auth.mode = mode);
         let (stop, stop_rx) = watch::channel(false);
         // Subscribe before anything can publish, so no event of this daemon is missed.
         let bus = events.subscribe();
-        let driver = driver::Driver::new(config, node, api, catalog, events, status.clone());
+        let driver =
+            driver::Driver::new(config, node, api, sealer, catalog, events, status.clone());
         let task = tokio::spawn(driver.run(client, bus, stop_rx));
         Ok(Cluster {
             status,

@@ -67,13 +67,61 @@ pub struct CatalogStats {
     pub remote_services: usize,
     pub updates_sent: u64,
     pub updates_received: u64,
-    /// Peer messages or specs skipped as malformed or refused.
+    /// Peer messages or specs skipped as malformed or refused by the mesh's validation.
     pub rejected: u64,
+    /// Peer registrations dropped by a cap (nodes, services per node, instances per service,
+    /// remote services in all).
+    pub capped: u64,
     pub full_syncs: u64,
     /// Peers expired because their heartbeat lapsed.
     pub peers_expired: u64,
     /// Age of the last incremental update when it arrived (publisher's clock to ours), ms.
     pub last_update_lag_ms: Option<i64>,
+}
+
+/// Who may act as a node: the shared key's mode, and every peer record or message refused
+/// because its seal did not open (each reason counted).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuthStats {
+    /// `hmac-sha256` (cluster.key_file), `unauthenticated` (cluster.allow_unauthenticated) or
+    /// `disabled` (no cluster).
+    pub mode: &'static str,
+    /// Every refusal below but `superseded`: what a node without the key (or a replay) tried.
+    pub refused: u64,
+    /// No signature, in a cluster with a key (also: a node of wire version 1).
+    pub unsigned: u64,
+    /// A signature that does not verify, or a registration that does not match its node's
+    /// signed record.
+    pub bad_tag: u64,
+    /// Validly signed, but found where another node's belongs.
+    pub node_mismatch: u64,
+    /// A sequence at or below one already accepted from that node.
+    pub replayed: u64,
+    /// Signed longer ago than the TTL plus the allowed clock skew.
+    pub stale: u64,
+    /// Valid updates older than the node's record already applied (pub/sub and the sync
+    /// raced); not counted in `refused`, the record carries their change.
+    pub superseded: u64,
+}
+
+impl AuthStats {
+    pub fn count(&mut self, reason: crate::seal::Reason) {
+        use crate::seal::Reason;
+        let counter = match reason {
+            Reason::Malformed => return,
+            Reason::Superseded => {
+                self.superseded += 1;
+                return;
+            }
+            Reason::Unsigned => &mut self.unsigned,
+            Reason::BadTag => &mut self.bad_tag,
+            Reason::NodeMismatch => &mut self.node_mismatch,
+            Reason::Replayed => &mut self.replayed,
+            Reason::Stale => &mut self.stale,
+        };
+        *counter += 1;
+        self.refused += 1;
+    }
 }
 
 /// The whole picture.
@@ -100,6 +148,7 @@ pub struct ClusterStatus {
     pub peers: Vec<PeerStatus>,
     pub events: EventStats,
     pub catalog: CatalogStats,
+    pub auth: AuthStats,
 }
 
 /// Cheap to clone; the driver writes, everyone else reads.
@@ -131,6 +180,14 @@ impl SharedStatus {
             peers: Vec::new(),
             events: EventStats::default(),
             catalog: CatalogStats::default(),
+            auth: AuthStats {
+                mode: if enabled {
+                    "unauthenticated"
+                } else {
+                    "disabled"
+                },
+                ..AuthStats::default()
+            },
         })))
     }
 

@@ -25,7 +25,7 @@ pub async fn follow(
     kind: Option<&str>,
     mut on_event: impl FnMut(&str) -> bool,
 ) -> Result<(), TailError> {
-    let client = super::client(url)?;
+    let client = super::client(url, &super::RedisAccess::default())?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = AsyncConnectionConfig::new().set_push_sender(tx);
     let mut con = client

@@ -41,6 +41,10 @@ pub enum EventKind {
     PluginRetired,
     #[serde(rename = "plugin.released")]
     PluginReleased,
+    /// A plugin's `describe()` named it differently from its manifest (`data.claimed_name`);
+    /// the manifest name is the one used. Once per loaded generation.
+    #[serde(rename = "plugin.name_mismatch")]
+    PluginNameMismatch,
     #[serde(rename = "agent.run_finished")]
     AgentRunFinished,
     #[serde(rename = "agent.health_changed")]
@@ -96,6 +100,7 @@ impl EventKind {
             EventKind::PluginUnloaded => "plugin.unloaded",
             EventKind::PluginRetired => "plugin.retired",
             EventKind::PluginReleased => "plugin.released",
+            EventKind::PluginNameMismatch => "plugin.name_mismatch",
             EventKind::AgentRunFinished => "agent.run_finished",
             EventKind::AgentHealthChanged => "agent.health_changed",
             EventKind::ServiceRegistered => "service.registered",
@@ -171,6 +176,7 @@ impl EventBus {
             EventKind::PluginReloadFailed
             | EventKind::PluginRolledBack
             | EventKind::PluginQuarantined
+            | EventKind::PluginNameMismatch
             | EventKind::CircuitOpened
             | EventKind::InstanceEjected
             | EventKind::ClusterDisconnected

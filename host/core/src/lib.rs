@@ -9,6 +9,7 @@
 //! | [`window`] | a rolling window of per-second counters |
 //! | [`sync`] | taking a lock even when poisoned, and why that is safe here |
 //! | [`fsutil`] | file helpers (durable writes) |
+//! | [`untrusted`] | guest and peer text made safe to log ([`untrusted::escape_untrusted`]) |
 //!
 //! Nothing here knows about plugins, services or models; the crates above build on it:
 //! `evolve-runtime` (plugins), `evolve-registry` (models), `evolve-mesh` (services),
@@ -20,4 +21,5 @@ pub mod fsutil;
 pub mod health;
 pub mod rng;
 pub mod sync;
+pub mod untrusted;
 pub mod window;

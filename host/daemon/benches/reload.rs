@@ -94,6 +94,8 @@ async fn run() {
             cache_dir: scratch.path().join("cache"),
             data_dir: scratch.path().join("data"),
             protected_dirs: vec![plugins_dir.clone()],
+            grant_policy: evolve_runtime::GrantPolicy::default(),
+            aot_key_file: scratch.path().join("aot.key"),
             supervision: SupervisionConfig::default(),
         },
         events.clone(),

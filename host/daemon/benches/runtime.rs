@@ -43,6 +43,8 @@ fn runtime_config(root: &Path) -> RuntimeConfig {
         cache_dir: root.join("cache"),
         data_dir: root.join("data"),
         protected_dirs: Vec::new(),
+        grant_policy: evolve_runtime::GrantPolicy::default(),
+        aot_key_file: root.join("aot.key"),
         supervision: SupervisionConfig::default(),
     }
 }
@@ -192,6 +194,16 @@ impl inventory::Host for PlainState {
             api_listen: String::new(),
             api_auth: false,
             uptime_s: 0,
+        }
+    }
+    fn security(&mut self) -> inventory::SecurityPosture {
+        inventory::SecurityPosture {
+            token_names: Vec::new(),
+            auth_reads: false,
+            cluster_enabled: false,
+            cluster_authenticated: false,
+            allowed_dir_roots: Vec::new(),
+            allowed_env: Vec::new(),
         }
     }
     fn plugins(&mut self) -> Vec<inventory::PluginSummary> {

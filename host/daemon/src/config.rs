@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{ENV_TOKEN_NAME, Scope, TokenEntry};
 use crate::agents::AgentsConfig;
 use crate::reload::ReloadConfig;
 use evolve_cluster::ClusterConfig;
 use evolve_mesh::MeshConfig;
 use evolve_registry::{RegistryConfig, ScoringPolicy, scoring};
-use evolve_runtime::{LimitValues, RuntimeConfig, SupervisionConfig};
+use evolve_runtime::{GrantPolicy, Guard, LimitValues, RuntimeConfig, SupervisionConfig};
 
 /// Environment variables that override config keys (and the key each overrides).
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -27,6 +28,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("EVOLVE_LOG_FORMAT", "log.format"),
     ("EVOLVE_REDIS_URL", "cluster.redis_url"),
 ];
+
+/// Ceiling of `server.body_limit_kb`: 64 MiB. The API reads a body whole into memory (JSON
+/// documents, imports), and larger bodies belong on the data plane, which streams them; the
+/// ceiling also keeps the KiB-to-bytes conversion far from overflow on any target.
+pub const MAX_BODY_LIMIT_KB: u64 = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,9 +71,23 @@ pub struct HostConfig {
 pub struct ServerConfig {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
-    /// Named bearer tokens; when any is set, mutating endpoints require one.
-    pub tokens: BTreeMap<String, String>,
-    /// Largest request body accepted, KiB.
+    /// Bearer tokens (`[[server.tokens]]`), each with a name (logs and the audit trail say who)
+    /// and its scopes; when any is set, every request but anonymous reads needs one.
+    pub tokens: Vec<TokenEntry>,
+    /// A file of more `[[tokens]]` (the same fields), kept out of the config file so the config
+    /// can be shared; refused when its group or others may read it.
+    pub tokens_file: Option<PathBuf>,
+    /// Whether reads need a token with the `read` scope; default: yes when the API listens
+    /// beyond loopback, no on loopback.
+    pub auth_reads: Option<bool>,
+    /// `Host` values the API answers (a name or address, with or without `:port`); default:
+    /// localhost, 127.0.0.1, [::1] and the listen address. Anything else gets 421, so a
+    /// DNS-rebound name cannot reach a loopback daemon from a browser.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) whose browsers may send mutating requests and get CORS
+    /// answers, beyond the daemon's own origins (`http://<allowed host>:<port>`).
+    pub allowed_origins: Vec<String>,
+    /// Largest request body accepted, KiB (at most [`MAX_BODY_LIMIT_KB`]).
     pub body_limit_kb: u64,
     /// How long in-flight requests may take to finish after SIGTERM / Ctrl-C, s.
     pub shutdown_grace_s: u64,
@@ -98,7 +118,25 @@ pub struct RuntimeSection {
     pub ceilings: LimitValues,
     /// Quarantine of plugins that keep failing (`[runtime.supervision]`).
     pub supervision: SupervisionConfig,
+    /// Directories plugin directory grants may lie in (each grant must resolve, canonically,
+    /// inside one); empty, the default, allows no directory grant. The daemon's own files stay
+    /// refused inside them.
+    pub allowed_dir_roots: Vec<PathBuf>,
+    /// Environment variables a plugin manifest may name in `permissions.env`; empty, the
+    /// default, allows none.
+    pub allowed_env: Vec<String>,
+    /// The key authenticating AOT artifacts (32 random bytes, created `0600` if missing);
+    /// default `<data_dir>/aot.key`.
+    pub aot_key_file: Option<PathBuf>,
+    /// The file this config was read from (not a key: [`HostConfig::load`] sets it), so it and
+    /// its directory are kept out of plugin grants.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
+
+/// Most entries of `runtime.allowed_dir_roots` / `runtime.allowed_env`: each grant is checked
+/// against every one at load, and a list longer than this is a policy nobody reviews.
+pub const MAX_ALLOWED_ENTRIES: usize = 256;
 
 /// `[registry]`: the model registry's store, backups, limits and scoring policies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,11 +261,59 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            tokens: BTreeMap::new(),
+            tokens: Vec::new(),
+            tokens_file: None,
+            auth_reads: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             body_limit_kb: 1_024,
             shutdown_grace_s: 30,
             allow_unauthenticated: false,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Adds the tokens of `server.tokens_file` to the configured ones (see
+    /// [`crate::access::read_tokens_file`]).
+    pub fn read_tokens_file(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.tokens_file {
+            let from_file = crate::access::read_tokens_file(path)?;
+            crate::access::validate_tokens(&from_file, "server.tokens_file tokens")?;
+            self.tokens.extend(from_file);
+        }
+        Ok(())
+    }
+
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        crate::access::validate_tokens(&self.tokens, "server.tokens")
+    }
+
+    /// Whether reads need a token (see [`ServerConfig::auth_reads`]).
+    pub fn reads_need_token(&self) -> bool {
+        self.auth_reads
+            .unwrap_or_else(|| !self.listen.ip().is_loopback())
+    }
+
+    /// The `Host` values the API answers: [`ServerConfig::allowed_hosts`], or by default the
+    /// loopback names and the listen address.
+    pub fn effective_allowed_hosts(&self) -> Vec<String> {
+        if !self.allowed_hosts.is_empty() {
+            return self.allowed_hosts.clone();
+        }
+        let mut hosts = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "[::1]".to_string(),
+        ];
+        let listen = match self.listen.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        if !self.listen.ip().is_unspecified() && !hosts.contains(&listen) {
+            hosts.push(listen);
+        }
+        hosts
     }
 }
 
@@ -239,7 +325,80 @@ impl Default for RuntimeSection {
             defaults: LimitValues::DEFAULTS,
             ceilings: LimitValues::CEILINGS,
             supervision: SupervisionConfig::default(),
+            allowed_dir_roots: Vec::new(),
+            allowed_env: Vec::new(),
+            aot_key_file: None,
+            config_file: None,
         }
+    }
+}
+
+impl RuntimeSection {
+    fn validate_grant_policy(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("runtime.{key}"),
+            message,
+        };
+        for (key, len) in [
+            ("allowed_dir_roots", self.allowed_dir_roots.len()),
+            ("allowed_env", self.allowed_env.len()),
+        ] {
+            if len > MAX_ALLOWED_ENTRIES {
+                return Err(invalid(
+                    key,
+                    format!("{len} entries; at most {MAX_ALLOWED_ENTRIES}"),
+                ));
+            }
+        }
+        for root in &self.allowed_dir_roots {
+            if root.as_os_str().is_empty() {
+                return Err(invalid(
+                    "allowed_dir_roots",
+                    "an empty path; name the directories plugins may be granted".into(),
+                ));
+            }
+            if root.parent().is_none() {
+                return Err(invalid(
+                    "allowed_dir_roots",
+                    format!(
+                        "\"{}\" would let plugins be granted any directory on the host; name the directories they need",
+                        root.display()
+                    ),
+                ));
+            }
+        }
+        for name in &self.allowed_env {
+            let well_formed = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !well_formed {
+                return Err(invalid(
+                    "allowed_env",
+                    format!(
+                        "\"{name}\" is not an environment variable name (letters, digits, '_')"
+                    ),
+                ));
+            }
+            if name.starts_with("EVOLVE_") {
+                return Err(invalid(
+                    "allowed_env",
+                    format!(
+                        "\"{name}\" is the daemon's own setting (it may hold the API token) and is never passed to plugins"
+                    ),
+                ));
+            }
+        }
+        if self
+            .aot_key_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty() || f.file_name().is_none())
+        {
+            return Err(invalid(
+                "aot_key_file",
+                "must name a file, e.g. data/aot.key".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +429,8 @@ impl HostConfig {
             None => HostConfig::default(),
         };
         config.apply_env(|key| std::env::var(key).ok())?;
+        config.server.read_tokens_file()?;
+        config.runtime.config_file = path.map(Path::to_path_buf);
         Ok(config)
     }
 
@@ -287,7 +448,14 @@ impl HostConfig {
             self.server.listen = parse_listen(&listen, "EVOLVE_LISTEN")?;
         }
         if let Some(token) = get("EVOLVE_AUTH_TOKEN").filter(|t| !t.is_empty()) {
-            self.server.tokens.insert("env".into(), token);
+            self.server
+                .tokens
+                .retain(|entry| entry.name != ENV_TOKEN_NAME);
+            self.server.tokens.push(TokenEntry {
+                name: ENV_TOKEN_NAME.into(),
+                token,
+                scopes: vec![Scope::Admin],
+            });
         }
         if let Some(dir) = get("EVOLVE_DATA_DIR") {
             self.data_dir = dir.into();
@@ -342,6 +510,7 @@ impl HostConfig {
                 "max_concurrency must be at most 10000 and max_queue at most 1000000",
             ));
         }
+        self.runtime.validate_grant_policy()?;
         if self.reload.watch_window_s > 86_400 {
             return Err(invalid("reload.watch_window_s", "must be at most 86400"));
         }
@@ -349,15 +518,39 @@ impl HostConfig {
             return Err(invalid("reload.debounce_ms", "must be at most 60000"));
         }
         self.registry.validate()?;
-        if self.server.body_limit_kb == 0 {
-            return Err(invalid("server.body_limit_kb", "must be at least 1"));
+        if self.server.body_limit_kb == 0 || self.server.body_limit_kb > MAX_BODY_LIMIT_KB {
+            return Err(invalid(
+                "server.body_limit_kb",
+                "must be between 1 and 65536 (KiB, i.e. at most 64 MiB)",
+            ));
         }
-        for (name, token) in &self.server.tokens {
-            // Short tokens are guessable; a bearer token is the only thing guarding the API.
-            if token.len() < 16 {
+        self.server.validate_tokens()?;
+        if self.server.auth_reads == Some(true) && self.server.tokens.is_empty() {
+            return Err(invalid(
+                "server.auth_reads",
+                "reads need a token, but no token is configured: add [[server.tokens]] (scope read) or set EVOLVE_AUTH_TOKEN",
+            ));
+        }
+        for host in &self.server.allowed_hosts {
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
                 return Err(ConfigError::Invalid {
-                    key: format!("server.tokens.{name}"),
-                    message: "a token must be at least 16 characters".into(),
+                    key: "server.allowed_hosts".into(),
+                    message: format!(
+                        "\"{host}\" is not a host name or address with an optional :port"
+                    ),
+                });
+            }
+        }
+        for origin in &self.server.allowed_origins {
+            let well_formed = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+            });
+            if !well_formed {
+                return Err(ConfigError::Invalid {
+                    key: "server.allowed_origins".into(),
+                    message: format!(
+                        "\"{origin}\" is not an origin: write scheme://host[:port], e.g. https://console.example.com"
+                    ),
                 });
             }
         }
@@ -394,7 +587,7 @@ impl HostConfig {
             return Err(ConfigError::Invalid {
                 key: "server.listen".into(),
                 message: format!(
-                    "{} is reachable beyond this machine, so an auth token is required: set EVOLVE_AUTH_TOKEN or [server.tokens], or listen on 127.0.0.1 (or, knowingly, server.allow_unauthenticated = true)",
+                    "{} is reachable beyond this machine, so an auth token is required: set EVOLVE_AUTH_TOKEN, [[server.tokens]] or server.tokens_file, or listen on 127.0.0.1 (or, knowingly, server.allow_unauthenticated = true)",
                     self.server.listen
                 ),
             });
@@ -467,9 +660,49 @@ impl HostConfig {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("cache").join("aot")),
             data_dir: self.data_dir.clone(),
-            protected_dirs: vec![self.plugins_dir()],
+            protected_dirs: Vec::new(),
             supervision: self.runtime.supervision,
+            grant_policy: self.grant_policy(),
+            aot_key_file: self.aot_key_file(),
         }
+    }
+
+    /// The install key authenticating AOT artifacts.
+    pub fn aot_key_file(&self) -> PathBuf {
+        self.runtime
+            .aot_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("aot.key"))
+    }
+
+    /// The operator's allow-lists plus every path the daemon owns (the runtime adds the data
+    /// dir, the AOT cache and the key file itself).
+    fn grant_policy(&self) -> GrantPolicy {
+        let mut policy = GrantPolicy {
+            allowed_dir_roots: self.runtime.allowed_dir_roots.clone(),
+            allowed_env: self.runtime.allowed_env.clone(),
+            daemon_paths: Vec::new(),
+        };
+        policy.protect(self.plugins_dir(), "the plugins dir", Guard::Whole);
+        // Read by the log-analyzer; written only by the daemon (the log and the audit trail).
+        policy.protect(self.log_dir(), "the logs dir", Guard::ReadOnly);
+        let registry = self.registry_config();
+        policy.protect(registry.db_path, "the model registry", Guard::Whole);
+        policy.protect(registry.backup_dir, "the registry backups", Guard::Whole);
+        policy.protect(self.agents_db(), "the agent run history", Guard::Whole);
+        policy.protect(self.mesh_catalog_file(), "the mesh catalog", Guard::Whole);
+        if let Some(tokens) = &self.server.tokens_file {
+            policy.protect(tokens, "the tokens file", Guard::Whole);
+        }
+        if let Some(file) = &self.runtime.config_file {
+            policy.protect(file, "the config file", Guard::Whole);
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                policy.protect(dir, "the config file's directory", Guard::Enclosing);
+            } else {
+                policy.protect(".", "the config file's directory", Guard::Enclosing);
+            }
+        }
+        policy
     }
 }
 
@@ -691,22 +924,117 @@ timeout_ms = 0
         config.server.listen = "0.0.0.0:7070".parse().expect("addr");
         let err = config.validate().expect_err("needs a token");
         assert!(err.to_string().contains("auth token is required"), "{err}");
-        config
-            .server
-            .tokens
-            .insert("ops".into(), "0123456789abcdef0123".into());
+        config.server.tokens.push(crate::access::TokenEntry {
+            name: "ops".into(),
+            token: "0123456789abcdef0123".into(),
+            scopes: vec![Scope::Admin],
+        });
         config.validate().expect("token set");
+        assert!(config.server.reads_need_token(), "beyond loopback");
     }
 
     #[test]
-    fn short_tokens_are_refused_naming_the_key() {
+    fn tokens_are_an_array_of_named_entries_with_scopes() {
+        let text = "[[server.tokens]]\nname = \"ci\"\ntoken = \"0123456789abcdef\"\nscopes = [\"operate\"]\n";
+        let config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("valid token");
+        assert_eq!(config.server.tokens[0].scope(), Scope::Operate);
+        assert!(!config.server.reads_need_token(), "loopback default");
+        let short =
+            "[[server.tokens]]\nname = \"ci\"\ntoken = \"0123456789abc\"\nscopes = [\"read\"]\n";
+        let err = HostConfig::parse(short, Path::new("c.toml"))
+            .expect("parses")
+            .validate()
+            .expect_err("a 13-character token");
+        assert!(err.to_string().contains("server.tokens[0]"), "{err}");
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        let unknown_scope =
+            "[[server.tokens]]\nname = \"ci\"\ntoken = \"0123456789abcdef\"\nscopes = [\"root\"]\n";
+        assert!(HostConfig::parse(unknown_scope, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn the_env_token_is_admin_and_hosts_default_to_loopback_and_the_listen_address() {
         let mut config = HostConfig::default();
         config
-            .server
-            .tokens
-            .insert("ci".into(), "too-short-123".into());
-        let err = config.validate().expect_err("a 13-character token");
-        assert!(err.to_string().contains("server.tokens.ci"), "{err}");
-        assert!(err.to_string().contains("at least 16 characters"), "{err}");
+            .apply_env(|k| match k {
+                "EVOLVE_AUTH_TOKEN" => Some("0123456789abcdef".into()),
+                "EVOLVE_LISTEN" => Some("10.1.2.3:7070".into()),
+                _ => None,
+            })
+            .expect("valid env");
+        assert_eq!(config.server.tokens[0].name, ENV_TOKEN_NAME);
+        assert_eq!(config.server.tokens[0].scope(), Scope::Admin);
+        assert_eq!(
+            config.server.effective_allowed_hosts(),
+            vec!["localhost", "127.0.0.1", "[::1]", "10.1.2.3"]
+        );
+        config.server.allowed_origins = vec!["console.example.com".into()];
+        let err = config.validate().expect_err("no scheme");
+        assert!(err.to_string().contains("server.allowed_origins"), "{err}");
+    }
+
+    #[test]
+    fn body_limit_has_a_ceiling_named_with_its_key() {
+        let mut config = HostConfig::default();
+        config.server.body_limit_kb = MAX_BODY_LIMIT_KB;
+        config.validate().expect("the ceiling itself is allowed");
+        // Far enough that `<< 10` wraps a u64 to 0: refused, not turned into "no body".
+        for too_big in [MAX_BODY_LIMIT_KB + 1, 1 << 54, u64::MAX] {
+            config.server.body_limit_kb = too_big;
+            let err = config.validate().expect_err("over the ceiling").to_string();
+            assert!(
+                err.contains("server.body_limit_kb") && err.contains("65536"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn grant_allow_lists_are_validated_and_the_daemons_paths_protected() {
+        let refused = |text: &str, key: &str, words: &str| {
+            let err = HostConfig::parse(text, Path::new("c.toml"))
+                .expect("parses")
+                .validate()
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(key) && err.contains(words), "{text}: {err}");
+        };
+        refused(
+            "[runtime]\nallowed_env = [\"EVOLVE_AUTH_TOKEN\"]\n",
+            "runtime.allowed_env",
+            "never passed to plugins",
+        );
+        refused(
+            "[runtime]\nallowed_env = [\"A-B\"]\n",
+            "runtime.allowed_env",
+            "not an environment variable name",
+        );
+        refused(
+            "[runtime]\nallowed_dir_roots = [\"/\"]\n",
+            "runtime.allowed_dir_roots",
+            "any directory",
+        );
+        let text = "[runtime]\nallowed_dir_roots = [\"data/docs\"]\nallowed_env = [\"TZ\"]\n";
+        let mut config = HostConfig::parse(text, Path::new("c.toml")).expect("valid");
+        config.validate().expect("valid lists");
+        config.runtime.config_file = Some(PathBuf::from("/etc/evolve/evolve.toml"));
+        let runtime = config.runtime_config();
+        assert_eq!(runtime.aot_key_file, PathBuf::from("data/aot.key"));
+        let policy = runtime.grant_policy;
+        assert_eq!(policy.allowed_dir_roots, [PathBuf::from("data/docs")]);
+        assert_eq!(policy.allowed_env, ["TZ"]);
+        let guarded = |path: &str| {
+            policy
+                .daemon_paths
+                .iter()
+                .find(|p| p.path == Path::new(path))
+                .map(|p| p.guard)
+        };
+        assert_eq!(guarded("data/plugins"), Some(Guard::Whole));
+        assert_eq!(guarded("data/mesh/catalog.json"), Some(Guard::Whole));
+        assert_eq!(guarded("data/logs"), Some(Guard::ReadOnly));
+        assert_eq!(guarded("/etc/evolve"), Some(Guard::Enclosing));
+        assert_eq!(guarded("/etc/evolve/evolve.toml"), Some(Guard::Whole));
     }
 }

@@ -59,6 +59,8 @@ pub struct Daemon {
     mesh: Mesh,
     cluster: Cluster,
     reloader: Arc<Reloader>,
+    /// Every mutation and refusal of the API (`<log dir>/audit.jsonl`).
+    audit: Arc<api::audit::AuditLog>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -71,7 +73,7 @@ impl std::fmt::Debug for Daemon {
 
 impl Daemon {
     /// Steps 1–4 of the module docs. `config` must be validated ([`HostConfig::validate`]).
-    pub async fn build(config: HostConfig) -> anyhow::Result<Daemon> {
+    pub async fn build(mut config: HostConfig) -> anyhow::Result<Daemon> {
         let plugins_dir = config.plugins_dir();
         for dir in [&config.data_dir, &plugins_dir] {
             std::fs::create_dir_all(dir)
@@ -89,6 +91,9 @@ impl Daemon {
         let listen = listener
             .local_addr()
             .context("listener has no local address")?;
+        // From here on the config says where the API really is (port 0 asked for any port):
+        // the daemon's own origins, which the access check allows, are on this port.
+        config.server.listen = listen;
 
         let events = EventBus::new();
         let runtime = Runtime::new(config.runtime_config(), events.clone())?;
@@ -136,6 +141,7 @@ impl Daemon {
                 registry: Some(Arc::clone(&registry)),
                 mesh: Some(mesh.clone()),
                 api_endpoints: api::inventory_endpoints(),
+                security: security_posture(&config),
             }),
             probes: Arc::new(DaemonProbes {
                 runtime: runtime.clone(),
@@ -170,8 +176,13 @@ impl Daemon {
             "plugins loaded"
         );
         agents.start();
+        let audit = Arc::new(
+            api::audit::AuditLog::open(&config.log_dir())
+                .context("cannot open the audit log")?,
+        );
 
         Ok(Daemon {
+            audit,
             config: Arc::new(config),
             listener,
             listen,
@@ -194,6 +205,7 @@ impl Daemon {
     /// Serves until `stop` turns true, then drains (see the module docs).
     pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let Daemon {
+            audit,
             config,
             listener,
             listen,
@@ -216,7 +228,8 @@ impl Daemon {
                 .with_registry(registry)
                 .with_mesh(mesh.clone())
                 .with_cluster(cluster.clone())
-                .with_stop(stop.clone()),
+                .with_stop(stop.clone())
+                .with_audit(audit),
         );
         tracing::info!(addr = %listen, "evolve API listening on http://{listen}");
         if let Some((addr, service)) = mesh_listen {
@@ -229,7 +242,11 @@ impl Daemon {
                 .context("cannot start the mesh listener's thread")?;
         }
         let mut graceful = stop.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|stop| *stop).await;
             tracing::info!("shutting down: finishing in-flight requests");
         });
@@ -310,4 +327,27 @@ fn start_cluster(
         tracing::info!(node = %node_id, "cluster: disabled (no cluster.redis_url): a single daemon");
     }
     Ok(cluster)
+}
+
+/// What the security auditor is told of the daemon's own guards (names, never secrets).
+fn security_posture(config: &HostConfig) -> evolve_runtime::bindings::inventory::SecurityPosture {
+    evolve_runtime::bindings::inventory::SecurityPosture {
+        token_names: config.server.tokens.iter().map(|t| t.name.clone()).collect(),
+        auth_reads: config.server.reads_need_token(),
+        cluster_enabled: config.cluster.redis_url.is_some(),
+        cluster_authenticated: false, // LEAD-FIXME wire to the cluster key
+        allowed_dir_roots: config
+            .runtime
+            .allowed_dir_roots
+            .iter()
+            // Grants are reported resolved, so the roots are too.
+            .map(|root| {
+                std::fs::canonicalize(root)
+                    .unwrap_or_else(|_| root.clone())
+                    .display()
+                    .to_string()
+            })
+            .collect(),
+        allowed_env: config.runtime.allowed_env.clone(),
+    }
 }

@@ -20,6 +20,7 @@
 //! (model registry on SQLite), `evolve-mesh` (service mesh), `evolve-cluster` (Redis), and
 //! `evolve-plugin-testkit` (the plugin test kit, which `evolve plugin test` runs).
 
+pub mod access;
 pub mod agents;
 pub mod api;
 pub mod cli;

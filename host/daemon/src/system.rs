@@ -22,7 +22,8 @@ use evolve_registry::performance::MetricValue;
 use evolve_registry::{ModelFilter, NewPoint, Registry, RegistryError};
 use evolve_runtime::PluginKind;
 use evolve_runtime::bindings::inventory::{
-    AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, ServiceStatus,
+    AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, SecurityPosture,
+    ServiceStatus,
 };
 use evolve_runtime::bindings::probes::ProbeResult;
 use evolve_runtime::bindings::types::{HealthReport, HealthStatus, Service};
@@ -38,6 +39,8 @@ pub struct DaemonInventory {
     pub mesh: Option<Mesh>,
     /// The HTTP API's routes, as the API lists them (handed in by whoever serves the API).
     pub api_endpoints: Vec<ApiEndpoint>,
+    /// How the daemon guards itself (fixed at start: it comes from the config).
+    pub security: SecurityPosture,
 }
 
 impl SystemInventory for DaemonInventory {
@@ -48,6 +51,10 @@ impl SystemInventory for DaemonInventory {
             api_auth: self.auth,
             uptime_s: self.started.elapsed().as_secs(),
         }
+    }
+
+    fn security(&self) -> SecurityPosture {
+        self.security.clone()
     }
 
     fn services(&self) -> Vec<ServiceStatus> {

@@ -136,6 +136,11 @@ pub struct RouteConfig {
     /// What happens when there is no registry or no model for the task; default `forward`.
     #[serde(default)]
     pub model_fallback: Option<ModelFallback>,
+    /// Record the outcome metrics backends report (`x-evolve-outcome`, `evolve_outcome`) as
+    /// model performance; off by default, since a backend's word moves the registry's best
+    /// model. Only this daemon's own services are believed, never a cluster peer's.
+    #[serde(default)]
+    pub record_outcomes: bool,
     /// Send the request to one instance (`none`, default), every healthy one, or the best N.
     #[serde(default)]
     pub fanout: Fanout,
@@ -234,6 +239,7 @@ impl RouteConfig {
                     ("model", self.model.is_some()),
                     ("policy", self.policy.is_some()),
                     ("model_fallback", self.model_fallback.is_some()),
+                    ("record_outcomes", self.record_outcomes),
                 ] {
                     if set {
                         return Err(format!(
@@ -310,6 +316,7 @@ impl RouteConfig {
             model: None,
             policy: None,
             model_fallback: None,
+            record_outcomes: false,
             fanout: Fanout::None,
             fanout_n: None,
             aggregate: None,

@@ -14,7 +14,7 @@
 //!    with the first 2xx part, `quorum` answers as soon as `quorum` parts are 2xx (or as soon as
 //!    that can no longer happen); parts still running then are cancelled and counted;
 //! 5. outcome metrics of each part (header or `evolve_outcome`) are recorded like a single
-//!    request's.
+//!    request's (so only on a route with `record_outcomes = true`, from local services).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,7 +187,10 @@ pub(super) async fn fan_out(
             timeout: plan.timeout,
             deadline,
             strip_authorization: plan.strip_authorization,
-            selection: selection.clone(),
+            // A part whose outcome is not believed records none (see `records_outcomes`).
+            selection: selection
+                .clone()
+                .filter(|_| model::records_outcomes(&plan.route, &target.service)),
             route_source: route_source.clone(),
         };
         running.spawn(async move { (index, send.run().await) });
@@ -292,6 +295,8 @@ struct SendPart {
     timeout: Duration,
     deadline: Instant,
     strip_authorization: bool,
+    /// The model to record this part's outcome against; `None` when the route is not
+    /// model-aware or this part's outcome is not believed.
     selection: Option<Selection>,
     route_source: String,
 }

@@ -7,8 +7,16 @@
 //! The fast path takes the common shape of a request only (HTTP/1.1, origin-form target, no
 //! body or a `Content-Length` one, no `Transfer-Encoding`, `Upgrade` or `Expect`); anything
 //! else is [`Unsupported`] and the listener hands the connection to hyper's server, which
-//! serves the rest of it (and answers malformed requests with its 400 or 431). Responses from
-//! instances are taken in every framing, since by then the request has been sent.
+//! serves the rest of it (and answers malformed requests with its 400 or 431). That includes
+//! the requests the mesh refuses with 400 (more than one `Host`; a path that hides a
+//! dot-segment, see [`crate::proxy::remove_dot_segments`]): the general data path refuses
+//! them, so there is one refusal, not two to keep alike. Responses from instances are taken
+//! in every framing, since by then the request has been sent.
+//!
+//! Headers follow the policy of [`crate::proxy`]: the target's dot-segments are removed,
+//! `X-Forwarded-For` gets the client's address appended, `X-Forwarded-Host` and
+//! `X-Forwarded-Proto` are the mesh's, and a response with both `Transfer-Encoding` and
+//! `Content-Length` loses `Content-Length` (and its connection is not reused).
 
 use std::mem::MaybeUninit;
 
@@ -63,9 +71,11 @@ pub struct RequestHead {
     /// Origin-form target as sent (`/path?query`).
     pub target: Vec<u8>,
     /// The header lines an instance gets (`name: value\r\n` each): hop-by-hop headers, the
-    /// ones `Connection` names, `Host` and the caller's deadline left out, `x-forwarded-host`
-    /// added.
+    /// ones `Connection` names, `Host`, the caller's deadline and its `x-forwarded-*` left out,
+    /// the mesh's `x-forwarded-host`, `-proto` and `-for` added.
     pub forwarded: Vec<u8>,
+    /// The client's `X-Forwarded-For` values, joined with `, ` (a buffer reused per request).
+    pub forwarded_for: Vec<u8>,
     /// `Content-Length`, 0 without one.
     pub body_length: u64,
     /// The client asked to close after this exchange.
@@ -74,9 +84,15 @@ pub struct RequestHead {
     pub caller_budget_ms: Option<u64>,
 }
 
-/// Parses a request head at the start of `buf` into `head` (reused: cleared first). `Ok(None)`:
-/// the head is incomplete, read more. `Ok(Some(len))`: the head is the first `len` bytes.
-pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<Option<usize>, Unsupported> {
+/// Parses a request head at the start of `buf` into `head` (reused: cleared first), from the
+/// client at `client_ip` (its address as text, appended to `X-Forwarded-For`; empty when
+/// unknown). `Ok(None)`: the head is incomplete, read more. `Ok(Some(len))`: the head is the
+/// first `len` bytes.
+pub fn parse_request(
+    buf: &[u8],
+    head: &mut RequestHead,
+    client_ip: &[u8],
+) -> Result<Option<usize>, Unsupported> {
     // Left uninitialised: zeroing 128 fields per request cost more than parsing a small head.
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
@@ -94,8 +110,13 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<Option<usize>
     }
     head.method = Method::from_bytes(method.as_bytes()).map_err(|_| Unsupported)?;
     head.target.clear();
-    head.target.extend_from_slice(target.as_bytes());
+    match super::proxy::remove_dot_segments(target) {
+        Ok(None) => head.target.extend_from_slice(target.as_bytes()),
+        Ok(Some(normal)) => head.target.extend_from_slice(normal.as_bytes()),
+        Err(_) => return Err(Unsupported),
+    }
     head.forwarded.clear();
+    head.forwarded_for.clear();
     head.body_length = 0;
     head.close = false;
     head.caller_budget_ms = None;
@@ -120,12 +141,27 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<Option<usize>
             }
             length = Some(value);
         } else if name.eq_ignore_ascii_case(b"host") {
+            // More than one is a 400 (RFC 9112 §3.2), which the general data path answers.
+            if host.is_some() {
+                return Err(Unsupported);
+            }
             host = Some(field.value);
             continue;
         } else if name.eq_ignore_ascii_case(super::proxy::HEADER_DEADLINE.as_bytes()) {
-            head.caller_budget_ms = std::str::from_utf8(field.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok());
+            head.caller_budget_ms = super::proxy::parse_deadline_ms(field.value);
+            continue;
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            let value = trim(field.value);
+            if !value.is_empty() {
+                if !head.forwarded_for.is_empty() {
+                    head.forwarded_for.extend_from_slice(b", ");
+                }
+                head.forwarded_for.extend_from_slice(value);
+            }
+            continue;
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+        {
             continue;
         }
         if is_hop_by_hop(name) || named.contains(name) {
@@ -135,6 +171,20 @@ pub fn parse_request(buf: &[u8], head: &mut RequestHead) -> Result<Option<usize>
     }
     if let Some(host) = host {
         push_field(&mut head.forwarded, b"x-forwarded-host", host);
+    }
+    push_field(
+        &mut head.forwarded,
+        b"x-forwarded-proto",
+        super::proxy::FORWARDED_PROTO_VALUE.as_bytes(),
+    );
+    if !client_ip.is_empty() {
+        if !head.forwarded_for.is_empty() {
+            head.forwarded_for.extend_from_slice(b", ");
+        }
+        head.forwarded_for.extend_from_slice(client_ip);
+    }
+    if !head.forwarded_for.is_empty() {
+        push_field(&mut head.forwarded, b"x-forwarded-for", &head.forwarded_for);
     }
     head.body_length = length.unwrap_or(0);
     Ok(Some(len))
@@ -245,9 +295,20 @@ pub fn parse_response(
     }
     let mut length: Option<u64> = None;
     let mut chunked = None;
+    // With both, the transfer coding decides and `Content-Length` must not be forwarded (RFC
+    // 9112 §6.3 item 3): a client that read it would frame the body differently than we do.
+    let has_coding = headers
+        .iter()
+        .any(|f| f.name.eq_ignore_ascii_case("transfer-encoding"));
     for field in headers {
         let name = field.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
+            if has_coding {
+                // Nor is the connection reused: an instance that sends both is confused about
+                // framing, and its next response could start anywhere.
+                close = true;
+                continue;
+            }
             let value = parse_length(field.value).ok_or(ResponseError::BadLength)?;
             if length.is_some_and(|seen| seen != value) {
                 return Err(ResponseError::BadLength);
@@ -514,8 +575,15 @@ mod tests {
     use super::*;
 
     fn request(text: &str) -> Result<Option<(usize, RequestHead)>, Unsupported> {
+        request_from(text, b"")
+    }
+
+    fn request_from(
+        text: &str,
+        client_ip: &[u8],
+    ) -> Result<Option<(usize, RequestHead)>, Unsupported> {
         let mut head = RequestHead::default();
-        Ok(parse_request(text.as_bytes(), &mut head)?.map(|len| (len, head)))
+        Ok(parse_request(text.as_bytes(), &mut head, client_ip)?.map(|len| (len, head)))
     }
 
     fn forwarded(head: &RequestHead) -> String {
@@ -533,13 +601,13 @@ mod tests {
         assert!(!head.close);
         assert_eq!(
             forwarded(&head),
-            "Content-Length: 2\r\nX-Keep: yes\r\nx-forwarded-host: evolve:7070\r\n"
+            "Content-Length: 2\r\nX-Keep: yes\r\nx-forwarded-host: evolve:7070\r\nx-forwarded-proto: http\r\n"
         );
         let mut out = Vec::new();
         render_request(&mut out, &head, b"/v2", Some(b"127.0.0.1:9"), 249);
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
-            "POST /v2/forecast?x=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\nx-evolve-deadline-ms: 249\r\nContent-Length: 2\r\nX-Keep: yes\r\nx-forwarded-host: evolve:7070\r\n\r\n"
+            "POST /v2/forecast?x=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\nx-evolve-deadline-ms: 249\r\nContent-Length: 2\r\nX-Keep: yes\r\nx-forwarded-host: evolve:7070\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
 
@@ -555,7 +623,52 @@ mod tests {
         let (_, head) = request(text).expect("supported").expect("complete");
         assert!(head.close);
         assert_eq!(head.body_length, 0);
-        assert!(head.forwarded.is_empty());
+        assert_eq!(forwarded(&head), "x-forwarded-proto: http\r\n");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_to_and_forwarded_host_and_proto_are_ours() {
+        let text = "GET / HTTP/1.1\r\nHost: evolve:7070\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\nx-forwarded-for:  10.0.0.1 \r\n\r\n";
+        let (_, head) = request_from(text, b"127.0.0.1")
+            .expect("supported")
+            .expect("complete");
+        assert_eq!(
+            forwarded(&head),
+            "x-forwarded-host: evolve:7070\r\nx-forwarded-proto: http\r\nx-forwarded-for: 203.0.113.7, 10.0.0.1, 127.0.0.1\r\n"
+        );
+        // Without a Host the client's X-Forwarded-Host is dropped all the same; the peer alone
+        // is the list.
+        let (_, head) = request_from(
+            "GET / HTTP/1.1\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+            b"::1",
+        )
+        .expect("supported")
+        .expect("complete");
+        assert_eq!(
+            forwarded(&head),
+            "x-forwarded-proto: http\r\nx-forwarded-for: ::1\r\n"
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_removed_from_the_target_and_hidden_ones_are_handed_on() {
+        for (target, normal) in [
+            ("/a/../admin?x=/../y", "/admin?x=/../y"),
+            ("/../../etc", "/etc"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/a/.%2E/./b/", "/b/"),
+            ("/a/b/..", "/a/"),
+            ("/files/x.json", "/files/x.json"),
+        ] {
+            let text = format!("GET {target} HTTP/1.1\r\n\r\n");
+            let (_, head) = request(&text).expect("supported").expect("complete");
+            assert_eq!(String::from_utf8_lossy(&head.target), normal, "{target}");
+        }
+        // Refused by the general data path with 400.
+        for target in ["/..%2fadmin", "/..;/admin", "/%2e%2e%5cadmin"] {
+            let text = format!("GET {target} HTTP/1.1\r\n\r\n");
+            assert_eq!(request(&text).err(), Some(Unsupported), "{target}");
+        }
     }
 
     #[test]
@@ -568,6 +681,9 @@ mod tests {
             "GET http://example/ HTTP/1.1\r\n\r\n",
             "CONNECT example:443 HTTP/1.1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            // Two Hosts get a 400 (RFC 9112 §3.2) from the general data path.
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
@@ -608,12 +724,25 @@ mod tests {
             assert_eq!(head.framing, Framing::Empty, "{status}");
         }
         let (head, out) = response(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             false,
         );
         assert_eq!(head.framing, Framing::Chunked, "chunked wins over a length");
+        assert_eq!(
+            out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n",
+            "the length is not forwarded beside the coding"
+        );
         assert!(
-            out.contains("Transfer-Encoding: gzip, chunked\r\n"),
+            !head.reusable,
+            "a confused instance's connection is not reused"
+        );
+        let (head, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\ncontent-length: 4\r\n\r\n",
+            false,
+        );
+        assert_eq!(head.framing, Framing::UntilClose);
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
             "{out}"
         );
         let (head, _) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false);

@@ -33,7 +33,7 @@ static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 /// Peak-sensitive exponentially weighted moving average of latency (Finagle's PeakEwma): a
 /// sample above the estimate replaces it at once, a lower one is blended in by elapsed time, and
 /// the estimate decays while no samples arrive, so a once-slow instance is tried again.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PeakEwma {
     value_us: f64,
     at: Option<Instant>,
@@ -82,6 +82,9 @@ pub struct InstanceStats {
     pub connect_errors: AtomicU64,
     pub resets: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Attempts cut off by the caller's own shorter deadline: not counted against the
+    /// instance (no failure, no latency sample), kept apart from `timeouts`.
+    pub caller_deadlines: AtomicU64,
     pub ejections: AtomicU64,
     pub checks_passed: AtomicU64,
     pub checks_failed: AtomicU64,

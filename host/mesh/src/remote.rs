@@ -12,7 +12,13 @@
 //! 3. a remote service whose spec and origin are unchanged keeps its running state (breakers,
 //!    latency, health); a changed one keeps the state of its unchanged instances;
 //! 4. remote services are routed to like local ones and health-checked here, by this daemon's
-//!    checker plugins; they are never written to this daemon's catalog file.
+//!    checker plugins; they are never written to this daemon's catalog file;
+//! 5. what peers can make this daemon hold is capped (nodes, services per node, instances per
+//!    service, remote services in all); what a cap drops is reported in
+//!    [`MergeReport::capped`], so the cluster counts it.
+//!
+//! Who may announce as a node is the cluster's concern (its records and updates are signed):
+//! by the time a spec gets here, its node is authenticated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,13 +26,22 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use super::catalog::ServiceSpec;
+use super::catalog::{MAX_INSTANCES, MAX_SERVICES, ServiceSpec};
 use super::service::{ServiceState, Source};
 use super::{Mesh, MeshError};
 
 /// Most remote services merged in, over all nodes: a bound on what peers can make this daemon
 /// hold (each costs health-check tasks and memory).
 pub const MAX_REMOTE_SERVICES: usize = 8_192;
+/// Most nodes with announced services: the cluster reads at most this many node records per
+/// sync, and each node costs a table entry and a merge.
+pub const MAX_REMOTE_NODES: usize = 1_024;
+/// Most services one node may announce: a node holds at most [`MAX_SERVICES`] local services,
+/// so a longer list is no real node's.
+pub const MAX_REMOTE_SPECS_PER_NODE: usize = MAX_SERVICES;
+/// Most instances of one remote service, as for a local registration ([`MAX_INSTANCES`]): each
+/// costs health-check tasks and per-instance state here.
+pub const MAX_REMOTE_INSTANCES_PER_SPEC: usize = MAX_INSTANCES;
 
 /// Per node, the specs it announced, by service name.
 pub(super) type RemoteTable = BTreeMap<String, BTreeMap<String, ServiceSpec>>;
@@ -42,6 +57,8 @@ pub struct MergeReport {
     pub removed: Vec<String>,
     /// Specs a peer announced that this daemon refused (`name`, reason).
     pub rejected: Vec<(String, String)>,
+    /// Specs dropped by a cap (`name`, which cap).
+    pub capped: Vec<(String, String)>,
 }
 
 impl MergeReport {
@@ -73,56 +90,60 @@ impl Mesh {
 
     /// Replaces everything `node` announced with `specs` (a full sync of that node).
     pub async fn set_remote_node(&self, node: &str, specs: Vec<ServiceSpec>) -> MergeReport {
-        self.remerge(|table| {
-            let mut rejected = Vec::new();
-            let entry = table.entry(node.to_string()).or_default();
+        self.remerge(|table, outcome| {
+            let Some(entry) = node_entry(table, node, &specs, outcome) else {
+                return;
+            };
             entry.clear();
             for spec in specs {
-                accept(entry, spec, &mut rejected);
+                accept(entry, spec, outcome);
             }
             if entry.is_empty() {
                 table.remove(node);
             }
-            rejected
         })
         .await
     }
 
     /// Adds or replaces one service announced by `node` (an incremental update).
     pub async fn upsert_remote(&self, node: &str, spec: ServiceSpec) -> MergeReport {
-        self.remerge(|table| {
-            let mut rejected = Vec::new();
-            accept(
-                table.entry(node.to_string()).or_default(),
-                spec,
-                &mut rejected,
-            );
-            rejected
+        self.remerge(|table, outcome| {
+            let specs = std::slice::from_ref(&spec);
+            let Some(entry) = node_entry(table, node, specs, outcome) else {
+                return;
+            };
+            accept(entry, spec, outcome);
+            if entry.is_empty() {
+                table.remove(node);
+            }
         })
         .await
     }
 
     /// Drops one service `node` no longer announces.
     pub async fn remove_remote(&self, node: &str, name: &str) -> MergeReport {
-        self.remerge(|table| {
+        self.remerge(|table, _| {
             if let Some(specs) = table.get_mut(node) {
                 specs.remove(name);
                 if specs.is_empty() {
                     table.remove(node);
                 }
             }
-            Vec::new()
         })
         .await
     }
 
     /// Drops everything `node` announced (its registrations expired).
     pub async fn forget_remote_node(&self, node: &str) -> MergeReport {
-        self.remerge(|table| {
+        self.remerge(|table, _| {
             table.remove(node);
-            Vec::new()
         })
         .await
+    }
+
+    /// What `node` announced and this daemon holds, by service name.
+    pub fn remote_specs(&self, node: &str) -> BTreeMap<String, ServiceSpec> {
+        self.remote_table().get(node).cloned().unwrap_or_default()
     }
 
     /// Nodes with announced services, and how many each announced.
@@ -161,17 +182,20 @@ impl Mesh {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies `mutate` to the remote table and publishes the merged catalog.
+    /// Applies `mutate` to the remote table (it notes what it refused or capped) and publishes
+    /// the merged catalog.
     async fn remerge(
         &self,
-        mutate: impl FnOnce(&mut RemoteTable) -> Vec<(String, String)>,
+        mutate: impl FnOnce(&mut RemoteTable, &mut MergeReport),
     ) -> MergeReport {
         let _writer = self.inner.writer.lock().await;
-        let rejected = mutate(&mut self.remote_table());
+        let mut outcome = MergeReport::default();
+        mutate(&mut self.remote_table(), &mut outcome);
         let current = self.services();
         let mut next = (*current).clone();
         let mut report = self.overlay_remote(&mut next);
-        report.rejected = rejected;
+        report.rejected = outcome.rejected;
+        report.capped.extend(outcome.capped);
         if report.changed() {
             self.publish_catalog(next);
         }
@@ -190,8 +214,16 @@ impl Mesh {
         for (node, specs) in self.remote_table().iter() {
             for (name, spec) in specs {
                 let local = next.get(name).is_some_and(|s| s.source.is_local());
-                if !local && !desired.contains_key(name) && desired.len() < MAX_REMOTE_SERVICES {
+                if local || desired.contains_key(name) {
+                    continue;
+                }
+                if desired.len() < MAX_REMOTE_SERVICES {
                     desired.insert(name.clone(), (node.clone(), spec.clone()));
+                } else {
+                    report.capped.push((
+                        name.clone(),
+                        format!("over {MAX_REMOTE_SERVICES} remote services in all"),
+                    ));
                 }
             }
         }
@@ -251,18 +283,56 @@ impl Mesh {
     }
 }
 
-/// Validates a peer's spec (a peer is outside this daemon's control) before keeping it.
+/// `node`'s specs in the table, or none (each spec noted as capped) when the table already
+/// holds [`MAX_REMOTE_NODES`] other nodes.
+fn node_entry<'t>(
+    table: &'t mut RemoteTable,
+    node: &str,
+    specs: &[ServiceSpec],
+    outcome: &mut MergeReport,
+) -> Option<&'t mut BTreeMap<String, ServiceSpec>> {
+    if !table.contains_key(node) && table.len() >= MAX_REMOTE_NODES {
+        for spec in specs {
+            outcome.capped.push((
+                spec.name.chars().take(80).collect(),
+                format!("node \"{node}\" is over the cap of {MAX_REMOTE_NODES} remote nodes"),
+            ));
+        }
+        return None;
+    }
+    Some(table.entry(node.to_string()).or_default())
+}
+
+/// Validates a peer's spec (a peer is outside this daemon's control) and checks the caps
+/// before keeping it.
 fn accept(
     specs: &mut BTreeMap<String, ServiceSpec>,
     mut spec: ServiceSpec,
-    rejected: &mut Vec<(String, String)>,
+    outcome: &mut MergeReport,
 ) {
     let name: String = spec.name.chars().take(80).collect();
+    if spec.instances.len() > MAX_REMOTE_INSTANCES_PER_SPEC {
+        outcome.capped.push((
+            name,
+            format!(
+                "{} instances, over the cap of {MAX_REMOTE_INSTANCES_PER_SPEC} per service",
+                spec.instances.len()
+            ),
+        ));
+        return;
+    }
+    if !specs.contains_key(&spec.name) && specs.len() >= MAX_REMOTE_SPECS_PER_NODE {
+        outcome.capped.push((
+            name,
+            format!("over the cap of {MAX_REMOTE_SPECS_PER_NODE} services per node"),
+        ));
+        return;
+    }
     match spec.validate(None) {
         Ok(()) => {
             specs.insert(spec.name.clone(), spec);
         }
-        Err(error) => rejected.push((name, error.to_string())),
+        Err(error) => outcome.rejected.push((name, error.to_string())),
     }
 }
 
@@ -427,5 +497,59 @@ mod tests {
             "{report:?}"
         );
         assert!(mesh.service("bad").is_none());
+    }
+
+    #[tokio::test]
+    async fn what_one_peer_can_make_this_daemon_hold_is_capped_and_the_drops_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mesh = mesh(&dir);
+        // Services per node.
+        let many: Vec<ServiceSpec> = (0..=MAX_REMOTE_SPECS_PER_NODE)
+            .map(|i| spec(&format!("s{i:05}"), "http://127.0.0.1:9001"))
+            .collect();
+        let report = mesh.set_remote_node("node-a", many).await;
+        assert_eq!(report.added.len(), MAX_REMOTE_SPECS_PER_NODE);
+        assert_eq!(report.capped.len(), 1, "{:?}", report.capped);
+        assert!(report.capped[0].1.contains("services per node"));
+        let report = mesh
+            .upsert_remote("node-a", spec("one-more", "http://127.0.0.1:9001"))
+            .await;
+        assert!(!report.changed());
+        assert_eq!(report.capped.len(), 1);
+        assert!(mesh.service("one-more").is_none());
+        // Instances per service.
+        let mut wide = spec("wide", "http://127.0.0.1:9001");
+        wide.instances = (0..=MAX_REMOTE_INSTANCES_PER_SPEC)
+            .map(|i| InstanceSpec {
+                id: Some(format!("i{i}")),
+                ..wide.instances[0].clone()
+            })
+            .collect();
+        let report = mesh.set_remote_node("node-b", vec![wide]).await;
+        assert!(report.added.is_empty());
+        assert_eq!(report.capped.len(), 1);
+        assert!(report.capped[0].1.contains("instances"), "{report:?}");
+        assert!(
+            !mesh.remote_nodes().contains_key("node-b"),
+            "no empty entry"
+        );
+        // Nodes.
+        for i in 1..MAX_REMOTE_NODES {
+            let report = mesh
+                .set_remote_node(
+                    &format!("n{i:05}"),
+                    vec![spec(&format!("x{i}"), "http://127.0.0.1:9001")],
+                )
+                .await;
+            assert!(report.capped.is_empty(), "node {i}: {report:?}");
+        }
+        assert_eq!(mesh.remote_nodes().len(), MAX_REMOTE_NODES);
+        let report = mesh
+            .set_remote_node("late", vec![spec("late", "http://127.0.0.1:9001")])
+            .await;
+        assert_eq!(report.capped.len(), 1);
+        assert!(report.capped[0].1.contains("remote nodes"), "{report:?}");
+        assert!(mesh.service("late").is_none());
+        assert_eq!(mesh.remote_specs("node-a").len(), MAX_REMOTE_SPECS_PER_NODE);
     }
 }

@@ -1,7 +1,8 @@
 //! `POST /v1/route/{type}`: the route's capability picks the services, its settings the path,
 //! method, timeout and balancer; a model-aware route adds the model its registry selects (or
-//! takes its fallback) and reads back the outcome the backend reports; a fan-out route goes to
-//! [`crate::fanout`].
+//! takes its fallback) and, when the route says `record_outcomes = true` and the answering
+//! service is this daemon's own, reads back the outcome the backend reports; a fan-out route
+//! goes to [`crate::fanout`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +105,7 @@ impl Mesh {
             strip_authorization,
         };
         let response = proxy::forward(&self.data_path(), plan, request).await?;
-        Ok(self.model_response(request_type, response, &model))
+        Ok(self.model_response(request_type, &route, &pool, response, &model))
     }
 
     /// The model a route's request carries: none for a plain route, the registry's selection,
@@ -182,11 +183,14 @@ impl Mesh {
         Ok(Request::from_parts(parts, Body::from(bytes)))
     }
 
-    /// Names the model in the response and takes the outcome the backend reported: from the
-    /// header at once, or from a JSON body's field as it streams past (never buffered here).
+    /// Names the model in the response and, when [`model::records_outcomes`] allows it for
+    /// the service that answered, takes the outcome the backend reported: from the header at
+    /// once, or from a JSON body's field as it streams past (never buffered here).
     fn model_response(
         &self,
         request_type: &str,
+        route: &RouteConfig,
+        pool: &[Arc<ServiceState>],
         mut response: Response<Body>,
         model: &RouteModel,
     ) -> Response<Body> {
@@ -203,12 +207,21 @@ impl Mesh {
             return response;
         };
         let headers = response.headers();
+        // The proxy wrote `x-evolve-service` over whatever the backend sent (a validated service
+        // name is always a valid header value), so it names the service that answered.
+        let service = headers
+            .get(proxy::HEADER_SERVICE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let believed = pool
+            .iter()
+            .find(|s| s.name() == service)
+            .is_some_and(|s| model::records_outcomes(route, s));
+        if !believed {
+            return response;
+        }
         let backend = format!(
-            "{}/{}",
-            headers
-                .get(proxy::HEADER_SERVICE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default(),
+            "{service}/{}",
             headers
                 .get(proxy::HEADER_INSTANCE)
                 .and_then(|v| v.to_str().ok())

@@ -390,6 +390,10 @@ pub enum AttemptOutcome {
     /// The request was sent but the connection failed before response headers.
     Reset,
     Timeout,
+    /// The caller's own deadline (`x-evolve-deadline-ms`, shorter than the route's timeout)
+    /// passed before response headers: it ends the caller's wait but says nothing about the
+    /// instance, or one header could open every circuit.
+    CallerDeadline,
     /// The caller went away before an answer: says nothing about the instance.
     Cancelled,
 }
@@ -400,7 +404,7 @@ impl AttemptOutcome {
         match self {
             AttemptOutcome::Status(status) => status >= 500,
             AttemptOutcome::ConnectError | AttemptOutcome::Reset | AttemptOutcome::Timeout => true,
-            AttemptOutcome::Cancelled => false,
+            AttemptOutcome::CallerDeadline | AttemptOutcome::Cancelled => false,
         }
     }
 }
@@ -435,9 +439,16 @@ pub fn record(
         AttemptOutcome::Timeout => {
             stats.timeouts.fetch_add(1, Ordering::Relaxed);
         }
+        AttemptOutcome::CallerDeadline => {
+            stats.caller_deadlines.fetch_add(1, Ordering::Relaxed);
+        }
         AttemptOutcome::Cancelled => {}
     }
-    if outcome == AttemptOutcome::Cancelled {
+    // Neither a failure nor a latency sample: the caller chose how long to wait.
+    if matches!(
+        outcome,
+        AttemptOutcome::Cancelled | AttemptOutcome::CallerDeadline
+    ) {
         if pick.admission == Admission::Probe {
             instance.lock().breaker.abandon_probe();
         }
@@ -525,6 +536,7 @@ fn describe(outcome: AttemptOutcome) -> String {
         AttemptOutcome::ConnectError => "connect error".into(),
         AttemptOutcome::Reset => "connection reset".into(),
         AttemptOutcome::Timeout => "timeout".into(),
+        AttemptOutcome::CallerDeadline => "the caller's deadline".into(),
         AttemptOutcome::Cancelled => "cancelled".into(),
     }
 }

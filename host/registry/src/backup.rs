@@ -271,44 +271,140 @@ pub struct AliasExport {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A streamed export emits its JSON in chunks of about this size (a chunk ends after the point,
+/// or the model head, that reaches it), so the answer costs a chunk of memory, not the registry.
+pub const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The whole registry in memory (tests, benchmarks; the API streams with [`export_chunks`]).
 pub(crate) fn export(
     conn: &Connection,
     now: DateTime<Utc>,
 ) -> Result<RegistryExport, RegistryError> {
     let all = models::list_models(conn, &models::ModelFilter::default(), u32::MAX)?;
     let mut out = Vec::with_capacity(all.len());
-    let mut points = conn.prepare_cached(
-        "SELECT v.version, p.metric, p.value, p.ts FROM metrics p JOIN versions v ON v.id = p.version_id
-         WHERE v.model_id = ?1 ORDER BY p.seq",
-    )?;
+    let mut points = conn.prepare_cached(POINTS_OF_MODEL)?;
     for model in all {
-        let id = models::model_id(conn, &model.name)?;
-        let versions = models::list_versions(conn, &model.name)?
-            .into_iter()
-            .map(|v: Version| VersionExport {
-                version: v.version,
-                status: v.status,
-                description: v.description,
-                artifact_uri: v.artifact_uri,
-                sha256: v.sha256,
-                parameters: v.parameters,
-                metadata: v.metadata,
-                created_at: v.created_at,
-                created_by: v.created_by,
-            })
-            .collect();
-        let aliases = aliases::list_aliases(conn, &model.name)?
-            .into_iter()
-            .map(|a: Alias| AliasExport {
-                alias: a.alias,
-                version: a.version,
-                updated_at: a.updated_at,
-            })
-            .collect();
-        let metrics = points
+        let (id, mut export) = model_head(conn, model)?;
+        export.metrics = points
             .query_map([id], Point::from_row)?
             .collect::<rusqlite::Result<_>>()?;
-        out.push(ModelExport {
+        out.push(export);
+    }
+    Ok(RegistryExport {
+        format: EXPORT_FORMAT.into(),
+        version: EXPORT_VERSION,
+        exported_at: now,
+        models: out,
+    })
+}
+
+/// The same document as [`export`], written as JSON to `emit` in chunks of about
+/// [`EXPORT_CHUNK_BYTES`]: one model's head (versions, aliases, history) at a time, its points
+/// read row by row. `emit` answers `false` to stop (the client went); the export then ends
+/// early with `Ok`. Run it inside one read transaction for a consistent document.
+pub(crate) fn export_chunks(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    emit: &mut dyn FnMut(Vec<u8>) -> bool,
+) -> Result<(), RegistryError> {
+    let shape = |_| RegistryError::invalid("export", "a record did not serialise as JSON");
+    let envelope = serde_json::to_vec(&RegistryExport {
+        format: EXPORT_FORMAT.into(),
+        version: EXPORT_VERSION,
+        exported_at: now,
+        models: Vec::new(),
+    })
+    .map_err(shape)?;
+    // `models` is the envelope's last field: its `[]}` is written around the models instead.
+    let Some(opening) = envelope.strip_suffix(b"[]}") else {
+        return Err(RegistryError::invalid(
+            "export",
+            "the envelope lost its shape",
+        ));
+    };
+    let mut chunk = Vec::with_capacity(EXPORT_CHUNK_BYTES + 1024);
+    chunk.extend_from_slice(opening);
+    chunk.push(b'[');
+    let mut flush = |chunk: &mut Vec<u8>, at_least: usize| {
+        if chunk.len() < at_least {
+            return true;
+        }
+        emit(std::mem::replace(
+            chunk,
+            Vec::with_capacity(EXPORT_CHUNK_BYTES + 1024),
+        ))
+    };
+    let all = models::list_models(conn, &models::ModelFilter::default(), u32::MAX)?;
+    let mut points = conn.prepare_cached(POINTS_OF_MODEL)?;
+    for (index, model) in all.into_iter().enumerate() {
+        let (id, head) = model_head(conn, model)?;
+        let head = serde_json::to_vec(&head).map_err(shape)?;
+        // Likewise `metrics` is a model's last field, empty in the head.
+        let Some(head) = head.strip_suffix(b"[]}") else {
+            return Err(RegistryError::invalid("export", "a model lost its shape"));
+        };
+        if index > 0 {
+            chunk.push(b',');
+        }
+        chunk.extend_from_slice(head);
+        chunk.push(b'[');
+        let mut rows = points.query([id])?;
+        let mut first = true;
+        while let Some(row) = rows.next()? {
+            if !first {
+                chunk.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut chunk, &Point::from_row(row)?).map_err(shape)?;
+            if !flush(&mut chunk, EXPORT_CHUNK_BYTES) {
+                return Ok(());
+            }
+        }
+        chunk.extend_from_slice(b"]}");
+        if !flush(&mut chunk, EXPORT_CHUNK_BYTES) {
+            return Ok(());
+        }
+    }
+    chunk.extend_from_slice(b"]}");
+    flush(&mut chunk, 1);
+    Ok(())
+}
+
+/// A model's points in recording order, as `Point::from_row` reads them.
+const POINTS_OF_MODEL: &str = "SELECT v.version, p.metric, p.value, p.ts FROM metrics p JOIN versions v ON v.id = p.version_id
+         WHERE v.model_id = ?1 ORDER BY p.seq";
+
+/// A model's id and its export without the points (`metrics` empty).
+fn model_head(
+    conn: &Connection,
+    model: models::Model,
+) -> Result<(i64, ModelExport), RegistryError> {
+    let id = models::model_id(conn, &model.name)?;
+    let versions = models::list_versions(conn, &model.name)?
+        .into_iter()
+        .map(|v: Version| VersionExport {
+            version: v.version,
+            status: v.status,
+            description: v.description,
+            artifact_uri: v.artifact_uri,
+            sha256: v.sha256,
+            parameters: v.parameters,
+            metadata: v.metadata,
+            created_at: v.created_at,
+            created_by: v.created_by,
+        })
+        .collect();
+    let aliases = aliases::list_aliases(conn, &model.name)?
+        .into_iter()
+        .map(|a: Alias| AliasExport {
+            alias: a.alias,
+            version: a.version,
+            updated_at: a.updated_at,
+        })
+        .collect();
+    Ok((
+        id,
+        ModelExport {
             alias_history: aliases::model_history(conn, id)?,
             name: model.name,
             task_type: model.task_type,
@@ -323,15 +419,9 @@ pub(crate) fn export(
             created_by: model.created_by,
             versions,
             aliases,
-            metrics,
-        });
-    }
-    Ok(RegistryExport {
-        format: EXPORT_FORMAT.into(),
-        version: EXPORT_VERSION,
-        exported_at: now,
-        models: out,
-    })
+            metrics: Vec::new(),
+        },
+    ))
 }
 
 /// Imports a document into an empty registry inside `conn`'s open transaction; validates every

@@ -135,6 +135,8 @@ pub struct RegistryHealth {
     pub schema_version: i64,
     /// `PRAGMA integrity_check`: `["ok"]` or the problems.
     pub integrity_check: Vec<String>,
+    /// When that check ran (it is reused for up to [`status::INTEGRITY_CHECK_MAX_AGE`]).
+    pub integrity_checked_at: DateTime<Utc>,
     pub models: u64,
     pub versions: u64,
     pub points: u64,
@@ -173,6 +175,10 @@ pub struct Registry {
     opened_at: DateTime<Utc>,
     /// The last full `integrity_check`'s outcome, for the health view (see [`status`]).
     last_integrity: Mutex<Option<IntegrityRecord>>,
+    /// The check `GET /v1/registry` serves until it is too old (see [`status`]).
+    integrity_cache: Mutex<Option<status::CachedIntegrity>>,
+    /// Restores and imports so far: each replaces the content a cached check read.
+    replaced: AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -234,6 +240,8 @@ impl Registry {
             inventory_reflects: AtomicU64::new(0),
             opened_at: Utc::now(),
             last_integrity: Mutex::new(None),
+            integrity_cache: Mutex::new(None),
+            replaced: AtomicU64::new(0),
         };
         registry.refresh_inventory();
         Ok(registry)
@@ -482,11 +490,35 @@ impl Registry {
         state.index = SeriesIndex::load(&state.conn)?;
         drop(state);
         self.changes.fetch_add(1, Ordering::AcqRel);
+        self.replaced.fetch_add(1, Ordering::AcqRel);
         Ok(saved)
     }
 
+    /// The whole registry as one document, in memory (tests, benchmarks, small registries);
+    /// the API streams it with [`Registry::export_chunks`].
     pub fn export(&self) -> Result<RegistryExport, RegistryError> {
         backup::export(&self.lock().conn, Utc::now())
+    }
+
+    /// The document [`Registry::export`] builds, as JSON chunks of about
+    /// [`backup::EXPORT_CHUNK_BYTES`] given to `emit` (which answers `false` to stop early).
+    /// It reads one snapshot on a read-only connection of its own, so the export is consistent
+    /// and neither holds the writer's lock nor waits for it.
+    pub fn export_chunks(
+        &self,
+        now: DateTime<Utc>,
+        emit: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> Result<(), RegistryError> {
+        let conn = Connection::open_with_flags(
+            &self.config.db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // A deferred transaction: its first read fixes the snapshot every later read sees.
+        conn.execute_batch("BEGIN")?;
+        backup::export_chunks(&conn, now, emit)?;
+        conn.execute_batch("COMMIT")?;
+        Ok(())
     }
 
     /// Imports a whole export into this (empty) registry in one transaction.
@@ -494,6 +526,7 @@ impl Registry {
         let (points, mut state) = self.write(|tx| backup::import(tx, document))?;
         state.candidates = load_candidates(&state.conn)?;
         state.index = SeriesIndex::load(&state.conn)?;
+        self.replaced.fetch_add(1, Ordering::AcqRel);
         Ok(points)
     }
 
@@ -510,19 +543,21 @@ impl Registry {
         Ok((count("models")?, count("versions")?, state.index.points()))
     }
 
-    /// Counts, sizes, backups and a full `integrity_check`.
+    /// Counts, sizes, backups and a full `integrity_check`: at most
+    /// [`status::INTEGRITY_CHECK_MAX_AGE`] old (a newer check is not run before, except after a
+    /// restore or an import), run beside the writer rather than under its lock.
     pub fn health(&self) -> Result<RegistryHealth, RegistryError> {
+        self.health_at(std::time::Instant::now())
+    }
+
+    /// [`Registry::health`] as of `now` on the clock the check's age is measured by (tests).
+    pub fn health_at(&self, now: std::time::Instant) -> Result<RegistryHealth, RegistryError> {
         let (models, versions, points) = self.counts()?;
-        let (integrity, schema_version) = {
-            let state = self.lock();
-            (
-                store::integrity_check(&state.conn)?,
-                state
-                    .conn
-                    .query_row("PRAGMA user_version", [], |row| row.get(0))?,
-            )
-        };
-        self.note_integrity(&integrity);
+        let (integrity, integrity_checked_at) = self.integrity_at(now)?;
+        let schema_version = self
+            .lock()
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))?;
         let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
         let backups = self.backups()?;
         Ok(RegistryHealth {
@@ -530,6 +565,7 @@ impl Registry {
             path: self.config.db_path.clone(),
             schema_version,
             integrity_check: integrity,
+            integrity_checked_at,
             models,
             versions,
             points,

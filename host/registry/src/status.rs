@@ -4,18 +4,41 @@
 //!
 //! What it reports:
 //! - the `quick_check` the store passed when it was opened (a damaged file never opens);
-//! - the result of the last full `integrity_check` the daemon ran (`GET /v1/registry`), if any;
+//! - the result of the last full `integrity_check` the daemon ran (`GET /v1/registry`, at most
+//!   every [`INTEGRITY_CHECK_MAX_AGE`], see [`Registry::health`]), if any;
 //! - a one-statement read (`PRAGMA user_version`) on the connection, skipped as `busy` when a
 //!   writer holds it (a busy store is a working store);
 //! - whether the database file is still on disk (a deleted file keeps working through the open
 //!   descriptor, but every write after that is lost at the next start).
 
 use std::sync::TryLockError;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
-use super::Registry;
+use super::error::RegistryError;
+use super::{Registry, store};
+
+/// How old the full `integrity_check` `GET /v1/registry` reports may be. The check reads every
+/// page of the file and the route is open to anonymous readers on a loopback listen, so it runs
+/// at most this often (concurrent readers wait for one check and share it), and again right
+/// after a restore or an import replaced the content.
+pub const INTEGRITY_CHECK_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The last full check, as `GET /v1/registry` serves it until it is too old.
+#[derive(Debug, Clone)]
+pub(super) struct CachedIntegrity {
+    /// When it ran, on the clock the age is measured by.
+    checked: Instant,
+    /// [`Registry::replaced`] when it ran: a newer count means the content it read is gone.
+    replaced: u64,
+    /// `["ok"]` or the problems.
+    problems: Vec<String>,
+    at: DateTime<Utc>,
+}
 
 /// Result of the last full `integrity_check`, kept for the health view.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,15 +90,58 @@ impl Registry {
         }
     }
 
-    /// Keeps a full integrity check's outcome for [`Registry::store_status`].
-    pub(super) fn note_integrity(&self, problems: &[String]) {
+    /// Keeps a full integrity check's outcome for [`Registry::store_status`]; returns when.
+    pub(super) fn note_integrity(&self, problems: &[String]) -> DateTime<Utc> {
         let ok = problems == ["ok"];
+        let at = Utc::now();
         let record = IntegrityRecord {
-            at: Utc::now(),
+            at,
             ok,
             first_problem: (!ok).then(|| problems.first().cloned().unwrap_or_default()),
         };
         *evolve_core::sync::lock(&self.last_integrity) = Some(record);
+        at
+    }
+
+    /// The full `integrity_check` as of `now`: the cached one while it is younger than
+    /// [`INTEGRITY_CHECK_MAX_AGE`] and the content was not replaced since, else a new one.
+    /// Returns the problems (`["ok"]`) and when the check ran.
+    pub(super) fn integrity_at(
+        &self,
+        now: Instant,
+    ) -> Result<(Vec<String>, DateTime<Utc>), RegistryError> {
+        // Held across the check: readers arriving meanwhile wait and take its result.
+        let mut cache = evolve_core::sync::lock(&self.integrity_cache);
+        let replaced = self.replaced.load(Ordering::Acquire);
+        if let Some(cached) = cache.as_ref()
+            && cached.replaced == replaced
+            && now.saturating_duration_since(cached.checked) < INTEGRITY_CHECK_MAX_AGE
+        {
+            return Ok((cached.problems.clone(), cached.at));
+        }
+        let problems = self.run_integrity_check()?;
+        let at = self.note_integrity(&problems);
+        *cache = Some(CachedIntegrity {
+            checked: now,
+            replaced,
+            problems: problems.clone(),
+            at,
+        });
+        Ok((problems, at))
+    }
+
+    /// Runs the check on a read-only connection of its own, so writers and model selections
+    /// are not held behind the scan (WAL readers never block them); on the shared connection
+    /// only when the file cannot be opened again (then that is what the check reports on).
+    fn run_integrity_check(&self) -> Result<Vec<String>, RegistryError> {
+        let own = Connection::open_with_flags(
+            &self.config.db_path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        );
+        Ok(match own {
+            Ok(conn) => store::integrity_check(&conn)?,
+            Err(_) => store::integrity_check(&self.lock().conn)?,
+        })
     }
 }
 
@@ -123,6 +189,38 @@ mod tests {
         let status = registry.store_status();
         assert!(!status.file_present);
         assert!(!status.usable);
+    }
+
+    #[test]
+    fn the_integrity_check_is_reused_until_it_is_too_old_or_the_content_is_replaced() {
+        use super::INTEGRITY_CHECK_MAX_AGE;
+        use std::time::{Duration, Instant};
+
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(RegistryConfig::in_dir(dir.path())).unwrap();
+        let start = Instant::now();
+        let first = registry.health_at(start).unwrap();
+        assert!(first.ok);
+        assert_eq!(first.integrity_check, ["ok"]);
+        let ran_at = |registry: &Registry| registry.store_status().last_integrity_check.unwrap().at;
+        assert_eq!(ran_at(&registry), first.integrity_checked_at);
+
+        // Within the age: the same check, not a new one.
+        let later = start + INTEGRITY_CHECK_MAX_AGE - Duration::from_millis(1);
+        let again = registry.health_at(later).unwrap();
+        assert_eq!(again.integrity_checked_at, first.integrity_checked_at);
+        assert_eq!(ran_at(&registry), first.integrity_checked_at);
+
+        // Too old: checked again.
+        let aged = registry.health_at(start + INTEGRITY_CHECK_MAX_AGE).unwrap();
+        assert!(aged.integrity_checked_at > first.integrity_checked_at);
+
+        // A restore replaces the content: the next read checks it, however recent the last.
+        let backup = registry.backup_now().unwrap();
+        registry.restore(&backup.file).unwrap();
+        let restored = registry.health_at(start + INTEGRITY_CHECK_MAX_AGE).unwrap();
+        assert!(restored.integrity_checked_at > aged.integrity_checked_at);
+        assert!(restored.ok);
     }
 
     #[test]

@@ -776,3 +776,64 @@ fn inventory_view_is_current_only_after_a_refresh_that_followed_the_last_write()
         .unwrap();
     assert!(!registry.health().unwrap().inventory_current);
 }
+
+#[test]
+fn a_streamed_export_comes_in_bounded_chunks_and_is_the_same_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open_in(dir.path());
+    let now = scored_fixture(&registry, false);
+    registry
+        .set_alias("alpha", "champion", 1, &ctx("first", Some("ops")))
+        .unwrap();
+    let many: Vec<NewPoint> = (0..5_000)
+        .map(|i| point(1, "mae", f64::from(i) / 7.0, now))
+        .collect();
+    registry.record("alpha", &many).unwrap();
+
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    registry
+        .export_chunks(now, &mut |chunk| {
+            chunks.push(chunk);
+            true
+        })
+        .unwrap();
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let longest = chunks.iter().map(Vec::len).max().unwrap();
+    // A chunk ends with the point that reaches the size; a point is well under 1 KiB.
+    assert!(longest <= backup::EXPORT_CHUNK_BYTES + 1_024, "{longest}");
+    // Byte for byte what serialising the in-memory document gives (a parse would compare
+    // floats through serde_json's approximate reader).
+    let mut whole = registry.export().unwrap();
+    whole.exported_at = now;
+    let streamed = chunks.concat();
+    assert_eq!(
+        String::from_utf8(streamed.clone()).unwrap(),
+        serde_json::to_string(&whole).unwrap()
+    );
+    let parsed: RegistryExport = serde_json::from_slice(&streamed).unwrap();
+    assert_eq!(parsed.models[0].metrics.len(), whole.models[0].metrics.len());
+
+    // The reader stops as soon as the consumer does.
+    let mut emitted = 0;
+    registry
+        .export_chunks(now, &mut |_| {
+            emitted += 1;
+            false
+        })
+        .unwrap();
+    assert_eq!(emitted, 1);
+
+    // An empty registry streams an empty document.
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = open_in(empty_dir.path());
+    let mut bytes = Vec::new();
+    empty
+        .export_chunks(now, &mut |chunk| {
+            bytes.extend(chunk);
+            true
+        })
+        .unwrap();
+    let document: RegistryExport = serde_json::from_slice(&bytes).unwrap();
+    assert!(document.models.is_empty());
+    assert_eq!(document.format, backup::EXPORT_FORMAT);
+}

@@ -141,7 +141,7 @@ impl Runtime {
         })?;
         let report = self.call(&plugin, Call::Describe).await?;
         map_report(report, |answer| match answer {
-            Answer::Described(d) => Some(d),
+            Answer::Described { description, .. } => Some(description),
             _ => None,
         })
     }

@@ -85,6 +85,29 @@ pub enum LoadError {
     },
 
     #[error(
+        "plugin '{plugin}': directory grant \"{grant}\" (resolves to {resolved}) is refused: {reason}. Allowed roots (runtime.allowed_dir_roots in the host config): {roots}"
+    )]
+    DirGrantRefused {
+        plugin: String,
+        /// `host` as the manifest wrote it.
+        grant: PathBuf,
+        resolved: PathBuf,
+        reason: String,
+        /// `runtime.allowed_dir_roots`, canonical, as a list.
+        roots: String,
+    },
+
+    #[error(
+        "plugin '{plugin}': permissions.env grants \"{name}\", which is not in runtime.allowed_env {allowed}; add it to runtime.allowed_env in the host config if this plugin may read it, or remove it from the manifest"
+    )]
+    EnvGrantRefused {
+        plugin: String,
+        name: String,
+        /// `runtime.allowed_env` as a list.
+        allowed: String,
+    },
+
+    #[error(
         "plugin '{plugin}': name is already used by the plugin loaded from {other_dir}; plugin names must be unique"
     )]
     DuplicateName { plugin: String, other_dir: PathBuf },
@@ -120,6 +143,8 @@ impl LoadError {
             LoadError::WorldMismatch { .. } => "world_mismatch",
             LoadError::LimitAboveCeiling { .. } => "limit_above_ceiling",
             LoadError::Permission { .. } => "permission",
+            LoadError::DirGrantRefused { .. } => "dir_grant_refused",
+            LoadError::EnvGrantRefused { .. } => "env_grant_refused",
             LoadError::DuplicateName { .. } => "duplicate_name",
             LoadError::Canary { .. } => "canary_failed",
             LoadError::CanaryUnhealthy { .. } => "canary_unhealthy",

@@ -9,13 +9,24 @@ use std::sync::Arc;
 
 use super::bindings::inventory::{
     AgentSummary, ApiEndpoint, HostSummary, ModelChoice, ModelSummary, PluginSource, PluginSummary,
-    ServiceStatus,
+    SecurityPosture, ServiceStatus,
 };
 
 /// Parts of the system outside the runtime. Every method answers from memory (no I/O): it runs
 /// inside a guest call.
 pub trait SystemInventory: Send + Sync {
     fn host(&self) -> HostSummary;
+    /// How the daemon guards itself; by default, a host with no tokens, cluster or roots.
+    fn security(&self) -> SecurityPosture {
+        SecurityPosture {
+            token_names: Vec::new(),
+            auth_reads: false,
+            cluster_enabled: false,
+            cluster_authenticated: false,
+            allowed_dir_roots: Vec::new(),
+            allowed_env: Vec::new(),
+        }
+    }
     fn services(&self) -> Vec<ServiceStatus> {
         Vec::new()
     }
@@ -76,6 +87,7 @@ impl SystemInventory for DetachedInventory {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub host: HostSummary,
+    pub security: SecurityPosture,
     pub plugins: Vec<PluginSummary>,
     pub services: Vec<ServiceStatus>,
     pub models: Vec<ModelSummary>,

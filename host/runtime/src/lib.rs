@@ -11,6 +11,7 @@
 //! | [`sandbox`] | WASI grants, guest stdio and logs → tracing, outbound-HTTP allow-list |
 //! | [`state`] | the `Store` data and the host side of the plugin imports |
 //! | [`inventory`] | the system view plugins read |
+//! | [`output`] | the one reader of a task's JSON output (checked here, parsed back by the daemon) |
 //! | [`probes`] | the active checks meta agents can make (`probes` import) |
 //! | [`aot`] | compiled-artifact cache |
 //! | [`engine`] | engine configuration and the epoch ticker |
@@ -29,6 +30,7 @@ pub mod error;
 pub mod inventory;
 pub mod limits;
 pub mod manifest;
+pub mod output;
 pub mod plugin;
 pub mod probes;
 pub mod sandbox;
@@ -56,7 +58,9 @@ pub use self::inventory::SystemView;
 pub use self::inventory::{DetachedInventory, Snapshot, SystemInventory};
 pub use self::limits::{LimitValues, Limits};
 pub use self::manifest::{Manifest, PluginKind};
-pub use self::plugin::{Answer, Call, CallReport, Description, Loaded, Plugin};
+pub use self::plugin::{
+    Answer, Call, CallReport, DaemonPath, Description, GrantPolicy, Guard, Loaded, Plugin,
+};
 pub use self::probes::{DetachedProbes, ProbeTimer, SystemProbes};
 pub use self::serving::{LoadFailure, ReloadRecord, Swapped};
 pub use self::supervision::SupervisionConfig;
@@ -80,6 +84,12 @@ pub struct RuntimeConfig {
     /// Directories no grant may expose, inside or around (the plugins dir, the AOT cache): a
     /// plugin able to write there could rewrite its own manifest or plant native code.
     pub protected_dirs: Vec<PathBuf>,
+    /// What plugins may be granted: the operator's allowed roots and environment variables, and
+    /// the daemon's own paths. The data dir, the AOT cache, the key file and `protected_dirs`
+    /// are added to its daemon paths by the runtime.
+    pub grant_policy: GrantPolicy,
+    /// The install key authenticating AOT artifacts (created if missing).
+    pub aot_key_file: PathBuf,
 }
 
 /// The runtime could not start.
@@ -92,7 +102,7 @@ pub enum RuntimeError {
     #[error("cannot link host interfaces: {0}")]
     Link(String),
     #[error(transparent)]
-    Cache(#[from] aot::AotError),
+    Cache(#[from] aot::AotSetupError),
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(std::io::Error),
 }
@@ -122,8 +132,8 @@ struct Shared {
     failures: RwLock<BTreeMap<PathBuf, LoadFailure>>,
     pool: Arc<Semaphore>,
     events: EventBus,
-    /// `config.protected_dirs` plus the AOT cache, canonicalised once.
-    protected_dirs: Vec<PathBuf>,
+    /// `config.grant_policy` with every daemon path the runtime knows of added.
+    grant_policy: GrantPolicy,
     /// What plugins see of the rest of the system; see [`Runtime::install_system_view`].
     system: RwLock<SystemView>,
     /// Answers checkers' admitted outbound HTTP instead of the network (the test kit's).
@@ -174,18 +184,27 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut checker_linker).map_err(link)?;
         HealthChecker::add_to_linker::<_, HasSelf<_>>(&mut checker_linker, |s| s).map_err(link)?;
 
-        let aot = AotCache::new(config.cache_dir.clone(), &engine)?;
-        let protected_dirs = config
-            .protected_dirs
-            .iter()
-            .chain(std::iter::once(&config.cache_dir))
-            .map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.clone()))
-            .collect();
+        let aot = AotCache::new(config.cache_dir.clone(), &config.aot_key_file, &engine)?;
+        // The data dir first: a refusal names the first daemon path a grant overlaps, and a
+        // grant over the data dir is best explained as that.
+        let mut grant_policy = GrantPolicy {
+            daemon_paths: Vec::new(),
+            ..config.grant_policy.clone()
+        };
+        grant_policy.protect(&config.data_dir, "the data dir", Guard::Enclosing);
+        grant_policy.protect(&config.cache_dir, "the AOT cache", Guard::Whole);
+        grant_policy.protect(&config.aot_key_file, "the AOT key file", Guard::Whole);
+        for dir in &config.protected_dirs {
+            grant_policy.protect(dir, "a directory the daemon owns", Guard::Whole);
+        }
+        grant_policy
+            .daemon_paths
+            .extend(config.grant_policy.daemon_paths.iter().cloned());
         let ticker = EpochTicker::start(&engine).map_err(RuntimeError::Ticker)?;
         Ok(Runtime {
             shared: Arc::new(Shared {
                 pool: Arc::new(Semaphore::new(config.pool_instances as usize)),
-                protected_dirs,
+                grant_policy,
                 events,
                 engine,
                 meta_linker,

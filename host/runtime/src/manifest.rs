@@ -372,7 +372,7 @@ fn validate_relative_path(path: &Path) -> Result<(), &'static str> {
 /// One entry of `permissions.http_hosts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
-    /// `example.com` (any port) or `example.com:8080`.
+    /// `example.com` (ports 80 and 443) or `example.com:8080`; also an IP literal.
     Exact { host: String, port: Option<u16> },
     /// `*.example.com`: any subdomain, not the apex.
     Suffix { suffix: String, port: Option<u16> },
@@ -405,18 +405,10 @@ impl HostPattern {
         Ok(HostPattern::Exact { host, port })
     }
 
-    /// Whether this pattern allows `host` on `port`.
+    /// Whether this pattern allows `host` on `port` (rules in `sandbox::destination`).
     pub fn allows(&self, host: &str, port: u16) -> bool {
-        let host = host.to_ascii_lowercase();
-        match self {
-            HostPattern::Exact { host: h, port: p } => *h == host && p.is_none_or(|p| p == port),
-            HostPattern::Suffix { suffix, port: p } => {
-                host.len() > suffix.len() + 1
-                    && host.ends_with(suffix.as_str())
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                    && p.is_none_or(|p| p == port)
-            }
-        }
+        let host = crate::sandbox::destination::RequestHost::parse(host);
+        crate::sandbox::destination::pattern_allows(self, &host, port)
     }
 
     pub fn is_wildcard(&self) -> bool {

@@ -1,22 +1,30 @@
 //! The sandbox a call runs in: the WASI context built from the manifest's grants (deny by
 //! default), guest stdout/stderr and the `logging` import routed to tracing under a per-call byte
-//! budget, and the outbound-HTTP allow-list of health checkers.
+//! budget, and health checkers' outbound HTTP:
+//!
+//! - `outbound`: the per-call policy (`wasi:http` hook): name rule, address rule, refusals;
+//! - `destination`: pattern matching (whole-label wildcards; no port = 80 and 443 only) and the
+//!   forbidden address ranges (loopback, link-local, private, CGNAT, metadata, ...);
+//! - `connect`: sends an admitted request to the addresses that were checked, never re-resolving.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
-use wasmtime_wasi_http::{WasiBody, WasiHttpHooks};
 
 use super::bindings::logging::Level;
-use super::manifest::HostPattern;
+
+mod connect;
+pub(crate) mod destination;
+mod outbound;
+
+pub use outbound::{HttpPolicy, HttpTransport, MAX_ADDRESSES, MAX_DNS_WAIT, uri_host_port};
 
 /// Largest `get-random-bytes` request served. WASI's default (64 MiB) lets a guest make the host
 /// allocate that much per call; nothing legitimate needs more than a few KiB of entropy at once.
@@ -315,177 +323,6 @@ impl Grants {
     }
 }
 
-/// Distinct refused hosts remembered per call; a guest retrying in a loop must not grow the
-/// host's record (or its log) without bound.
-const MAX_REFUSED_HOSTS: usize = 8;
-
-/// Longest refused authority remembered; the `http` crate accepts far longer ones.
-const MAX_REFUSED_HOST_BYTES: usize = 256;
-
-/// Answers a checker's outbound HTTP requests in place of the network. The daemon never installs
-/// one; the test kit (`evolve-plugin-testkit`) does, to fake the hosts a checker reaches. Only
-/// requests the allow-list admitted get here, so tests see the production policy.
-pub trait HttpTransport: Send + Sync + std::fmt::Debug {
-    /// The response, or the `wasi:http` error the guest sees (e.g. `ConnectionRefused`).
-    fn respond(
-        &self,
-        method: &http::Method,
-        uri: &http::Uri,
-    ) -> Result<http::Response<bytes::Bytes>, wasmtime_wasi_http::Error>;
-}
-
-/// Outbound HTTP policy for one call: the manifest's hosts plus, for a check, the target's own
-/// `host:port`. Refusals are recorded (bounded) so the call can report which host was refused.
-#[derive(Debug, Clone, Default)]
-pub struct HttpPolicy {
-    plugin: Arc<str>,
-    allowed: Arc<[HostPattern]>,
-    target: Option<(String, u16)>,
-    refused: Arc<Mutex<Refused>>,
-    /// Upper bound for connect / first-byte / between-bytes waits: the call's deadline.
-    max_wait: Option<Duration>,
-    /// Answers admitted requests instead of the network (test kit only).
-    transport: Option<Arc<dyn HttpTransport>>,
-}
-
-#[derive(Debug, Default)]
-struct Refused {
-    hosts: Vec<String>,
-    count: u64,
-}
-
-impl HttpPolicy {
-    pub fn new(
-        plugin: Arc<str>,
-        allowed: Arc<[HostPattern]>,
-        target: Option<(String, u16)>,
-        max_wait: Duration,
-    ) -> HttpPolicy {
-        HttpPolicy {
-            plugin,
-            allowed,
-            target,
-            refused: Arc::default(),
-            max_wait: Some(max_wait),
-            transport: None,
-        }
-    }
-
-    /// Sends admitted requests to `transport` instead of the network.
-    pub fn with_transport(mut self, transport: Option<Arc<dyn HttpTransport>>) -> HttpPolicy {
-        self.transport = transport;
-        self
-    }
-
-    /// The first few distinct refused `host:port`s of this call, and how many refusals in all.
-    pub fn refused(&self) -> (Vec<String>, u64) {
-        let refused = evolve_core::sync::lock(&self.refused);
-        (refused.hosts.clone(), refused.count)
-    }
-
-    fn record_refusal(&self, authority: &str) {
-        let mut refused = evolve_core::sync::lock(&self.refused);
-        refused.count += 1;
-        let mut host = authority.to_string();
-        if host.len() > MAX_REFUSED_HOST_BYTES {
-            let mut cut = MAX_REFUSED_HOST_BYTES;
-            while !host.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            host.truncate(cut);
-            host.push('…');
-        }
-        if refused.hosts.len() < MAX_REFUSED_HOSTS && !refused.hosts.contains(&host) {
-            tracing::warn!(target: "evolve::plugin", plugin = &*self.plugin, refused = %host, "outbound HTTP refused: host not in the plugin's allow-list");
-            refused.hosts.push(host);
-        }
-    }
-
-    fn allows(&self, host: &str, port: u16) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        self.target
-            .as_ref()
-            .is_some_and(|(h, p)| h.eq_ignore_ascii_case(host) && *p == port)
-            || self
-                .allowed
-                .iter()
-                .any(|pattern| pattern.allows(host, port))
-    }
-}
-
-/// `host` and effective port of a URI (80 / 443 by scheme when absent).
-pub fn uri_host_port(uri: &http::Uri) -> Option<(String, u16)> {
-    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    Some((host.to_ascii_lowercase(), port))
-}
-
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<WasiBody>,
-    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-)>;
-
-impl WasiHttpHooks for HttpPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
-        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let _ = fut;
-        let permitted =
-            uri_host_port(request.uri()).filter(|(host, port)| self.allows(host, *port));
-        if permitted.is_none() {
-            let authority = request
-                .uri()
-                .authority()
-                .map_or_else(|| "(no host)".to_string(), |a| a.to_string());
-            self.record_refusal(&authority);
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
-        if let Some(transport) = &self.transport {
-            let answer = transport.respond(request.method(), request.uri());
-            return Box::new(async move {
-                use http_body_util::BodyExt;
-                let response = answer?;
-                Ok((
-                    response.map(|body| {
-                        http_body_util::Full::new(body)
-                            .map_err(|never| match never {})
-                            .boxed_unsync()
-                    }),
-                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
-                ))
-            });
-        }
-        let cap = |t: Option<Duration>| match (t, self.max_wait) {
-            (Some(t), Some(max)) => Some(t.min(max)),
-            (t, max) => t.or(max),
-        };
-        let options = options.unwrap_or_default();
-        let options = wasmtime_wasi_http::RequestOptions {
-            connect_timeout: cap(options.connect_timeout),
-            first_byte_timeout: cap(options.first_byte_timeout),
-            between_bytes_timeout: cap(options.between_bytes_timeout),
-        };
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,43 +343,5 @@ mod tests {
         let tail = log.stderr_tail();
         assert!(tail.ends_with("panicked: boom"), "{tail}");
         assert!(tail.len() <= STDERR_TAIL_BYTES);
-    }
-
-    #[test]
-    fn http_policy_allows_target_and_listed_hosts_only() {
-        let allowed: Arc<[HostPattern]> =
-            vec![HostPattern::parse("*.internal").expect("valid")].into();
-        let policy = HttpPolicy::new(
-            "p".into(),
-            allowed,
-            Some(("127.0.0.1".into(), 9000)),
-            Duration::from_secs(1),
-        );
-        assert!(policy.allows("127.0.0.1", 9000));
-        assert!(!policy.allows("127.0.0.1", 9001));
-        assert!(policy.allows("db.internal", 80));
-        assert!(!policy.allows("example.com", 80));
-    }
-
-    #[test]
-    fn refusals_are_recorded_bounded() {
-        let policy = HttpPolicy::new(
-            "p".into(),
-            Arc::from(Vec::new()),
-            None,
-            Duration::from_secs(1),
-        );
-        for i in 0..1_000 {
-            policy.record_refusal(&format!("h{i}.example:80"));
-        }
-        policy.record_refusal(&"x".repeat(10_000));
-        let (hosts, count) = policy.refused();
-        assert_eq!(hosts.len(), MAX_REFUSED_HOSTS);
-        assert_eq!(count, 1_001);
-        assert!(
-            hosts
-                .iter()
-                .all(|h| h.len() <= MAX_REFUSED_HOST_BYTES + '…'.len_utf8())
-        );
     }
 }

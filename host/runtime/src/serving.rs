@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use chrono::{DateTime, Utc};
+use evolve_core::events::{Event, EventKind};
 use evolve_core::sync::{lock, read, write};
 use serde::Serialize;
 
@@ -113,7 +114,7 @@ impl Runtime {
             defaults: &shared.config.defaults,
             ceilings: &shared.config.ceilings,
             data_dir: &shared.config.data_dir,
-            protected_dirs: &shared.protected_dirs,
+            grant_policy: &shared.grant_policy,
             snapshot_source: Arc::downgrade(&self.shared) as Weak<dyn SnapshotSource>,
             generation,
         };
@@ -132,8 +133,31 @@ impl Runtime {
             source: Box::new(e),
         };
         let report = plugin.probe(pool, Call::Describe).await.map_err(failed)?;
-        if let Answer::Described(description) = report.value {
-            plugin.set_description(description);
+        if let Answer::Described {
+            description,
+            claimed_name,
+        } = report.value
+        {
+            let warning = claimed_name.clone();
+            // Warned once per generation: later canaries (a quarantine's, a rollback's) find
+            // the description already recorded.
+            if plugin.set_description(description, claimed_name)
+                && let Some(claimed) = warning
+            {
+                self.shared.events.publish(Event::new(
+                    EventKind::PluginNameMismatch,
+                    plugin.name(),
+                    serde_json::json!({
+                        "generation": plugin.generation,
+                        "sha256": plugin.sha256,
+                        "claimed_name": claimed,
+                        "message": format!(
+                            "describe() names this plugin `{claimed}`; it is served as `{}`, its manifest name",
+                            plugin.name()
+                        ),
+                    }),
+                ));
+            }
         }
         if check_health && plugin.kind() == PluginKind::MetaAgent {
             let report = plugin.probe(pool, Call::Health).await.map_err(failed)?;

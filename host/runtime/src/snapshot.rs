@@ -39,6 +39,7 @@ impl SnapshotSource for Shared {
                 .map(|slot| plugin_source(&slot.current))
                 .collect(),
             api_endpoints: system.api_endpoints(),
+            security: system.security(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Weak};
 
+use evolve_core::untrusted::{escape_untrusted, escape_untrusted_owned};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -64,6 +65,9 @@ impl PluginState {
                 agents: Vec::new(),
                 plugin_sources: Vec::new(),
                 api_endpoints: Vec::new(),
+                security: super::inventory::SystemInventory::security(
+                    &super::inventory::DetachedInventory,
+                ),
             },
         });
         self.snapshot = Some(Arc::clone(&snapshot));
@@ -94,6 +98,14 @@ impl types::Host for PluginState {}
 
 impl logging::Host for PluginState {
     fn log(&mut self, level: logging::Level, message: String, fields: Vec<(String, String)>) {
+        // The guest's text enters the daemon's log here: escaped, so a newline cannot end the
+        // plugin's line and start one that looks like the daemon's own, in either log format.
+        // The budget is charged for the escaped size, which is what the log receives.
+        let message = escape_untrusted(&message);
+        let fields: Vec<(String, String)> = fields
+            .into_iter()
+            .map(|(key, value)| (escape_untrusted_owned(key), escape_untrusted_owned(value)))
+            .collect();
         self.log.record(level, &message, &fields);
     }
 }
@@ -111,6 +123,10 @@ impl config::Host for PluginState {
 impl inventory::Host for PluginState {
     fn host(&mut self) -> inventory::HostSummary {
         self.snapshot().host.clone()
+    }
+
+    fn security(&mut self) -> inventory::SecurityPosture {
+        self.snapshot().security.clone()
     }
 
     fn plugins(&mut self) -> Vec<inventory::PluginSummary> {

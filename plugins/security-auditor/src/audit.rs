@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use evolve_plugin_sdk::inventory::{HostSummary, PluginSource, PluginSummary, ServiceStatus};
+use evolve_plugin_sdk::inventory::{
+    HostSummary, PluginSource, PluginSummary, SecurityPosture, ServiceStatus,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -69,6 +71,7 @@ pub(crate) struct Finding {
 /// What the audit looks at.
 pub(crate) struct System {
     pub host: HostSummary,
+    pub security: SecurityPosture,
     pub plugins: Vec<PluginSummary>,
     pub sources: Vec<PluginSource>,
     pub services: Vec<ServiceStatus>,
@@ -83,8 +86,10 @@ impl System {
     pub(crate) fn audit(&self, ceilings: &Ceilings) -> Report {
         let mut findings = Vec::new();
         self.audit_api(&mut findings);
+        self.audit_guards(&mut findings);
         for plugin in &self.plugins {
             audit_plugin(plugin, ceilings, &mut findings);
+            audit_grants(plugin, &self.security, &mut findings);
         }
         for source in self.sources.iter().filter(|s| !s.sha256_pinned) {
             findings.push(Finding {
@@ -147,6 +152,86 @@ impl System {
             });
         }
     }
+}
+
+impl System {
+    /// The daemon's own guards: a token on the API, a key on the cluster.
+    fn audit_guards(&self, findings: &mut Vec<Finding>) {
+        let security = &self.security;
+        let public = {
+            let host = listen_host(&self.host.api_listen);
+            !self.host.api_listen.is_empty() && !is_loopback(&host)
+        };
+        // Beyond loopback, audit_api already reports the missing token as critical.
+        if security.token_names.is_empty() && !public {
+            findings.push(Finding {
+                severity: Severity::Medium,
+                rule: "api.no-token",
+                subject: "api".into(),
+                message: "the API has no token: every local process (any user, any container sharing the network namespace) can run agents, reload plugins and rewrite the registry".into(),
+                fix: "add [[server.tokens]] entries with the scopes each caller needs (or server.tokens_file), and give the CLI EVOLVE_TOKEN".into(),
+            });
+        }
+        if security.cluster_enabled && !security.cluster_authenticated {
+            findings.push(Finding {
+                severity: Severity::Critical,
+                rule: "cluster.unauthenticated",
+                subject: "cluster".into(),
+                message: "cluster mode without a cluster key: anyone who can write to Redis can register endpoints that receive live traffic and deregister real nodes".into(),
+                fix: "set cluster.key_file to a 0600 file of at least 32 random bytes, the same on every node; remove cluster.allow_unauthenticated".into(),
+            });
+        }
+    }
+}
+
+/// A plugin's directory grants outside the operator's roots (`runtime.allowed_dir_roots`):
+/// the host refuses them at load, so one here means the roots changed under a running plugin
+/// or the host let one through.
+fn audit_grants(plugin: &PluginSummary, security: &SecurityPosture, findings: &mut Vec<Finding>) {
+    for dir in &plugin.permissions.dirs {
+        let inside = security
+            .allowed_dir_roots
+            .iter()
+            .any(|root| is_within(&dir.host_path, root));
+        if !inside {
+            findings.push(Finding {
+                severity: Severity::High,
+                rule: "plugin.grant-outside-roots",
+                subject: plugin.name.clone(),
+                message: format!(
+                    "is granted {} (mapped at {}), outside every allowed root ({})",
+                    dir.host_path,
+                    dir.guest_path,
+                    if security.allowed_dir_roots.is_empty() {
+                        "none configured".to_string()
+                    } else {
+                        security.allowed_dir_roots.join(", ")
+                    }
+                ),
+                fix: "remove the grant from its plugin.toml, or add a root that holds it to runtime.allowed_dir_roots".into(),
+            });
+        }
+    }
+    for var in plugin
+        .permissions
+        .env
+        .iter()
+        .filter(|var| !security.allowed_env.contains(var))
+    {
+        findings.push(Finding {
+            severity: Severity::High,
+            rule: "plugin.env-outside-allow-list",
+            subject: plugin.name.clone(),
+            message: format!("is granted the environment variable {var}, which runtime.allowed_env does not list"),
+            fix: format!("remove {var} from its plugin.toml, or add it to runtime.allowed_env"),
+        });
+    }
+}
+
+/// Whether `path` is `root` or below it, by whole components.
+fn is_within(path: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    path == root || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn audit_plugin(plugin: &PluginSummary, ceilings: &Ceilings, findings: &mut Vec<Finding>) {
@@ -340,6 +425,14 @@ mod tests {
                 api_auth: auth,
                 uptime_s: 1,
             },
+            security: SecurityPosture {
+                token_names: if auth { vec!["ops".into()] } else { Vec::new() },
+                auth_reads: false,
+                cluster_enabled: false,
+                cluster_authenticated: false,
+                allowed_dir_roots: vec!["data".into()],
+                allowed_env: Vec::new(),
+            },
             plugins: vec![plugin("clean", &["api.example.com"], false)],
             sources: vec![PluginSource {
                 name: "clean".into(),
@@ -360,7 +453,7 @@ mod tests {
 
     #[test]
     fn a_clean_loopback_system_has_no_findings() {
-        let report = system("127.0.0.1:7070", false).audit(&Ceilings::default());
+        let report = system("127.0.0.1:7070", true).audit(&Ceilings::default());
         assert!(report.findings.is_empty(), "{:?}", report.findings);
         assert_eq!(
             report.summary(),
@@ -409,6 +502,36 @@ mod tests {
             ]
         );
         assert!(report.findings[5].message.contains("memory limit 1024 MiB"));
+    }
+
+    #[test]
+    fn a_daemon_without_a_token_a_cluster_without_a_key_and_grants_outside_the_roots_are_flagged() {
+        let mut sys = system("127.0.0.1:7070", false);
+        sys.security.cluster_enabled = true;
+        let mut outside = plugin("reacher", &[], false);
+        outside.permissions.dirs[0].host_path = "/etc".into();
+        outside.permissions.env = vec!["AWS_SECRET_ACCESS_KEY".into()];
+        sys.plugins.push(outside);
+        // A root is matched by whole components: `data2` is not inside `data`.
+        let mut sibling = plugin("sibling", &[], false);
+        sibling.permissions.dirs[0].host_path = "data2/x".into();
+        sys.plugins.push(sibling);
+        let report = sys.audit(&Ceilings::default());
+        assert_eq!(
+            rules(&report),
+            vec![
+                ("critical", "cluster.unauthenticated", "cluster".to_owned()),
+                ("high", "plugin.env-outside-allow-list", "reacher".to_owned()),
+                ("high", "plugin.grant-outside-roots", "reacher".to_owned()),
+                ("high", "plugin.grant-outside-roots", "sibling".to_owned()),
+                ("medium", "api.no-token", "api".to_owned()),
+            ]
+        );
+        assert!(report.findings[2].message.contains("/etc"), "{:?}", report.findings[2]);
+        sys.security.cluster_authenticated = true;
+        sys.security.token_names = vec!["ops".into()];
+        sys.plugins.truncate(1);
+        assert!(sys.audit(&Ceilings::default()).findings.is_empty());
     }
 
     #[test]

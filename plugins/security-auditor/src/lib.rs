@@ -58,6 +58,7 @@ fn audit() -> Result<TaskOutcome, PluginError> {
     let ceilings: Ceilings = evolve_plugin_sdk::config::get()?;
     let system = System {
         host: inventory::host(),
+        security: inventory::security(),
         plugins: inventory::plugins(),
         sources: inventory::plugin_sources(),
         services: inventory::services(),

@@ -8,31 +8,51 @@ use chrono::Utc;
 use redis::aio::MultiplexedConnection;
 
 use super::{Driver, RedisResult};
-use crate::wire::{CatalogOp, CatalogUpdate, NodeRecord, WIRE_VERSION};
+use crate::seal::{self, SealKind};
+use crate::wire::{self, CatalogOp, CatalogUpdate, NodeRecord};
 use evolve_mesh::ServiceSpec;
 
+/// Name → digest of each spec, as a node record lists them.
+fn digests(specs: &BTreeMap<String, ServiceSpec>) -> BTreeMap<String, String> {
+    specs
+        .iter()
+        .map(|(name, spec)| (name.clone(), wire::spec_digest(spec)))
+        .collect()
+}
+
 impl Driver {
-    pub(super) fn record(&self, services: usize) -> String {
+    /// This node's next sequence (see [`seal::next_seq`]).
+    fn next_seq(&mut self) -> u64 {
+        self.sealed_seq = seal::next_seq(self.sealed_seq);
+        self.sealed_seq
+    }
+
+    /// This node's record, sealed, listing `specs` (what its services hash holds).
+    pub(super) fn record(&mut self, specs: BTreeMap<String, String>) -> String {
         let record = NodeRecord {
-            v: WIRE_VERSION,
             node: self.node.clone(),
             api: self.api.clone(),
             started_at: self.started_at,
             heartbeat_at: Utc::now(),
-            services,
+            services: specs.len(),
+            specs,
             health: self.catalog.health_seen(),
         };
-        serde_json::to_string(&record).unwrap_or_default()
+        let body = serde_json::to_string(&record).unwrap_or_default();
+        let seq = self.next_seq();
+        self.sealer.seal(SealKind::Record, &self.node, seq, &body)
     }
 
-    pub(super) fn update_json(&self, op: CatalogOp) -> String {
-        serde_json::to_string(&CatalogUpdate {
-            v: WIRE_VERSION,
+    /// A catalog update of this node, sealed.
+    pub(super) fn update_json(&mut self, op: CatalogOp) -> String {
+        let body = serde_json::to_string(&CatalogUpdate {
             node: self.node.clone(),
             at: Utc::now(),
             op,
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+        let seq = self.next_seq();
+        self.sealer.seal(SealKind::Update, &self.node, seq, &body)
     }
 
     /// Rewrites this node's registrations and record from scratch, then tells the peers.
@@ -55,22 +75,24 @@ impl Driver {
             let mut hset = redis::cmd("HSET");
             hset.arg(&services_key);
             for (name, spec) in &local {
-                hset.arg(name)
-                    .arg(serde_json::to_string(spec).unwrap_or_default());
+                hset.arg(name).arg(wire::spec_json(spec));
             }
             pipe.add_command(hset).ignore();
             pipe.cmd("EXPIRE").arg(&services_key).arg(ttl).ignore();
         }
+        // The record first, then the update: an update's sequence is above its record's.
+        let record = self.record(digests(&local));
         pipe.cmd("SET")
             .arg(self.keys.node(&self.node))
-            .arg(self.record(local.len()))
+            .arg(record)
             .arg("EX")
             .arg(ttl)
             .ignore();
         pipe.query_async::<()>(con).await?;
+        let announce = self.update_json(CatalogOp::Announce);
         redis::cmd("PUBLISH")
             .arg(self.keys.catalog_channel())
-            .arg(self.update_json(CatalogOp::Announce))
+            .arg(announce)
             .query_async::<()>(con)
             .await?;
         let count = local.len();
@@ -98,13 +120,15 @@ impl Driver {
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
-        let upserts: Vec<&ServiceSpec> = local
+        let upserts: Vec<ServiceSpec> = local
             .values()
             .filter(|s| announced.get(&s.name) != Some(*s))
+            .cloned()
             .collect();
-        let removals: Vec<&String> = announced
+        let removals: Vec<String> = announced
             .keys()
             .filter(|name| !local.contains_key(*name))
+            .cloned()
             .collect();
         if upserts.is_empty() && removals.is_empty() {
             return Ok(());
@@ -116,7 +140,7 @@ impl Driver {
             pipe.cmd("HSET")
                 .arg(&services_key)
                 .arg(&spec.name)
-                .arg(serde_json::to_string(spec).unwrap_or_default())
+                .arg(wire::spec_json(spec))
                 .ignore();
         }
         for name in &removals {
@@ -129,36 +153,30 @@ impl Driver {
             .arg(&services_key)
             .arg(self.config.heartbeat_ttl_s)
             .ignore();
-        // The record too, so its service count and health view match the new catalog.
+        // The record too, so its list of registrations, service count and health view match
+        // the new catalog (and it is sealed before the updates that follow it).
+        let record = self.record(digests(&local));
         pipe.cmd("SET")
             .arg(self.keys.node(&self.node))
-            .arg(self.record(local.len()))
+            .arg(record)
             .arg("EX")
             .arg(self.config.heartbeat_ttl_s)
             .ignore();
         pipe.query_async::<()>(con).await?;
         let mut publish = redis::pipe();
         let channel = self.keys.catalog_channel();
-        for spec in &upserts {
-            publish
-                .cmd("PUBLISH")
-                .arg(&channel)
-                .arg(self.update_json(CatalogOp::Upsert {
-                    spec: Box::new((*spec).clone()),
-                }))
-                .ignore();
+        let sent = (upserts.len() + removals.len()) as u64;
+        for spec in upserts {
+            let update = self.update_json(CatalogOp::Upsert {
+                spec: Box::new(spec),
+            });
+            publish.cmd("PUBLISH").arg(&channel).arg(update).ignore();
         }
-        for name in &removals {
-            publish
-                .cmd("PUBLISH")
-                .arg(&channel)
-                .arg(self.update_json(CatalogOp::Remove {
-                    service: (*name).clone(),
-                }))
-                .ignore();
+        for service in removals {
+            let update = self.update_json(CatalogOp::Remove { service });
+            publish.cmd("PUBLISH").arg(&channel).arg(update).ignore();
         }
         publish.query_async::<()>(con).await?;
-        let sent = (upserts.len() + removals.len()) as u64;
         let count = local.len();
         self.announced = Some(local);
         self.status.update(|s| {
@@ -172,13 +190,15 @@ impl Driver {
     /// their hash is gone while the record lived on (deleted by hand, evicted under
     /// `maxmemory`), since peers would otherwise see this node with no services until it restarts.
     pub(super) async fn heartbeat(&mut self, con: &mut MultiplexedConnection) -> RedisResult<()> {
-        let count = self.announced.as_ref().map_or(0, BTreeMap::len);
+        let listed = self.announced.as_ref().map(digests).unwrap_or_default();
+        let count = listed.len();
         let ttl = self.config.heartbeat_ttl_s;
+        let record = self.record(listed);
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("SET")
             .arg(self.keys.node(&self.node))
-            .arg(self.record(count))
+            .arg(record)
             .arg("EX")
             .arg(ttl)
             .ignore();
@@ -205,6 +225,7 @@ impl Driver {
     /// timeout.
     pub(super) async fn leave(&mut self, con: &mut MultiplexedConnection) {
         let _ = self.flush(con).await;
+        let leave = self.update_json(CatalogOp::Leave);
         let mut pipe = redis::pipe();
         pipe.cmd("DEL")
             .arg(self.keys.node(&self.node))
@@ -212,7 +233,7 @@ impl Driver {
             .ignore();
         pipe.cmd("PUBLISH")
             .arg(self.keys.catalog_channel())
-            .arg(self.update_json(CatalogOp::Leave))
+            .arg(leave)
             .ignore();
         match pipe.query_async::<()>(con).await {
             Ok(()) => tracing::info!(node = %self.node, "left the cluster"),

@@ -19,7 +19,7 @@
 //! | module | the driver's work on a live connection |
 //! |---|---|
 //! | [`announce`] | this node's side: record, heartbeat, services hash, catalog updates, leaving |
-//! | [`peers`] | the other nodes: full sync, pushed updates and events, joins and expiry |
+//! | [`peers`] | the other nodes: full sync, pushed updates, joins and expiry, each record and update opened with the shared key first |
 
 mod announce;
 mod peers;
@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use crate::SharedCatalog;
 use crate::config::ClusterConfig;
 use crate::outbox::{Outbox, Outgoing};
+use crate::seal::{Sealer, Sequences};
 use crate::status::{ConnectionState, PeerStatus, SharedStatus};
 use crate::wire::{EventEnvelope, Keys};
 use evolve_core::events::{Event, EventBus, EventKind};
@@ -64,7 +65,15 @@ pub(super) struct Driver {
     pub events: EventBus,
     pub status: SharedStatus,
     pub started_at: chrono::DateTime<Utc>,
+    /// Seals this node's records and updates, opens the peers'.
+    sealer: Sealer,
+    /// The sequence of this node's last sealed record or update.
+    sealed_seq: u64,
+    /// The peers' last accepted sequences.
+    seqs: Sequences,
     outbox: Outbox,
+    /// Per-node number of the published events (contiguous: a gap tells a follower it missed
+    /// some); not the sealed sequence.
     seq: u64,
     /// What this node's services hash holds; `None` = unknown (write it all afresh).
     announced: Option<BTreeMap<String, ServiceSpec>>,
@@ -94,11 +103,15 @@ impl Driver {
         config: ClusterConfig,
         node: String,
         api: String,
+        sealer: Sealer,
         catalog: Arc<dyn SharedCatalog>,
         events: EventBus,
         status: SharedStatus,
     ) -> Driver {
         Driver {
+            sealer,
+            sealed_seq: 0,
+            seqs: Sequences::default(),
             keys: Keys::new(&config.channel_prefix),
             outbox: Outbox::new(config.event_buffer),
             config,

@@ -1,6 +1,12 @@
 //! Reading the other nodes: the full sync that makes this node's view correct (pub/sub is
-//! at-most-once), incremental catalog updates and events pushed over pub/sub, peers joining and
-//! expiring, and what each merge changed.
+//! at-most-once), incremental catalog updates pushed over pub/sub, peers joining and expiring,
+//! and what each merge changed.
+//!
+//! Nothing a peer wrote is acted on before its seal opens ([`crate::seal`]): a record must be
+//! signed by the node whose key it sits under, fresh, and not older than the last accepted; a
+//! registration in a node's hash counts only when it matches the digest its record lists; an
+//! update must be signed, fresh and newer than everything accepted from its node. Whatever is
+//! refused changes nothing and is counted (`auth` in `GET /v1/cluster`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,10 +18,19 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{Driver, Ended, MAX_NAMES_IN_EVENT, MAX_PEERS, RedisResult};
+use crate::seal::{self, Reason, Refusal, SealKind};
 use crate::status::PeerStatus;
 use crate::wire::{self, CatalogOp, NodeRecord};
 use evolve_core::events::{Event, EventKind};
+use evolve_mesh::remote::MAX_REMOTE_SPECS_PER_NODE;
 use evolve_mesh::{MergeReport, ServiceSpec};
+
+/// A node record whose seal opened, with the registrations it vouches for.
+struct Verified {
+    record: NodeRecord,
+    seq: u64,
+    specs: Vec<ServiceSpec>,
+}
 
 impl Driver {
     /// Re-reads every node's record and registrations: merges the live ones, expires the ones
@@ -56,7 +71,9 @@ impl Driver {
         let mut records: Vec<Option<Vec<u8>>> = Vec::new();
         let mut hashes: Vec<HashMap<String, Vec<u8>>> = Vec::new();
         if !peers.is_empty() {
+            // One transaction, so each record is read with the hash it was written with.
             let mut pipe = redis::pipe();
+            pipe.atomic();
             for peer in &peers {
                 pipe.cmd("GET").arg(self.keys.node(peer));
             }
@@ -73,29 +90,32 @@ impl Driver {
             }
         }
         let mut alive = Vec::new();
+        let empty = HashMap::new();
         for (i, peer) in peers.iter().enumerate() {
             let Some(Some(bytes)) = records.get(i) else {
                 continue; // expired between SCAN and GET
             };
-            let record = match wire::parse_record(bytes) {
-                Ok(record) if record.node == **peer => record,
-                Ok(record) => {
-                    tracing::warn!(key = %self.keys.node(peer), claims = %record.node, "skipping a node record whose node id does not match its key");
-                    self.status.update(|s| s.catalog.rejected += 1);
-                    continue;
+            match self.verify_node(peer, bytes, hashes.get(i).unwrap_or(&empty)) {
+                Ok(verified) => {
+                    self.merge_node(peer, "sync", verified).await;
+                    alive.push((*peer).clone());
                 }
-                Err(error) => {
-                    tracing::warn!(node = %peer, %error, "skipping a node record");
-                    self.status.update(|s| s.catalog.rejected += 1);
-                    continue;
+                Err(refusal) => {
+                    self.refuse(peer, "node record", &refusal);
+                    // A refused record changes nothing: a node seen within the TTL stays as
+                    // it was (its own next heartbeat rewrites its record).
+                    let ttl = chrono::Duration::seconds(
+                        i64::try_from(self.config.heartbeat_ttl_s).unwrap_or(i64::MAX),
+                    );
+                    if self
+                        .peers
+                        .get(*peer)
+                        .is_some_and(|p| Utc::now() - p.last_seen < ttl)
+                    {
+                        alive.push((*peer).clone());
+                    }
                 }
-            };
-            let specs = self.parse_specs(peer, hashes.get(i));
-            let count = specs.len();
-            let report = self.catalog.set_remote_node(peer, specs).await;
-            self.report_merge(peer, "sync", &report);
-            self.saw(record, count);
-            alive.push((*peer).clone());
+            }
         }
         // Expire peers whose record lapsed: only a successful read of Redis can say so, and
         // only after a whole TTL connected (see `connected_at`).
@@ -127,22 +147,100 @@ impl Driver {
         Ok(())
     }
 
-    pub(super) fn parse_specs(
+    /// Opens `peer`'s record and keeps the registrations of its hash that match the digests it
+    /// lists; a listed one that does not match (tampered, or gone) is taken from what this
+    /// daemon holds if that is exactly it. Nothing is merged here.
+    fn verify_node(
         &self,
-        node: &str,
-        hash: Option<&HashMap<String, Vec<u8>>>,
-    ) -> Vec<ServiceSpec> {
+        peer: &str,
+        bytes: &[u8],
+        hash: &HashMap<String, Vec<u8>>,
+    ) -> Result<Verified, Refusal> {
+        let opened = self.sealer.open(SealKind::Record, bytes)?;
+        if opened.node != peer {
+            return Err(Refusal::NodeMismatch {
+                signed: opened.node,
+                found: peer.to_string(),
+            });
+        }
+        let record = wire::parse_record(&opened.body)?;
+        if record.node != opened.node {
+            return Err(Refusal::NodeMismatch {
+                signed: opened.node,
+                found: record.node,
+            });
+        }
+        seal::fresh(record.heartbeat_at, self.config.heartbeat_ttl_s, Utc::now())?;
+        self.seqs.check_record(peer, opened.seq)?;
+        if record.specs.len() > MAX_REMOTE_SPECS_PER_NODE {
+            let over = (record.specs.len() - MAX_REMOTE_SPECS_PER_NODE) as u64;
+            tracing::warn!(node = %peer, listed = record.specs.len(), "a peer's record lists more services than any node may hold; the rest are dropped");
+            self.status.update(|s| s.catalog.capped += over);
+        }
+        let held = self.catalog.remote_specs(peer);
         let mut specs = Vec::new();
-        for (name, bytes) in hash.into_iter().flatten() {
-            match wire::parse_spec(bytes) {
-                Ok(spec) if spec.name == *name => specs.push(spec),
-                Ok(_) | Err(_) => {
-                    tracing::warn!(%node, service = %name.chars().take(80).collect::<String>(), "skipping a malformed registration of a peer");
-                    self.status.update(|s| s.catalog.rejected += 1);
+        for (name, digest) in record.specs.iter().take(MAX_REMOTE_SPECS_PER_NODE) {
+            let stored = hash.get(name).map(|bytes| wire::parse_spec(bytes));
+            match stored {
+                Some(Ok(spec)) if spec.name == *name && wire::spec_digest(&spec) == *digest => {
+                    specs.push(spec);
+                    continue;
                 }
+                Some(_) => {
+                    tracing::warn!(node = %peer, service = %name, "refused a registration in a peer's hash that does not match its signed record");
+                    self.status.update(|s| s.auth.count(Reason::BadTag));
+                }
+                None => {}
+            }
+            if let Some(spec) = held.get(name).filter(|s| wire::spec_digest(s) == *digest) {
+                specs.push(spec.clone());
             }
         }
-        specs
+        let unlisted = hash
+            .keys()
+            .filter(|name| !record.specs.contains_key(*name))
+            .count();
+        if unlisted > 0 {
+            tracing::warn!(node = %peer, unlisted, "refused registrations in a peer's hash that its signed record does not list");
+            self.status.update(|s| {
+                for _ in 0..unlisted {
+                    s.auth.count(Reason::BadTag);
+                }
+            });
+        }
+        Ok(Verified {
+            record,
+            seq: opened.seq,
+            specs,
+        })
+    }
+
+    /// Merges a verified node and records it alive.
+    async fn merge_node(&mut self, node: &str, cause: &str, verified: Verified) {
+        let Verified { record, seq, specs } = verified;
+        let count = specs.len();
+        let report = self.catalog.set_remote_node(node, specs).await;
+        self.report_merge(node, cause, &report);
+        self.seqs.accept_record(node, seq);
+        self.saw(record, count);
+    }
+
+    /// Counts and logs a refused record or message; it changes nothing.
+    pub(super) fn refuse(&self, node: &str, what: &str, refusal: &Refusal) {
+        let reason = refusal.reason();
+        match reason {
+            Reason::Malformed => {
+                tracing::warn!(%node, error = %refusal, "skipping a malformed {what}");
+                self.status.update(|s| s.catalog.rejected += 1);
+            }
+            Reason::Superseded => {
+                tracing::debug!(%node, error = %refusal, "skipping a {what}");
+            }
+            _ => {
+                tracing::warn!(%node, error = %refusal, "refused a {what}: it changes nothing here");
+            }
+        }
+        self.status.update(|s| s.auth.count(reason));
     }
 
     /// Records that `record`'s node is alive.
@@ -195,6 +293,13 @@ impl Driver {
             let n = report.rejected.len() as u64;
             self.status.update(|s| s.catalog.rejected += n);
         }
+        for (service, cap) in report.capped.iter().take(MAX_NAMES_IN_EVENT) {
+            tracing::warn!(%node, %service, %cap, "dropped a peer's registration");
+        }
+        if !report.capped.is_empty() {
+            let n = report.capped.len() as u64;
+            self.status.update(|s| s.catalog.capped += n);
+        }
         if !report.changed() {
             return;
         }
@@ -240,27 +345,52 @@ impl Driver {
             return Ok(());
         };
         let bytes: Vec<u8> = redis::from_redis_value_ref(payload).unwrap_or_default();
-        let update = match wire::parse_update(&bytes) {
-            Ok(update) => update,
-            Err(error) => {
-                tracing::warn!(%error, "skipping a catalog update");
-                self.status.update(|s| s.catalog.rejected += 1);
+        let opened = match self.sealer.open(SealKind::Update, &bytes) {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                self.refuse("?", "catalog update", &refusal);
                 return Ok(());
             }
         };
-        if update.node == self.node || crate::config::validate_node_id(&update.node).is_err() {
+        if opened.node == self.node {
             return Ok(());
         }
+        let node = opened.node;
+        let checked = wire::parse_update(&opened.body)
+            .map_err(Refusal::from)
+            .and_then(|update| {
+                if update.node != node {
+                    return Err(Refusal::NodeMismatch {
+                        signed: node.clone(),
+                        found: update.node,
+                    });
+                }
+                seal::fresh(update.at, self.config.heartbeat_ttl_s, Utc::now())?;
+                self.seqs.check_update(&node, opened.seq)?;
+                Ok(update)
+            });
+        let update = match checked {
+            Ok(update) => update,
+            Err(refusal) => {
+                self.refuse(&node, "catalog update", &refusal);
+                return Ok(());
+            }
+        };
+        // A node whose record this daemon has not verified yet: its update says only that it
+        // changed, the record and hash say what it holds.
+        let known = self.seqs.knows(&node);
+        self.seqs.accept_update(&node, opened.seq);
         let lag = (Utc::now() - update.at).num_milliseconds();
         self.status.update(|s| {
             s.catalog.updates_received += 1;
             s.catalog.last_update_lag_ms = Some(lag);
         });
-        if let Some(peer) = self.peers.get_mut(&update.node) {
+        if let Some(peer) = self.peers.get_mut(&node) {
             peer.last_seen = Utc::now();
         }
-        let node = update.node;
         match update.op {
+            CatalogOp::Leave => self.confirm_leave(con, &node, opened.seq).await?,
+            _ if !known => self.read_node(con, &node, "announce").await?,
             CatalogOp::Upsert { spec } => {
                 let report = self.catalog.upsert_remote(&node, *spec).await;
                 self.report_merge(&node, "update", &report);
@@ -269,26 +399,64 @@ impl Driver {
                 let report = self.catalog.remove_remote(&node, &service).await;
                 self.report_merge(&node, "update", &report);
             }
-            CatalogOp::Announce => {
-                let mut pipe = redis::pipe();
-                pipe.cmd("GET").arg(self.keys.node(&node));
-                pipe.cmd("HGETALL").arg(self.keys.services(&node));
-                let (record, hash): (Option<Vec<u8>>, HashMap<String, Vec<u8>>) =
-                    pipe.query_async(con).await?;
-                let specs = self.parse_specs(&node, Some(&hash));
-                let count = specs.len();
-                let report = self.catalog.set_remote_node(&node, specs).await;
-                self.report_merge(&node, "announce", &report);
-                if let Some(Ok(record)) = record.map(|r| wire::parse_record(&r))
-                    && record.node == node
-                {
-                    self.saw(record, count);
-                }
-            }
-            CatalogOp::Leave => self.expire_peer(&node, "left the cluster").await,
+            CatalogOp::Announce => self.read_node(con, &node, "announce").await?,
         }
         let peers_now: Vec<PeerStatus> = self.peers.values().cloned().collect();
         self.status.update(|s| s.peers = peers_now);
+        Ok(())
+    }
+
+    /// Reads one node's record and hash (in one transaction) and merges what verifies.
+    async fn read_node(
+        &mut self,
+        con: &mut MultiplexedConnection,
+        node: &str,
+        cause: &str,
+    ) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("GET").arg(self.keys.node(node));
+        pipe.cmd("HGETALL").arg(self.keys.services(node));
+        let (record, hash): (Option<Vec<u8>>, HashMap<String, Vec<u8>>) =
+            pipe.query_async(con).await?;
+        let Some(record) = record else {
+            return Ok(()); // gone again; the sync expires it
+        };
+        match self.verify_node(node, &record, &hash) {
+            Ok(verified) => self.merge_node(node, cause, verified).await,
+            Err(refusal) => self.refuse(node, "node record", &refusal),
+        }
+        Ok(())
+    }
+
+    /// A signed `Leave` (sequence `seq`) of `node`: the node deleted its record before sending
+    /// it, so a record of that node that is still there and newer says it is back (the leave
+    /// is superseded); otherwise its registrations go.
+    async fn confirm_leave(
+        &mut self,
+        con: &mut MultiplexedConnection,
+        node: &str,
+        seq: u64,
+    ) -> RedisResult<()> {
+        let record: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.keys.node(node))
+            .query_async(con)
+            .await?;
+        let back = record
+            .and_then(|bytes| self.sealer.open(SealKind::Record, &bytes).ok())
+            .filter(|opened| opened.node == node && opened.seq > seq);
+        if let Some(opened) = back {
+            self.refuse(
+                node,
+                "leave",
+                &Refusal::Superseded {
+                    seq,
+                    record: opened.seq,
+                },
+            );
+            return Ok(());
+        }
+        self.expire_peer(node, "left the cluster").await;
         Ok(())
     }
 }

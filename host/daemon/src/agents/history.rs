@@ -407,10 +407,12 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         duration_ms: row.get::<_, Option<i64>>(7)?.map(|d| d.max(0) as u64),
         outcome: RunOutcome::parse(&row.get::<_, String>(8)?),
         summary: row.get(9)?,
-        // Stored as the agent wrote it (the runtime checked it is JSON); a hand-edited row
-        // that no longer parses is shown as a string rather than lost.
-        output: output
-            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))),
+        // Stored as the agent wrote it and read back with the reader the runtime checked it
+        // with, so every stored output is served as its document; only a hand-edited row that
+        // no longer parses is shown as a string rather than lost.
+        output: output.map(|text| {
+            evolve_runtime::output::parse(&text).unwrap_or(serde_json::Value::String(text))
+        }),
         error_code: row.get(11)?,
         error: row.get(12)?,
         generation: row.get::<_, Option<i64>>(13)?.map(|g| g.max(0) as u64),

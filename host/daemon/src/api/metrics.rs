@@ -98,6 +98,11 @@ impl Collector for RuntimeCollector {
                 "Components compiled because the AOT cache had none",
                 stats.misses,
             ),
+            (
+                "evolve_aot_rejected",
+                "Cached AOT artifacts refused (missing or wrong tag) and recompiled, never mapped",
+                stats.rejected,
+            ),
         ] {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(

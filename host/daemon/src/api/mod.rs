@@ -1,4 +1,5 @@
-//! The HTTP API (axum): routes, bearer-token auth for mutating calls, JSON errors.
+//! The HTTP API (axum): routes, the access check ([`guard`]: hosts, origins, tokens and their
+//! scopes), the audit log ([`audit`]), JSON errors.
 //!
 //! | route | what |
 //! |---|---|
@@ -17,11 +18,14 @@
 //! | `/v1/models…`, `/v1/registry…` | the model registry: see [`models`] |
 //! | `/v1/services…`, `POST /v1/route/{type}` | the service mesh, see [`services`] |
 //! | `GET /v1/cluster` | cluster membership over Redis |
+//! | `GET /v1/audit` | the audit log, newest first (scope `admin`) |
 
 pub mod agents;
+pub mod audit;
 mod cluster;
 mod error;
 mod events;
+pub mod guard;
 mod health;
 mod metrics;
 pub mod models;
@@ -32,13 +36,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, Method, header};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
 use axum::routing::{get, post};
 
 pub use self::error::{ApiError, JsonBody, optional_json};
+pub use self::guard::Caller;
+use crate::access::Scope;
 use crate::agents::AgentManager;
 use crate::config::HostConfig;
 use crate::reload::Reloader;
@@ -65,6 +69,10 @@ pub struct ApiState {
     /// Turns true when the daemon stops, so never-ending answers (event follows) end and the
     /// graceful shutdown is not held for its whole grace.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Tokens, scopes, hosts and origins, prepared from the config for the access check.
+    pub access: Arc<guard::Access>,
+    /// Where mutations and refusals are recorded; none in tests that need no trail.
+    pub audit: Option<Arc<audit::AuditLog>>,
 }
 
 impl ApiState {
@@ -76,6 +84,7 @@ impl ApiState {
         agents: AgentManager,
     ) -> ApiState {
         let metrics = Arc::new(metrics::registry(runtime.clone()));
+        let access = Arc::new(guard::Access::new(&config.server));
         ApiState {
             runtime,
             reloader,
@@ -88,7 +97,15 @@ impl ApiState {
             mesh: None,
             cluster: None,
             stop: None,
+            access,
+            audit: None,
         }
+    }
+
+    /// Adds the audit log (see [`audit`]).
+    pub fn with_audit(mut self, audit: Arc<audit::AuditLog>) -> ApiState {
+        self.audit = Some(audit);
+        self
     }
 
     /// Adds the daemon's stop signal (see [`ApiState::stop`]).
@@ -127,12 +144,14 @@ impl ApiState {
     }
 }
 
-/// One route of the API, for the inventory and the generated docs.
+/// One route of the API, for the inventory, the generated docs and the access check.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoint {
     pub method: &'static str,
     pub path: &'static str,
     pub summary: &'static str,
+    /// The scope a token needs (with tokens configured; reads only when `server.auth_reads`).
+    pub scope: Scope,
 }
 
 /// [`ENDPOINTS`] as the plugins' inventory lists them.
@@ -147,200 +166,289 @@ pub fn inventory_endpoints() -> Vec<evolve_runtime::bindings::inventory::ApiEndp
         .collect()
 }
 
-const fn endpoint(method: &'static str, path: &'static str, summary: &'static str) -> Endpoint {
+const fn endpoint(
+    scope: Scope,
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+) -> Endpoint {
     Endpoint {
         method,
         path,
         summary,
+        scope,
+    }
+}
+
+/// An endpoint that shows state.
+const fn read(method: &'static str, path: &'static str, summary: &'static str) -> Endpoint {
+    endpoint(Scope::Read, method, path, summary)
+}
+
+/// An endpoint that acts: runs, reloads, probes, traffic through the API.
+const fn operate(method: &'static str, path: &'static str, summary: &'static str) -> Endpoint {
+    endpoint(Scope::Operate, method, path, summary)
+}
+
+/// An endpoint that changes what the daemon holds, or shows the audit trail.
+const fn admin(method: &'static str, path: &'static str, summary: &'static str) -> Endpoint {
+    endpoint(Scope::Admin, method, path, summary)
+}
+
+/// The endpoint a request is for: the first of [`ENDPOINTS`] whose method and path pattern
+/// match (`{x}` is one segment; a last `{path}` is the rest). `None` for no known route.
+pub fn endpoint_of(method: &str, path: &str) -> Option<&'static Endpoint> {
+    ENDPOINTS.iter().find(|e| {
+        (e.method == method || e.method == "ANY" || (method == "HEAD" && e.method == "GET"))
+            && path_matches(e.path, path)
+    })
+}
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut pattern = pattern.split('/');
+    let mut path = path.split('/');
+    loop {
+        match (pattern.next(), path.next()) {
+            (None, None) => return true,
+            (Some("{path}"), Some(_)) => return true,
+            (Some(p), Some(s)) if p.starts_with('{') && p.ends_with('}') && !s.is_empty() => {}
+            (Some(p), Some(s)) if p == s => {}
+            _ => return false,
+        }
     }
 }
 
 /// Every route [`router`] serves (an end-to-end test requests each one).
 pub const ENDPOINTS: &[Endpoint] = &[
-    endpoint(
+    read(
         "GET",
         "/healthz",
         "liveness and a summary of loaded plugins",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/health",
         "the whole system's health: plugins, services, registry, agents, cluster",
     ),
-    endpoint("GET", "/metrics", "Prometheus metrics (text format)"),
-    endpoint("GET", "/v1/plugins", "serving, draining and failed plugins"),
-    endpoint(
+    read(
+        "GET",
+        "/metrics", "Prometheus metrics (text format)"),
+    read(
+        "GET",
+        "/v1/plugins", "serving, draining and failed plugins"),
+    read(
         "GET",
         "/v1/plugins/{name}",
         "one plugin: limits, permissions, calls, reloads",
     ),
-    endpoint(
+    operate(
         "POST",
         "/v1/plugins/{name}/reload",
         "reconcile one plugin directory now",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/events",
         "recent events of the internal bus (?kind=; ?follow=true streams them as JSON lines)",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/runtime",
         "instance pool, AOT cache, default limits and ceilings",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/agents",
         "meta agents with policy, schedule, health and run stats",
     ),
-    endpoint("GET", "/v1/agents/health", "every agent's health history"),
-    endpoint(
+    read(
+        "GET",
+        "/v1/agents/health", "every agent's health history"),
+    operate(
         "POST",
         "/v1/agents/{name}/run",
         "run a task on a meta agent (recorded)",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/agents/{name}/health",
         "ask a meta agent for its health now",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/agents/{name}/runs",
         "an agent's run history and stats",
     ),
-    endpoint("GET", "/v1/agents/{name}/runs/{id}", "one run"),
-    endpoint(
+    read(
+        "GET",
+        "/v1/agents/{name}/runs/{id}", "one run"),
+    operate(
         "POST",
         "/v1/agents/{name}/runs/{id}/cancel",
         "cancel a run in progress",
     ),
-    endpoint(
+    operate(
         "POST",
         "/v1/system/integration-tests",
         "run the integration tester",
     ),
-    endpoint("POST", "/v1/system/log-analysis", "run the log analyzer"),
-    endpoint("POST", "/v1/system/documentation", "run the doc generator"),
-    endpoint(
+    operate(
+        "POST",
+        "/v1/system/log-analysis", "run the log analyzer"),
+    operate(
+        "POST",
+        "/v1/system/documentation", "run the doc generator"),
+    operate(
         "POST",
         "/v1/system/security-audit",
         "run the security auditor",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/services",
         "services with instances, balancer, health, circuits, latency",
     ),
-    endpoint("POST", "/v1/services", "register a service"),
-    endpoint(
+    admin(
+        "POST",
+        "/v1/services", "register a service"),
+    read(
         "GET",
         "/v1/services/health",
         "per service and instance health, breaker state, last check, EWMA latency",
     ),
-    endpoint("GET", "/v1/services/{name}", "one service"),
-    endpoint("PUT", "/v1/services/{name}", "replace a service's spec"),
-    endpoint("DELETE", "/v1/services/{name}", "remove a service"),
-    endpoint(
+    read(
+        "GET",
+        "/v1/services/{name}", "one service"),
+    admin(
+        "PUT",
+        "/v1/services/{name}", "replace a service's spec"),
+    admin(
+        "DELETE",
+        "/v1/services/{name}", "remove a service"),
+    operate(
         "POST",
         "/v1/services/{name}/probe",
         "one request of its health path through the mesh",
     ),
-    endpoint(
+    operate(
         "ANY",
         "/v1/services/{name}/proxy/{path}",
         "forward a request to the named service",
     ),
-    endpoint(
+    operate(
         "POST",
         "/v1/route/{type}",
         "forward a request to a service offering the type's capability",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/models",
         "models: list and search by task, tag, name",
     ),
-    endpoint("POST", "/v1/models", "register a model"),
-    endpoint(
+    admin(
+        "POST",
+        "/v1/models", "register a model"),
+    read(
         "GET",
         "/v1/models/best",
         "the best model of a task type under a scoring policy, explained",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/models/{name}",
         "one model with its versions and aliases",
     ),
-    endpoint("GET", "/v1/models/{name}/versions", "a model's versions"),
-    endpoint(
+    read(
+        "GET",
+        "/v1/models/{name}/versions", "a model's versions"),
+    admin(
         "POST",
         "/v1/models/{name}/versions",
         "create the next version",
     ),
-    endpoint("GET", "/v1/models/{name}/versions/{version}", "one version"),
-    endpoint(
+    read(
+        "GET",
+        "/v1/models/{name}/versions/{version}", "one version"),
+    admin(
         "POST",
         "/v1/models/{name}/versions/{version}/status",
         "set a version's status",
     ),
-    endpoint("GET", "/v1/models/{name}/aliases", "a model's aliases"),
-    endpoint("GET", "/v1/models/{name}/aliases/{alias}", "one alias"),
-    endpoint(
+    read(
+        "GET",
+        "/v1/models/{name}/aliases", "a model's aliases"),
+    read(
+        "GET",
+        "/v1/models/{name}/aliases/{alias}", "one alias"),
+    admin(
         "PUT",
         "/v1/models/{name}/aliases/{alias}",
         "point an alias at a version (promotion)",
     ),
-    endpoint(
+    admin(
         "DELETE",
         "/v1/models/{name}/aliases/{alias}",
         "delete an alias",
     ),
-    endpoint(
+    admin(
         "POST",
         "/v1/models/{name}/aliases/{alias}/rollback",
         "move an alias back to its previous target",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/models/{name}/aliases/{alias}/history",
         "an alias's append-only history of moves",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/models/{name}/performance",
         "performance history and aggregates",
     ),
-    endpoint(
+    admin(
         "POST",
         "/v1/models/{name}/performance",
         "record performance points (one or a batch)",
     ),
-    endpoint(
+    read(
         "GET",
         "/v1/registry",
         "the registry's health: counts, integrity, backups",
     ),
-    endpoint("GET", "/v1/registry/policies", "the named scoring policies"),
-    endpoint("GET", "/v1/registry/backups", "the registry's backups"),
-    endpoint("POST", "/v1/registry/backups", "take an online backup now"),
-    endpoint(
+    read(
+        "GET",
+        "/v1/registry/policies", "the named scoring policies"),
+    read(
+        "GET",
+        "/v1/registry/backups", "the registry's backups"),
+    admin(
+        "POST",
+        "/v1/registry/backups", "take an online backup now"),
+    admin(
         "POST",
         "/v1/registry/restore",
         "restore the registry from a backup",
     ),
-    endpoint("GET", "/v1/registry/export", "the whole registry as JSON"),
-    endpoint("POST", "/v1/registry/import", "import a JSON export"),
-    endpoint(
+    read(
+        "GET",
+        "/v1/registry/export", "the whole registry as JSON"),
+    admin(
+        "POST",
+        "/v1/registry/import", "import a JSON export"),
+    read(
         "GET",
         "/v1/cluster",
         "cluster: Redis connection, peers with last-seen, last sync and lag, buffered and dropped events",
     ),
-    endpoint(
+    operate(
         "POST",
         "/v1/checkers/{name}/check",
         "check a service instance with a health checker",
+    ),
+    admin(
+        "GET",
+        "/v1/audit",
+        "the audit log: every mutation and refusal, newest first (?limit=, ?caller=)",
     ),
 ];
 
@@ -366,6 +474,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/system/{job}", post(agents::system))
         .route("/v1/checkers/{name}/check", post(plugins::check_service))
         .route("/v1/cluster", get(cluster::show))
+        .route("/v1/audit", get(audit::list))
         .merge(models::routes(&state))
         .merge(services::routes())
         .fallback(|| async {
@@ -385,159 +494,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_token,
+            guard::guard,
         ))
         .with_state(state)
-}
-
-/// The name of the token that authorised a request, for audit trails.
-#[derive(Debug, Clone)]
-pub struct Caller(pub String);
-
-/// With tokens configured: every method but GET/HEAD needs `Authorization: Bearer <token>`, and
-/// every bearer token presented on any method, GET and HEAD included, must be one the daemon
-/// knows. A request that carries a known token gets its [`Caller`]. (The proxy removes
-/// `Authorization` from every forwarded request while tokens are configured, so the daemon's
-/// token never reaches a backend, however it was spelled.)
-async fn require_token(
-    State(state): State<ApiState>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let tokens = &state.config.server.tokens;
-    if tokens.is_empty() {
-        return Ok(next.run(request).await);
-    }
-    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
-    let presented = match bearer_credentials(request.headers()) {
-        Ok(presented) => presented,
-        Err(message) => return Err(ApiError::unauthorized(message)),
-    };
-    if presented.is_empty() {
-        if reads {
-            return Ok(next.run(request).await);
-        }
-        return Err(ApiError::unauthorized(
-            "this endpoint changes state and needs `Authorization: Bearer <token>`",
-        ));
-    }
-    // Every bearer credential presented must be known: a second header cannot vouch for a
-    // first one.
-    let mut caller = None;
-    for token in &presented {
-        match known_token(tokens, token) {
-            Some(name) => caller = caller.or(Some(name)),
-            None => {
-                return Err(ApiError::unauthorized(
-                    "the bearer token is not one this daemon knows",
-                ));
-            }
-        }
-    }
-    if let Some(name) = caller {
-        request.extensions_mut().insert(Caller(name.to_string()));
-    }
-    Ok(next.run(request).await)
-}
-
-/// Every bearer credential among the `Authorization` headers (the scheme is case-insensitive,
-/// RFC 9110 §11.1). Other schemes are not credentials for this daemon and are ignored here (the
-/// proxy strips them all the same); a header that is not visible ASCII is refused, since what
-/// it holds cannot be checked.
-fn bearer_credentials(headers: &HeaderMap) -> Result<Vec<&str>, &'static str> {
-    let mut presented = Vec::new();
-    for value in headers.get_all(header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| "the Authorization header is not visible ASCII")?;
-        if let Some((scheme, credential)) = value.trim().split_once(' ')
-            && scheme.eq_ignore_ascii_case("bearer")
-        {
-            presented.push(credential.trim());
-        }
-    }
-    Ok(presented)
-}
-
-/// The name of the configured token equal to `presented`. Both sides are hashed first, so the
-/// comparison always covers 32 bytes whatever the lengths, and every token is compared, so
-/// neither a matching prefix, a length nor a token's place in the list shows in the time taken.
-fn known_token<'a>(
-    tokens: &'a std::collections::BTreeMap<String, String>,
-    presented: &str,
-) -> Option<&'a str> {
-    use sha2::{Digest, Sha256};
-    let presented = Sha256::digest(presented.as_bytes());
-    let mut found = None;
-    for (name, token) in tokens {
-        let token = Sha256::digest(token.as_bytes());
-        if constant_time_eq(&token, &presented) && found.is_none() {
-            found = Some(name.as_str());
-        }
-    }
-    found
-}
-
-/// Compares equal-length byte strings without an early exit.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::http::{HeaderMap, HeaderValue, header};
-
-    use super::{bearer_credentials, constant_time_eq, known_token};
-
-    #[test]
-    fn token_comparison_needs_every_byte() {
-        assert!(constant_time_eq(b"secret-token-123", b"secret-token-123"));
-        assert!(!constant_time_eq(b"secret-token-123", b"secret-token-124"));
-        assert!(!constant_time_eq(b"secret", b"secret-token-123"));
-    }
-
-    #[test]
-    fn a_presented_token_is_matched_by_value_whatever_its_length_or_place() {
-        let tokens = std::collections::BTreeMap::from([
-            ("ci".to_string(), "ci-token-0123456789abcdef".to_string()),
-            ("ops".to_string(), "ops-token-0123456789abcdef".to_string()),
-        ]);
-        assert_eq!(
-            known_token(&tokens, "ops-token-0123456789abcdef"),
-            Some("ops")
-        );
-        assert_eq!(
-            known_token(&tokens, "ci-token-0123456789abcdef"),
-            Some("ci")
-        );
-        assert_eq!(known_token(&tokens, "ops-token-0123456789abcde"), None);
-        assert_eq!(known_token(&tokens, ""), None);
-    }
-
-    #[test]
-    fn every_bearer_header_is_a_credential_whatever_the_scheme_case() {
-        let mut headers = HeaderMap::new();
-        headers.append(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic dXNlcjpw"),
-        );
-        headers.append(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer  one "),
-        );
-        headers.append(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("BEARER two"),
-        );
-        assert_eq!(bearer_credentials(&headers), Ok(vec!["one", "two"]));
-        let mut opaque = HeaderMap::new();
-        opaque.append(
-            header::AUTHORIZATION,
-            HeaderValue::from_bytes(b"Bearer \xff").expect("obs-text is a valid header value"),
-        );
-        assert!(bearer_credentials(&opaque).is_err());
-    }
 }

@@ -14,14 +14,15 @@
 //! | `POST /v1/models/{name}/aliases/{alias}/rollback` | move an alias back one move |
 //! | `GET /v1/models/{name}/aliases/{alias}/history` | every move of an alias |
 //! | `GET, POST /v1/models/{name}/performance` | metric history and aggregates / record |
-//! | `GET /v1/registry` | registry health with `integrity_check` |
+//! | `GET /v1/registry` | registry health with `integrity_check` (at most 60 s old, see [`evolve_registry::status::INTEGRITY_CHECK_MAX_AGE`]) |
 //! | `GET /v1/registry/policies` | scoring policies |
 //! | `GET, POST /v1/registry/backups` | list / write a backup now |
 //! | `POST /v1/registry/restore` | restore a backup by file name |
-//! | `GET /v1/registry/export`, `POST /v1/registry/import` | whole-registry JSON |
+//! | `GET /v1/registry/export`, `POST /v1/registry/import` | whole-registry JSON (the export streamed) |
 //!
 //! Registry calls run on a blocking thread (SQLite); a write is answered only after it
-//! committed.
+//! committed. The export is read on a blocking thread of its own and streamed in chunks
+//! ([`ExportBody`]), so its size costs the daemon a few chunks of memory, not the registry.
 
 use std::collections::BTreeMap;
 
@@ -537,8 +538,81 @@ async fn restore(
     Ok(ok(json!({ "restored": true, "previous_saved_as": saved })))
 }
 
+/// Export chunks read ahead of a slow client before the reader waits for it.
+const EXPORT_QUEUE: usize = 4;
+
+/// `GET /v1/registry/export`: the document streamed as its chunks are read. An error before
+/// the first chunk is a JSON error answer; one after it ends the body early (the client sees a
+/// cut-off transfer, never a document that parses but misses models).
 async fn export(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    Ok(ok(with_registry(&state, |r| r.export()).await?))
+    let Some(registry) = state.registry.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_unavailable",
+            "this daemon runs without a model registry",
+        ));
+    };
+    let (chunks, mut queue) = tokio::sync::mpsc::channel(EXPORT_QUEUE);
+    tokio::task::spawn_blocking(move || {
+        let sender = chunks.clone();
+        let read = registry.export_chunks(Utc::now(), &mut |chunk| {
+            // Fails once the client is gone: the reader stops.
+            sender.blocking_send(Ok(bytes::Bytes::from(chunk))).is_ok()
+        });
+        if let Err(error) = read {
+            let _ = chunks.blocking_send(Err(error));
+        }
+    });
+    let first = match queue.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(error)) => return Err(ApiError::from(error)),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the registry export task ended without an answer",
+            ));
+        }
+    };
+    let mut response = Response::new(axum::body::Body::new(ExportBody {
+        first: Some(first),
+        queue,
+    }));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// The body of a streamed export: the chunks as the reader sends them; a read error ends it
+/// with an error (logged), so the transfer is cut off rather than completed.
+struct ExportBody {
+    first: Option<bytes::Bytes>,
+    queue: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, RegistryError>>,
+}
+
+impl hyper::body::Body for ExportBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+        }
+        self.queue.poll_recv(cx).map(|next| {
+            next.map(|chunk| match chunk {
+                Ok(chunk) => Ok(hyper::body::Frame::data(chunk)),
+                Err(error) => {
+                    tracing::error!(%error, "registry export failed mid-stream; the answer is cut off");
+                    Err(std::io::Error::other(error.to_string()))
+                }
+            })
+        })
+    }
 }
 
 async fn import(

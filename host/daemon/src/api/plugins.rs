@@ -40,6 +40,9 @@ pub struct PluginView {
     pub last_reload: Option<ReloadRecord>,
     pub supervision: SupervisionView,
     pub info: Option<Description>,
+    /// The name `describe()` gave when it was not the manifest's (escaped): shown only as
+    /// this warning; `name` and `info.name` are the manifest's everywhere.
+    pub claimed_name: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,6 +105,7 @@ impl PluginView {
             last_reload,
             supervision: plugin.supervision.view(),
             info: plugin.description().cloned(),
+            claimed_name: plugin.claimed_name().map(str::to_string),
         }
     }
 }

@@ -143,11 +143,7 @@ async fn proxy(
         .find(|(k, _)| k == "name")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let prefix = format!("/v1/services/{name}/proxy");
-    let rest = request
-        .uri()
-        .path()
-        .strip_prefix(&prefix)
+    let rest = proxied_path(request.uri().path())
         .ok_or_else(|| MeshError::UnknownService(name.clone()))?;
     let path = if rest.is_empty() { "/" } else { rest };
     let path_and_query = match request.uri().query() {
@@ -159,6 +155,15 @@ async fn proxy(
         .proxy(&name, path_and_query, request, strip)
         .await?;
     Ok(response)
+}
+
+/// What follows `/v1/services/{name}/proxy` in the request's path, as the client wrote it: the
+/// name segment is skipped however it is spelled (`Path` gave its percent-decoded value, which
+/// a raw path need not contain), and the rest stays encoded, so the instance gets the path
+/// the client sent (an encoded `/` stays one segment).
+fn proxied_path(path: &str) -> Option<&str> {
+    let (_name, rest) = path.strip_prefix("/v1/services/")?.split_once('/')?;
+    rest.strip_prefix("proxy")
 }
 
 async fn route(
@@ -177,4 +182,21 @@ async fn route(
 /// a known token in any case.
 fn strips_authorization(state: &ApiState, request: &Request) -> bool {
     !state.config.server.tokens.is_empty() || request.extensions().get::<Caller>().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxied_path;
+
+    #[test]
+    fn the_proxied_path_follows_the_name_however_it_is_encoded() {
+        assert_eq!(proxied_path("/v1/services/fc/proxy/work"), Some("/work"));
+        // `%2E` is `.`: the router decoded the name to `fc.v2`, the raw path still says `%2E`.
+        assert_eq!(
+            proxied_path("/v1/services/fc%2Ev2/proxy/a%2Fb/c"),
+            Some("/a%2Fb/c")
+        );
+        assert_eq!(proxied_path("/v1/services/%66c/proxy"), Some(""));
+        assert_eq!(proxied_path("/v1/services/fc"), None);
+    }
 }

@@ -52,7 +52,7 @@ async fn send(
         .parse()
         .with_context(|| format!("--api {} does not form a valid URL", api.api))?;
     let mut builder = Request::builder().method(method).uri(uri);
-    if let Some(token) = &api.token {
+    if let Some(token) = bearer_token(api)? {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
     let payload = match body {
@@ -72,6 +72,47 @@ async fn send(
             api.api
         )
     })
+}
+
+/// The token to present: `--token` / EVOLVE_TOKEN, else `--token-file` / EVOLVE_TOKEN_FILE,
+/// else EVOLVE_AUTH_TOKEN.
+fn bearer_token(api: &ApiArgs) -> anyhow::Result<Option<String>> {
+    if let Some(token) = api.token.as_ref().filter(|t| !t.is_empty()) {
+        return Ok(Some(token.clone()));
+    }
+    if let Some(path) = &api.token_file {
+        return read_token_file(path).map(Some);
+    }
+    Ok(std::env::var("EVOLVE_AUTH_TOKEN").ok().filter(|t| !t.is_empty()))
+}
+
+/// Longest token file read: a token is a line; this only stops a wrong path from being read.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 << 10;
+
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "the token file {} has mode {mode:o}, so its group or others may read it: run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
+        bail!("the token file {} is larger than a token file can be", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    match text.lines().map(str::trim).find(|line| !line.is_empty()) {
+        Some(token) => Ok(token.to_string()),
+        None => bail!("the token file {} is empty", path.display()),
+    }
 }
 
 /// Longest line [`follow_lines`] accepts: far above any event, it only stops a wrong `--api` URL

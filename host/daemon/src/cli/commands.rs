@@ -129,6 +129,12 @@ pub async fn plugin_check(path: &Path, config: Option<&Path>, json: bool) -> any
     if let Some(info) = &view.info {
         println!("  describe()   {}", serde_json::to_string(info)?);
     }
+    if let Some(claimed) = &view.claimed_name {
+        println!(
+            "  warning      describe() names it `{claimed}`; it is served as `{}`, its manifest name",
+            view.name
+        );
+    }
     Ok(())
 }
 

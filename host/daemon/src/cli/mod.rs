@@ -118,9 +118,14 @@ pub struct ApiArgs {
         global = true
     )]
     pub api: String,
-    /// Bearer token for mutating calls.
-    #[arg(long, env = "EVOLVE_AUTH_TOKEN", hide_env_values = true, global = true)]
+    /// Bearer token (prefer EVOLVE_TOKEN or --token-file: an argument shows in `ps`). When none
+    /// is given, EVOLVE_AUTH_TOKEN (the daemon's own variable) is used.
+    #[arg(long, env = "EVOLVE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// A file holding the bearer token (its first line); refused when its group or others may
+    /// read it.
+    #[arg(long, env = "EVOLVE_TOKEN_FILE", global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Print the API's JSON answer instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::h1::{self, Framing, RequestHead, ResponseHead};
 use crate::instance::InstanceState;
 use crate::proxy::{
-    ATTEMPTS, ATTEMPTS_NAME, AttemptGuard, INSTANCE_NAME, InFlight, Retry, SERVICE_NAME,
+    ATTEMPTS, ATTEMPTS_NAME, AttemptGuard, Budget, INSTANCE_NAME, InFlight, Retry, SERVICE_NAME,
     error_chain, retry_after, take_slot,
 };
 use crate::retry::is_idempotent;
@@ -30,6 +30,8 @@ use super::io::{copy_chunked, copy_length, copy_until_close, read_more, send_all
 /// One client connection on the fast path, with its buffers (reused by every exchange).
 pub(super) struct Connection {
     client: TcpStream,
+    /// The client's address as text, appended to `X-Forwarded-For` (empty when unknown).
+    client_ip: Vec<u8>,
     /// Read from the client and not used yet: the next head, the start of a body.
     input: Vec<u8>,
     head: RequestHead,
@@ -89,8 +91,13 @@ enum Previous {
 
 impl Connection {
     pub(super) fn new(client: TcpStream) -> Connection {
+        let client_ip = client
+            .peer_addr()
+            .map(|addr| addr.ip().to_canonical().to_string().into_bytes())
+            .unwrap_or_default();
         Connection {
             client,
+            client_ip,
             input: Vec::new(),
             head: RequestHead::default(),
             request: Vec::new(),
@@ -140,7 +147,7 @@ impl Connection {
     async fn read_head(&mut self) -> Result<Option<usize>, h1::Unsupported> {
         loop {
             if !self.input.is_empty()
-                && let Some(len) = h1::parse_request(&self.input, &mut self.head)?
+                && let Some(len) = h1::parse_request(&self.input, &mut self.head, &self.client_ip)?
             {
                 return Ok(Some(len));
             }
@@ -161,11 +168,8 @@ impl Connection {
         let config = mesh.config();
         let started = Instant::now();
         let timeout = Duration::from_millis(config.timeout_ms);
-        let budget = self
-            .head
-            .caller_budget_ms
-            .map_or(timeout, |ms| Duration::from_millis(ms).min(timeout));
-        let deadline = started + budget;
+        let budget = Budget::new(self.head.caller_budget_ms, timeout);
+        let deadline = started + budget.total;
         let retries = config.retry.max_retries;
         let may_retry = retries > 0 && is_idempotent(&self.head.method);
         // Step 2.
@@ -239,7 +243,7 @@ impl Connection {
                 Ok(Err(Failure::Connect(_))) => AttemptOutcome::ConnectError,
                 Ok(Err(Failure::Reset(_))) => AttemptOutcome::Reset,
                 Ok(Err(Failure::ClientGone)) => AttemptOutcome::Cancelled,
-                Err(_) => AttemptOutcome::Timeout,
+                Err(_) => budget.timeout_outcome(),
             };
             let ended = guard.finish(outcome, sent, config, mesh.events());
             // Step 4.
@@ -294,7 +298,7 @@ impl Connection {
                 Err(_) => MeshError::Timeout {
                     service: service.name().to_string(),
                     instance: instance.id.clone(),
-                    timeout_ms: budget.as_millis() as u64,
+                    timeout_ms: budget.total.as_millis() as u64,
                     attempts: attempt,
                 },
             };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use http::Response;
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
@@ -25,8 +26,14 @@ pub(super) async fn serve_with_hyper(
     mesh: Mesh,
     service: Arc<str>,
 ) {
-    let handler = service_fn(move |request: http::Request<Incoming>| {
+    // What the API's server records of its clients, so the data path appends the same
+    // address to `X-Forwarded-For` on every route.
+    let peer = stream.peer_addr().ok().map(ConnectInfo);
+    let handler = service_fn(move |mut request: http::Request<Incoming>| {
         let (mesh, service) = (mesh.clone(), Arc::clone(&service));
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
         async move { Ok::<_, Infallible>(forward(&mesh, &service, request).await) }
     });
     let io = Rewind {

@@ -9,10 +9,13 @@
 //! spawned connection task, header map or boxed body per request. The mesh's decisions are the
 //! same as every other route's ([`super::service::choose`], the concurrency limit, breakers,
 //! outlier detection, the retry rules of [`super::proxy::retry_after`], deadlines, the
-//! `x-evolve-*` headers). A request the fast path does not take
-//! ([`crate::h1::Unsupported`]: chunked request bodies, `Expect`, upgrades, HTTP/1.0, malformed
-//! heads) or a service with an h2c instance hands the connection, with the bytes already read,
-//! to hyper's server and [`super::Mesh::proxy_to`], which serve the rest of it.
+//! `x-evolve-*` headers, the caller-deadline floor, the header policy of [`super::proxy`]). A
+//! request the fast path does not take ([`crate::h1::Unsupported`]: chunked request bodies,
+//! `Expect`, upgrades, HTTP/1.0, malformed heads, and the ones the mesh refuses with 400: more
+//! than one `Host`, a hidden dot-segment) or a service with an h2c instance hands the
+//! connection, with the bytes already read, to hyper's server and [`super::Mesh::proxy_to`],
+//! which serve the rest of it (the client's address goes along as `ConnectInfo`, for
+//! `X-Forwarded-For`).
 //!
 //! One exchange, in steps:
 //! 1. read the request head (bounded by [`crate::h1::MAX_HEAD_BYTES`]);

@@ -11,7 +11,8 @@
 //! 3. the response gets the same headers; an outcome in `x-evolve-outcome` or, for a JSON
 //!    response, in its `evolve_outcome` field ([`parse_outcome_header`], [`parse_outcome_json`])
 //!    goes to [`ModelRouting`]'s bounded queue, which a worker drains into the selector
-//!    without ever holding up a response.
+//!    without ever holding up a response; but only on a route with `record_outcomes = true`
+//!    and from this daemon's own services ([`records_outcomes`]): the others' word is ignored.
 //!
 //! | module | holds |
 //! |---|---|
@@ -20,7 +21,7 @@
 //! | [`wire`] | steps 2 and 3: the header and field names, and setting them on a request or response |
 //! | [`outcome`] | step 3: parsing the metrics a backend reported |
 //! | [`scan`] | step 3 for JSON bodies: the body wrapper that reads `evolve_outcome` as it streams |
-//! | [`routing`] | the glue: [`ModelRouting`] (selector, cache, outcome queue) and [`RouteStats`] |
+//! | [`routing`] | the glue: [`ModelRouting`] (selector, cache, outcome queue), [`RouteStats`], [`records_outcomes`] |
 //!
 //! Every item is re-exported here, so callers name `model::X` whatever file `X` lives in.
 
@@ -33,13 +34,15 @@ pub mod wire;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod tests;
 
 pub use self::cache::{SELECTION_TTL, SelectionCache};
 pub use self::outcome::{
     MAX_OUTCOME_HEADER_BYTES, MAX_OUTCOME_METRICS, OutcomeError, parse_outcome_header,
     parse_outcome_json,
 };
-pub use self::routing::{ModelRouting, RouteStats, RoutedOutcome};
+pub use self::routing::{ModelRouting, RouteStats, RoutedOutcome, records_outcomes};
 pub use self::scan::{MAX_OUTCOME_SCAN_BYTES, ScanSink, ScannedBody, should_scan};
 pub use self::selector::{ModelSelector, NoModel, Selection};
 pub use self::wire::{

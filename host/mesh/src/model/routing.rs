@@ -1,5 +1,6 @@
 //! The glue of model-aware routing: [`ModelRouting`] holds the selector, its cache and the
-//! outcome queue; [`RouteStats`] counts what happened, for `/metrics`.
+//! outcome queue; [`RouteStats`] counts what happened, for `/metrics`; [`records_outcomes`]
+//! says whose reported outcomes are believed at all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,8 @@ use super::cache::{CacheKey, SelectionCache};
 use super::outcome::{OutcomeError, parse_outcome_header, parse_outcome_json};
 use super::selector::{ModelSelector, NoModel, Selection};
 use super::wire::{FIELD_OUTCOME, HEADER_OUTCOME};
-use crate::config::ModelWanted;
+use crate::config::{ModelWanted, RouteConfig};
+use crate::service::ServiceState;
 use evolve_core::events::EventBus;
 
 /// Outcomes waiting to be written; beyond this they are dropped and counted, never waited for.
@@ -47,6 +49,15 @@ impl RouteStats {
             *map.entry((route.to_string(), result)).or_default() += 1;
         }
     }
+}
+
+/// Whether the outcome a backend of `service` reports on `route` is recorded: only on a route
+/// that says `record_outcomes = true`, and only from this daemon's own services (config file or
+/// API). An outcome moves the registry's best model for every caller, so it is believed only
+/// from a backend the operator vouched for; a remote service was announced by a cluster peer,
+/// and nothing yet proves the peer is who it says.
+pub fn records_outcomes(route: &RouteConfig, service: &ServiceState) -> bool {
+    route.record_outcomes && service.source.is_local()
 }
 
 /// One outcome to record.

@@ -6,7 +6,10 @@ use super::*;
 
 /// Starts the data-plane listener for `service` on an ephemeral port; it stops when the
 /// returned sender is dropped or sends `true`.
-async fn listen(mesh: &Mesh, service: &str) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+pub(super) async fn listen(
+    mesh: &Mesh,
+    service: &str,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = socket.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -21,7 +24,7 @@ async fn listen(mesh: &Mesh, service: &str) -> (SocketAddr, tokio::sync::watch::
 
 /// Registers service `name` (capability `c`) with `instances` and starts the data-plane
 /// listener for it.
-async fn listening(
+pub(super) async fn listening(
     f: &Fixture,
     name: &str,
     instances: Vec<InstanceSpec>,
@@ -35,7 +38,7 @@ async fn listening(
 
 /// Writes `request` (one or more pipelined requests) on a fresh connection to `addr` and
 /// returns everything read until the listener closes it.
-async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+pub(super) async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
@@ -51,7 +54,7 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 
 /// What a hand-written backend does after its answers on one connection.
 #[derive(Clone, Copy)]
-enum AfterAnswers {
+pub(super) enum AfterAnswers {
     /// Closes right after the last answer.
     Close,
     /// Reads the next request, then closes without answering it (as an instance closing an
@@ -62,7 +65,7 @@ enum AfterAnswers {
 /// A loopback backend speaking HTTP/1.1 by hand, so the test chooses every byte of the
 /// response: per connection it answers `answers` requests (heads with an optional
 /// `Content-Length` body) with `response`, then does `after`. Counts its connections.
-async fn raw_backend(
+pub(super) async fn raw_backend(
     response: &'static str,
     answers: usize,
     after: AfterAnswers,

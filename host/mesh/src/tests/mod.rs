@@ -15,11 +15,13 @@
 //! | [`registration`] | validation, persistence, restart |
 //! | [`data_plane`] | the data-plane listener: serving, stopping |
 //! | [`fast_path`] | the listener's HTTP/1.1 fast path, against hand-written backends |
+//! | [`edge`] | the network edge: caller deadlines that judge no instance, header hygiene on every data path |
 
 mod active_health;
 mod balancing;
 mod breakers;
 mod data_plane;
+mod edge;
 mod fast_path;
 mod named_proxy;
 mod registration;
@@ -56,6 +58,7 @@ struct Seen {
     deadline_ms: Option<u64>,
     version: String,
     authorization: bool,
+    headers: http::HeaderMap,
 }
 
 /// A loopback backend answering `status` (switchable) after `delay_ms`, naming itself.
@@ -127,6 +130,7 @@ impl Backend {
                                 .and_then(|v| v.parse().ok()),
                             version: format!("{:?}", parts.version),
                             authorization: parts.headers.contains_key("authorization"),
+                            headers: parts.headers.clone(),
                         };
                         let delay = d.load(Ordering::SeqCst);
                         if delay > 0 {

@@ -1,10 +1,15 @@
 //! The call path: admission, a fresh store and instance with the plugin's grants, the export
 //! call under the deadline, classification of failures, and the check of the answer.
+//!
+//! Guest text that ends up in a host error (a trap's stderr, a refused plugin's message) is
+//! escaped where the error is made ([`escape_untrusted`]), so the error's message is safe in the
+//! daemon's log, its events and the CLI's terminal wherever it travels.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use evolve_core::untrusted::{escape_untrusted, escape_untrusted_owned};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -33,6 +38,11 @@ const MAX_HTTP_FIELDS_BYTES: usize = 16 << 10;
 /// this only covers time spent outside guest code.
 const HOST_AWAIT_GRACE: Duration = Duration::from_millis(50);
 
+/// Characters of a name `describe()` claimed that are kept for the mismatch warning. Manifest
+/// names have at most 64; twice that shows any real claim whole, and a claim of megabytes (up to
+/// `max_output_kb`) does not get copied into a log line, an event and the API.
+const MAX_CLAIMED_NAME_CHARS: usize = 128;
+
 /// A call into a plugin.
 #[derive(Debug)]
 pub enum Call {
@@ -46,7 +56,12 @@ pub enum Call {
 /// the call.
 #[derive(Debug, Clone, Serialize)]
 pub enum Answer {
-    Described(Description),
+    /// `describe()`'s answer, renamed to the manifest's name; `claimed_name` is the name the
+    /// component gave when it differed (escaped and capped), kept only to warn about.
+    Described {
+        description: Description,
+        claimed_name: Option<String>,
+    },
     Ran(Result<TaskOutcome, PluginError>),
     Health(HealthReport),
     Checked(Result<HealthReport, PluginError>),
@@ -102,7 +117,11 @@ impl Plugin {
         let (answer, logs_dropped) = match result {
             Ok(ok) => ok,
             Err((error, _)) => {
-                tracing::warn!(plugin = self.name(), code = error.code(), "{error}");
+                // Guest text in errors is escaped where they are made; escaping the rendering
+                // again (idempotent) keeps that true for every variant, present and future.
+                let message = error.to_string();
+                let message = escape_untrusted(&message);
+                tracing::warn!(plugin = self.name(), code = error.code(), "{message}");
                 return Err(error);
             }
         };
@@ -236,7 +255,38 @@ impl Plugin {
         // 6. The answer must fit the output budget and carry valid JSON.
         self.check_answer(&answer, &http_policy)
             .map_err(|e| (e, logs_dropped))?;
-        Ok((answer, logs_dropped))
+
+        // 7. A description names the plugin by its manifest: a component cannot take another
+        //    plugin's name in the API, events, logs or metrics.
+        Ok((self.own_name(answer), logs_dropped))
+    }
+
+    /// Renames a description to the manifest's name, keeping the claimed one (escaped, capped)
+    /// when it differed.
+    fn own_name(&self, answer: Answer) -> Answer {
+        let Answer::Described {
+            mut description,
+            claimed_name: _,
+        } = answer
+        else {
+            return answer;
+        };
+        let name = match &mut description {
+            Description::Agent(info) => &mut info.name,
+            Description::Checker(info) => &mut info.name,
+        };
+        let claimed_name = (name != self.name()).then(|| {
+            let claimed = std::mem::replace(name, self.name().to_string());
+            let mut shown: String = claimed.chars().take(MAX_CLAIMED_NAME_CHARS).collect();
+            if shown.len() < claimed.len() {
+                shown.push('…');
+            }
+            escape_untrusted_owned(shown)
+        });
+        Answer::Described {
+            description,
+            claimed_name,
+        }
     }
 
     fn engine(&self) -> &Engine {
@@ -273,13 +323,15 @@ impl Plugin {
             let message = if stderr.is_empty() {
                 trap.to_string()
             } else {
-                format!("{trap}; stderr: {stderr}")
+                // The guest wrote these bytes: a panic message can hold any text.
+                format!("{trap}; stderr: {}", escape_untrusted(&stderr))
             };
             return CallError::Trap { plugin, message };
         }
         CallError::Trap {
             plugin,
-            message: format!("{error:#}"),
+            // May quote a guest-made value (a resource's contents, a name it passed).
+            message: escape_untrusted_owned(format!("{error:#}")),
         }
     }
 
@@ -295,12 +347,12 @@ impl Plugin {
         }
         match answer {
             Answer::Ran(Ok(outcome)) => {
-                serde_json::from_str::<serde::de::IgnoredAny>(&outcome.output).map_err(|e| {
-                    CallError::InvalidOutput {
-                        plugin: plugin(),
-                        field: "task-outcome.output",
-                        message: e.to_string(),
-                    }
+                // The reader the daemon's history and API parse it back with: what passes here
+                // is served as this document.
+                crate::output::check(&outcome.output).map_err(|e| CallError::InvalidOutput {
+                    plugin: plugin(),
+                    field: "task-outcome.output",
+                    message: e.to_string(),
                 })?;
             }
             Answer::Ran(Err(error)) | Answer::Checked(Err(error)) => {
@@ -319,7 +371,7 @@ impl Plugin {
                                 String::new()
                             }
                         ),
-                        message: error.message.clone(),
+                        message: escape_untrusted_owned(error.message.clone()),
                     });
                 }
             }
@@ -356,13 +408,17 @@ fn answer_size(answer: &Answer) -> u64 {
         name.len() + version.len() + desc.len() + caps.iter().map(String::len).sum::<usize>()
     };
     (match answer {
-        Answer::Described(Description::Agent(a)) => {
+        Answer::Described {
+            description: Description::Agent(a),
+            ..
+        } => {
             info(&a.name, &a.version, &a.description, &a.capabilities)
                 + a.schedule.as_ref().map_or(0, String::len)
         }
-        Answer::Described(Description::Checker(c)) => {
-            info(&c.name, &c.version, &c.description, &c.capabilities)
-        }
+        Answer::Described {
+            description: Description::Checker(c),
+            ..
+        } => info(&c.name, &c.version, &c.description, &c.capabilities),
         Answer::Ran(Ok(o)) => {
             o.summary.len() + o.output.len() + o.artifacts.iter().map(String::len).sum::<usize>()
         }
@@ -382,9 +438,10 @@ async fn dispatch(
             let instance = pre.instantiate_async(&mut *store).await?;
             let agent = instance.evolve_plugin_agent();
             Ok(match call {
-                Call::Describe => {
-                    Answer::Described(Description::Agent(agent.call_describe(&mut *store).await?))
-                }
+                Call::Describe => Answer::Described {
+                    description: Description::Agent(agent.call_describe(&mut *store).await?),
+                    claimed_name: None,
+                },
                 Call::Run(task) => Answer::Ran(agent.call_run(&mut *store, &task).await?),
                 Call::Health => Answer::Health(agent.call_health(&mut *store).await?),
                 Call::Check(_) => {
@@ -396,9 +453,10 @@ async fn dispatch(
             let instance = pre.instantiate_async(&mut *store).await?;
             let checker = instance.evolve_plugin_checker();
             Ok(match call {
-                Call::Describe => Answer::Described(Description::Checker(
-                    checker.call_describe(&mut *store).await?,
-                )),
+                Call::Describe => Answer::Described {
+                    description: Description::Checker(checker.call_describe(&mut *store).await?),
+                    claimed_name: None,
+                },
                 Call::Check(service) => {
                     Answer::Checked(checker.call_check(&mut *store, &service).await?)
                 }

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use super::grants::resolve_grants;
+use super::grants::{GrantPolicy, resolve_grants};
 use super::stats::PluginStats;
 use super::world::{check_world, explain_link_error, not_a_component};
 use super::{Plugin, WorldPre};
@@ -44,7 +44,7 @@ pub(crate) struct LoadEnv<'a> {
     pub defaults: &'a LimitValues,
     pub ceilings: &'a LimitValues,
     pub data_dir: &'a Path,
-    pub protected_dirs: &'a [PathBuf],
+    pub grant_policy: &'a GrantPolicy,
     pub snapshot_source: Weak<dyn SnapshotSource>,
     pub generation: u64,
 }
@@ -167,7 +167,7 @@ fn validate(env: &LoadEnv<'_>, loaded: Loaded) -> Result<Validated, LoadError> {
         });
     }
     let limits = Limits::resolve(&name, &loaded.manifest.limits, env.defaults, env.ceilings)?;
-    let (grants, http_hosts) = resolve_grants(&loaded.manifest, env.data_dir, env.protected_dirs)?;
+    let (grants, http_hosts) = resolve_grants(&loaded.manifest, env.data_dir, env.grant_policy)?;
     let (component, cache) = env
         .aot
         .load(env.engine, &loaded.bytes, &loaded.sha256)

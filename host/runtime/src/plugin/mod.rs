@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 pub use self::call::{Answer, Call, CallReport};
+pub use self::grants::{ALLOWED_DIR_ROOTS_KEY, ALLOWED_ENV_KEY, DaemonPath, GrantPolicy, Guard};
 pub(crate) use self::lifecycle::LoadEnv;
 pub use self::lifecycle::{Loaded, hex_sha256};
 pub use self::stats::{LastError, PluginStats};
@@ -54,6 +55,14 @@ pub enum Description {
     Checker(CheckerInfo),
 }
 
+/// A recorded description and the name the component claimed in it when that was not its
+/// manifest's.
+#[derive(Debug)]
+struct Described {
+    description: Description,
+    claimed_name: Option<String>,
+}
+
 /// A plugin ready to serve.
 pub struct Plugin {
     pub manifest: Manifest,
@@ -73,7 +82,8 @@ pub struct Plugin {
     gate: CallGate,
     http_hosts: Arc<[HostPattern]>,
     snapshot_source: Weak<dyn SnapshotSource>,
-    description: OnceLock<Description>,
+    /// What the first canary's `describe()` returned, named by the manifest.
+    description: OnceLock<Described>,
     digest: String,
     active: AtomicU32,
     idle: Notify,
@@ -130,12 +140,30 @@ impl Plugin {
         self.manifest.kind
     }
 
+    /// `describe()`'s answer; its `name` is always the manifest's.
     pub fn description(&self) -> Option<&Description> {
-        self.description.get()
+        self.description.get().map(|d| &d.description)
     }
 
-    pub(crate) fn set_description(&self, description: Description) {
-        let _ = self.description.set(description);
+    /// The name `describe()` claimed when it was not the manifest's (escaped, for display only):
+    /// the plugin is served, logged and counted under its manifest name regardless.
+    pub fn claimed_name(&self) -> Option<&str> {
+        self.description.get()?.claimed_name.as_deref()
+    }
+
+    /// Records the first description; returns whether this one was recorded (later canaries of
+    /// the same generation keep the first).
+    pub(crate) fn set_description(
+        &self,
+        description: Description,
+        claimed_name: Option<String>,
+    ) -> bool {
+        self.description
+            .set(Described {
+                description,
+                claimed_name,
+            })
+            .is_ok()
     }
 
     pub fn in_flight(&self) -> u32 {

@@ -8,6 +8,8 @@
 //!    jittered backoff, up to `max_retries` extra attempts and never past the run's deadline.
 //! 5. **Finish**: succeeded, failed (with the reason), or cancelled; the outcome is written
 //!    (fsynced) before anyone waiting is answered, then `agent.run_finished` is published.
+//!    An agent whose kept history has grown [`PRUNE_SLACK`] runs past `agents.runs_kept` is
+//!    pruned back to it in the same step.
 //!
 //! The whole run is bounded by a deadline (`agents.run_deadline_s`, or shorter per request)
 //! and can be cancelled by id; both drop the attempt in flight, which stops the guest.
@@ -31,6 +33,11 @@ use evolve_core::events::{Event, EventKind};
 use evolve_core::sync::lock;
 use evolve_runtime::CallError;
 use evolve_runtime::bindings::types::{PluginError, Task, TaskOutcome};
+
+/// Finished runs an agent may keep beyond `agents.runs_kept` before it is pruned back: pruning
+/// is amortised (one delete per this many of the agent's own runs, not one per run), and it is
+/// counted per agent, so every agent is bounded however the runs of all agents interleave.
+pub(crate) const PRUNE_SLACK: u64 = 64;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -325,9 +332,20 @@ impl AgentManager {
         let history = self.inner.history.clone();
         let stored = finish.clone();
         let agent = name.to_string();
+        let keep = self.inner.config.runs_kept;
         let persisted = tokio::task::spawn_blocking(move || {
             history.finish(id, &stored)?;
-            Ok::<_, HistoryError>((history.get(id)?, history.stats(&agent)?))
+            let mut stats = history.stats(&agent)?;
+            if stats.runs > u64::from(keep) + PRUNE_SLACK {
+                match history.prune(&agent, keep) {
+                    Ok(_) => stats = history.stats(&agent)?,
+                    // The run itself is recorded; the next finish tries the prune again.
+                    Err(error) => {
+                        tracing::warn!(agent = %agent, %error, "pruning the agent's run history failed");
+                    }
+                }
+            }
+            Ok::<_, HistoryError>((history.get(id)?, stats))
         })
         .await;
         let (record, persisted) = match persisted {
@@ -348,13 +366,6 @@ impl AgentManager {
                 )
             }
         };
-        // Pruning is amortised: once every 64 runs keeps the table bounded without a delete
-        // per run.
-        if id % 64 == 0 {
-            let history = self.inner.history.clone();
-            let (agent, keep) = (name.to_string(), self.inner.config.runs_kept);
-            tokio::task::spawn_blocking(move || history.prune(&agent, keep));
-        }
         let data = json!({
             "run_id": id,
             "outcome": record.outcome,
@@ -467,7 +478,7 @@ fn fallback_record(
         output: finish
             .output
             .as_deref()
-            .and_then(|o| serde_json::from_str(o).ok()),
+            .and_then(|o| evolve_runtime::output::parse(o).ok()),
         error_code: finish.error_code.clone(),
         error: finish.error.clone(),
         generation: finish.generation,

@@ -493,3 +493,37 @@ async fn a_run_records_the_generation_that_served_its_last_attempt() {
     );
     assert_eq!(run_finished(&h.events)[0].data["generation"], json!(2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_agents_history_is_pruned_whatever_ids_its_runs_get() {
+    let keep = 3;
+    let h = harness(AgentsConfig {
+        runs_kept: keep,
+        ..config()
+    });
+    // Interleaved, `doc` gets only odd run ids and `fleet` only even ones: a prune keyed to the
+    // global id (every 64th) would never reach `doc`.
+    let rounds = keep as usize + super::super::run::PRUNE_SLACK as usize + 3;
+    for _ in 0..rounds {
+        for agent in ["doc", "fleet"] {
+            h.runner.script(agent, [Attempt::Succeed { after: SHORT }]);
+            let result = h.manager.run(agent, request(None)).await.expect("ran");
+            assert_eq!(result.record.outcome, RunOutcome::Succeeded);
+        }
+    }
+    let bound = u64::from(keep) + super::super::run::PRUNE_SLACK;
+    for agent in ["doc", "fleet"] {
+        let kept = h.history.stats(agent).expect("stats").runs;
+        assert!(
+            (u64::from(keep)..=bound).contains(&kept),
+            "{agent} keeps {kept} of {rounds} runs, expected {keep}..={bound}"
+        );
+        // The newest run survives its own prune.
+        let newest = h.history.runs(agent, 1, None).expect("runs");
+        assert_eq!(newest.len(), 1);
+    }
+    // The counters follow the pruned history.
+    let inventory = h.manager.inventory();
+    let doc = inventory.iter().find(|a| a.name == "doc").expect("doc");
+    assert_eq!(doc.runs, h.history.stats("doc").expect("stats").runs);
+}
