@@ -2,7 +2,9 @@
 //! ports, real daemons, real backends. A service registered on one daemon is routed to from
 //! another; a killed daemon's services expire; Redis killed and restarted under load loses no
 //! routed request and converges; a daemon started without Redis serves and joins later; events
-//! reach Redis per kind, tagged with their node.
+//! reach Redis per kind, tagged with their node. Who may act as a node: records and messages
+//! written without the cluster key change nothing and are counted, a forged `Leave` removes
+//! nothing, a key holder stays within the caps; the cluster reaches Redis over TLS as an ACL user.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -19,11 +21,16 @@ use serde_json::{Value, json};
 const TTL_S: u64 = 3;
 
 fn node_env(redis: &RedisServer, node: &str, extra: &str) -> Env {
+    cluster_env(&redis.url(), &redis.cluster_key_file(), node, extra)
+}
+
+/// A node of the cluster on `url` sharing the key in `key_file`.
+fn cluster_env(url: &str, key_file: &std::path::Path, node: &str, extra: &str) -> Env {
     let mut env = Env::new();
     env.extra_config.push_str(&format!(
         "[mesh]\nslow_start_ms = 0\n[mesh.routes]\npredict = {{ capability = \"forecast\", path = \"/forecast\" }}\n\
-         [cluster]\nredis_url = \"{}\"\nnode_id = \"{node}\"\nheartbeat_ttl_s = {TTL_S}\nheartbeat_interval_s = 1\nsync_interval_s = 1\nreconnect_max_ms = 500\n{extra}",
-        redis.url()
+         [cluster]\nredis_url = \"{url}\"\nkey_file = {:?}\nnode_id = \"{node}\"\nheartbeat_ttl_s = {TTL_S}\nheartbeat_interval_s = 1\nsync_interval_s = 1\nreconnect_max_ms = 500\n{extra}",
+        key_file.display().to_string()
     ));
     env
 }
@@ -382,7 +389,317 @@ fn registrations_deleted_from_redis_are_announced_again_by_the_next_heartbeat() 
 
     assert_eq!(redis.command(&["DEL", key]), ["1"]);
     evolve_e2e::wait_until("fc announced again", announced);
-    let record = redis.command(&["GET", "evolve:node:node-a"]);
-    let record: Value = serde_json::from_str(&record[0]).unwrap();
+    let sealed = redis.command(&["GET", "evolve:node:node-a"]);
+    let sealed: Value = serde_json::from_str(&sealed[0]).unwrap();
+    assert_eq!(sealed["v"], 2, "{sealed}");
+    assert_eq!(sealed["tag"].as_str().map(str::len), Some(64), "{sealed}");
+    let record: Value = serde_json::from_str(sealed["body"].as_str().unwrap()).unwrap();
     assert_eq!(record["services"], 1, "{record}");
+    assert!(record["specs"]["fc"].is_string(), "{record}");
+}
+
+/// `/v1/cluster`'s `auth` counter `reason` (e.g. `unsigned`, `refused`).
+fn refused(status: &Value, reason: &str) -> u64 {
+    status["auth"][reason].as_u64().unwrap_or(0)
+}
+
+/// A v2 envelope as a node writes it, with `tag` in place of a signature.
+fn envelope(kind: &str, node: &str, seq: u64, body: &Value, tag: Option<&str>) -> String {
+    let mut envelope = json!({
+        "v": 2,
+        "kind": kind,
+        "node": node,
+        "seq": seq,
+        "body": body.to_string(),
+    });
+    if let Some(tag) = tag {
+        envelope["tag"] = json!(tag);
+    }
+    envelope.to_string()
+}
+
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    // RFC 3339 from seconds since the epoch (UTC), without a date library.
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[test]
+fn records_and_messages_written_without_the_cluster_key_change_nothing_and_are_counted() {
+    let redis = RedisServer::start();
+    let backend = Backend::start(200);
+    let attacker = Backend::start(200);
+    let a = node_env(&redis, "node-a", "").start();
+    let b = node_env(&redis, "node-b", "").start();
+    b.wait_event("cluster.connected", "node-b", |_| true);
+    register(&a, &service("fc", "forecast", &backend));
+    wait_merged(&b, "node-a", "fc");
+    let evil_fc = service("fc", "forecast", &attacker);
+    let now = now_rfc3339();
+    let seq = u64::MAX / 2;
+
+    // Pushed updates: one unsigned (the version 1 form) claiming node-a, one with a made-up tag
+    // from a node whose id sorts first (it would win the name), one reusing node-a's real tag.
+    let v1 = json!({"v": 1, "node": "node-a", "at": now, "op": "upsert", "spec": evil_fc});
+    redis.command(&["PUBLISH", "evolve:catalog", &v1.to_string()]);
+    wait_cluster(&b, "the unsigned update refused", |s| {
+        refused(s, "unsigned") >= 1
+    });
+    let upsert = json!({"node": "0000", "at": now, "op": "upsert", "spec": evil_fc});
+    let forged = envelope("update", "0000", seq, &upsert, Some(&"00".repeat(32)));
+    redis.command(&["PUBLISH", "evolve:catalog", &forged]);
+    let real: Value =
+        serde_json::from_str(&redis.command(&["GET", "evolve:node:node-a"])[0]).unwrap();
+    let upsert_a = json!({"node": "node-a", "at": now, "op": "upsert", "spec": evil_fc});
+    let reused = envelope("update", "node-a", seq, &upsert_a, real["tag"].as_str());
+    redis.command(&["PUBLISH", "evolve:catalog", &reused]);
+    wait_cluster(&b, "both forged updates refused", |s| {
+        refused(s, "bad_tag") >= 2
+    });
+
+    // Records: a node that never had the key, and node-a's hash tampered with (fc pointed at
+    // the attacker, a service its record never listed).
+    let record = json!({
+        "node": "evil", "api": "127.0.0.1:1", "started_at": now, "heartbeat_at": now,
+        "services": 1, "specs": {}, "health": {},
+    });
+    let unsigned = envelope("record", "evil", seq, &record, None);
+    redis.command(&["SET", "evolve:node:evil", &unsigned, "EX", "60"]);
+    let evil_svc = service("evil", "forecast", &attacker);
+    redis.command(&[
+        "HSET",
+        "evolve:services:evil",
+        "evil",
+        &evil_svc.to_string(),
+    ]);
+    let before = refused(&b.get("/v1/cluster").json(), "unsigned");
+    wait_cluster(&b, "the unsigned record refused", |s| {
+        refused(s, "unsigned") > before
+    });
+    let before = refused(&b.get("/v1/cluster").json(), "bad_tag");
+    redis.command(&[
+        "HSET",
+        "evolve:services:node-a",
+        "fc",
+        &evil_fc.to_string(),
+        "extra",
+        &service("extra", "forecast", &attacker).to_string(),
+    ]);
+    let status = wait_cluster(&b, "the tampered registrations refused", |s| {
+        refused(s, "bad_tag") >= before + 2
+    });
+
+    // Nothing changed on either node: fc is node-a's and routes to its backend only.
+    assert_eq!(status["auth"]["mode"], "hmac-sha256", "{status:#}");
+    assert!(refused(&status, "refused") >= 5, "{status:#}");
+    let peers: Vec<&Value> = status["peers"].as_array().unwrap().iter().collect();
+    assert_eq!(peers.len(), 1, "{status:#}");
+    assert_eq!(peers[0]["node"], "node-a");
+    for daemon in [&a, &b] {
+        for name in ["evil", "extra"] {
+            assert_eq!(daemon.get(&format!("/v1/services/{name}")).status, 404);
+        }
+        let fc = daemon.get("/v1/services/fc").json();
+        assert_eq!(fc["instances"][0]["endpoint"], backend.url(), "{fc}");
+        for _ in 0..5 {
+            assert_eq!(route(daemon).status, 200);
+        }
+    }
+    assert_eq!(b.get("/v1/services/fc").json()["origin"], "node-a");
+    assert_eq!(
+        attacker.connections(),
+        0,
+        "no request reached the forged endpoint"
+    );
+    assert!(refused(&a.get("/v1/cluster").json(), "refused") >= 3);
+    let metrics = b.get("/metrics").text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("evolve_cluster_refused"))
+        .unwrap_or_else(|| panic!("no refused counter in:\n{metrics}"));
+    let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 5, "{line}");
+}
+
+#[test]
+fn a_forged_leave_removes_nothing_and_only_the_node_itself_can_leave() {
+    let redis = RedisServer::start();
+    let backend = Backend::start(200);
+    let a = node_env(&redis, "node-a", "").start();
+    let b = node_env(&redis, "node-b", "").start();
+    b.wait_event("cluster.connected", "node-b", |_| true);
+    register(&a, &service("fc", "forecast", &backend));
+    wait_merged(&b, "node-a", "fc");
+
+    let leave = json!({"node": "node-a", "at": now_rfc3339(), "op": "leave"});
+    let v1 = json!({"v": 1, "node": "node-a", "at": now_rfc3339(), "op": "leave"});
+    let real: Value =
+        serde_json::from_str(&redis.command(&["GET", "evolve:node:node-a"])[0]).unwrap();
+    let seq = real["seq"].as_u64().unwrap() + 1_000_000;
+    for forged in [
+        v1.to_string(),
+        envelope("update", "node-a", seq, &leave, None),
+        envelope("update", "node-a", seq, &leave, Some(&"ab".repeat(32))),
+        // node-a's genuine tag, moved onto a Leave.
+        envelope("update", "node-a", seq, &leave, real["tag"].as_str()),
+    ] {
+        redis.command(&["PUBLISH", "evolve:catalog", &forged]);
+    }
+    let status = wait_cluster(&b, "four forged leaves refused", |s| {
+        refused(s, "unsigned") >= 2 && refused(s, "bad_tag") >= 2
+    });
+    assert!(
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["node"] == "node-a"),
+        "{status:#}"
+    );
+    assert_eq!(b.get("/v1/services/fc").json()["origin"], "node-a");
+    assert_eq!(route(&b).status, 200);
+    assert!(
+        !b.log.text().contains("cluster.peer_lost"),
+        "a forged leave removed node-a"
+    );
+
+    // The node itself leaves with its signature and a newer sequence.
+    assert!(a.terminate(), "a stops cleanly");
+    let lost = b.wait_event("cluster.peer_lost", "node-a", |_| true);
+    assert_eq!(lost["reason"], "left the cluster", "{lost}");
+    assert_eq!(b.get("/v1/services/fc").status, 404);
+}
+
+/// A key holder (this test, signing as a node would) cannot make a node hold more than the
+/// caps: services per node, instances per service; and its older record is a replay.
+#[test]
+fn a_key_holder_stays_within_the_caps_and_an_older_record_of_it_is_a_replay() {
+    use evolve_cluster::seal::{SealKind, Sealer};
+    use evolve_cluster::wire;
+    use evolve_mesh::ServiceSpec;
+    use evolve_mesh::remote::{MAX_REMOTE_INSTANCES_PER_SPEC, MAX_REMOTE_SPECS_PER_NODE};
+    let redis = RedisServer::start();
+    let b = node_env(&redis, "node-b", "").start();
+    b.wait_event("cluster.connected", "node-b", |_| true);
+    let key = evolve_cluster::config::read_key_file(&redis.cluster_key_file()).unwrap();
+    let sealer = Sealer::new(Some(key), "evolve");
+    let spec = |name: &str, instances: usize| -> ServiceSpec {
+        let instances: Vec<Value> = (0..instances)
+            .map(|i| json!({"id": format!("i{i}"), "endpoint": format!("http://127.0.0.1:{}", 20_000 + i)}))
+            .collect();
+        serde_json::from_value(json!({"name": name, "capabilities": ["x"], "instances": instances}))
+            .unwrap()
+    };
+    // "a-wide" sorts first: inside the per-node cap, over the instance cap; the last listed
+    // service is one past the per-node cap.
+    let mut specs = vec![spec("a-wide", MAX_REMOTE_INSTANCES_PER_SPEC + 1)];
+    specs.extend((0..MAX_REMOTE_SPECS_PER_NODE).map(|i| spec(&format!("s{i:05}"), 1)));
+    let mut hset = vec!["HSET".to_string(), "evolve:services:rogue".to_string()];
+    for s in &specs {
+        hset.push(s.name.clone());
+        hset.push(wire::spec_json(s));
+    }
+    let args: Vec<&str> = hset.iter().map(String::as_str).collect();
+    redis.command(&args);
+    let digests: serde_json::Map<String, Value> = specs
+        .iter()
+        .map(|s| (s.name.clone(), json!(wire::spec_digest(s))))
+        .collect();
+    let sealed = |seq: u64| {
+        let now = now_rfc3339();
+        let record = json!({
+            "node": "rogue", "api": "127.0.0.1:1", "started_at": now, "heartbeat_at": now,
+            "services": specs.len(), "specs": digests, "health": {},
+        });
+        sealer.seal(SealKind::Record, "rogue", seq, &record.to_string())
+    };
+    let seq = 1_000_000;
+    redis.command(&["SET", "evolve:node:rogue", &sealed(seq), "EX", "60"]);
+    let merged = MAX_REMOTE_SPECS_PER_NODE - 1;
+    let status = wait_cluster(&b, "the rogue node merged up to the caps", |s| {
+        s["catalog"]["remote_services"] == merged
+    });
+    // One listed past the per-node cap, one over the instance cap.
+    assert!(
+        status["catalog"]["capped"].as_u64() >= Some(2),
+        "{status:#}"
+    );
+    assert_eq!(
+        refused(&status, "refused"),
+        0,
+        "a key holder is not refused"
+    );
+    assert_eq!(b.get("/v1/services/a-wide").status, 404);
+    assert_eq!(b.get("/v1/services/s00000").status, 200);
+
+    // The same node's older record, written back, is a replay and changes nothing.
+    redis.command(&["SET", "evolve:node:rogue", &sealed(seq - 1), "EX", "60"]);
+    let status = wait_cluster(&b, "the older record refused", |s| {
+        refused(s, "replayed") >= 1
+    });
+    assert_eq!(status["catalog"]["remote_services"], merged, "{status:#}");
+}
+
+/// Two nodes reach a Redis that demands TLS (a private CA) and an ACL user with a password read
+/// from a `0600` file; the password is not in the URL and no connection uses the plain port.
+#[test]
+fn the_cluster_reaches_redis_over_tls_as_an_acl_user() {
+    let redis = RedisServer::start_secured("evolve-node", "node-password-1234");
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("redis.password");
+    evolve_e2e::redis::write_secret(&password_file, b"node-password-1234\n");
+    let extra = format!(
+        "redis_username = \"evolve-node\"\nredis_password_file = {:?}\nredis_ca_file = {:?}\n",
+        password_file.display().to_string(),
+        redis.ca_file().display().to_string()
+    );
+    let backend = Backend::start(200);
+    let key = redis.cluster_key_file();
+    let a = cluster_env(&redis.tls_url(), &key, "node-a", &extra).start();
+    let b = cluster_env(&redis.tls_url(), &key, "node-b", &extra).start();
+    b.wait_event("cluster.connected", "node-b", |_| true);
+    register(&a, &service("fc", "forecast", &backend));
+    wait_merged(&b, "node-a", "fc");
+    assert_eq!(route(&b).status, 200);
+
+    let tls_port = format!("laddr=127.0.0.1:{}", redis.tls_port());
+    let clients = redis.command(&["CLIENT", "LIST"]).join("\n");
+    let nodes: Vec<&str> = clients
+        .lines()
+        .filter(|l| l.contains("user=evolve-node"))
+        .collect();
+    assert!(
+        !nodes.is_empty(),
+        "no connection as the ACL user:\n{clients}"
+    );
+    assert!(
+        nodes.iter().all(|l| l.contains(&tls_port)),
+        "a node connected without TLS:\n{clients}"
+    );
+    let status = b.get("/v1/cluster").json();
+    let shown = status.to_string();
+    assert!(!shown.contains("node-password-1234"), "{status:#}");
 }

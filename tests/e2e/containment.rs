@@ -445,7 +445,7 @@ fn output_too_deep_or_not_json_is_invalid_output_naming_why_and_good_output_is_s
         while let Some(inner) = node
             .as_array()
             .and_then(|a| a.last())
-            .or_else(|| node.as_object().and_then(|o| o.values().last()))
+            .or_else(|| node.as_object().and_then(|o| o.values().next_back()))
         {
             depth += 1;
             node = inner;

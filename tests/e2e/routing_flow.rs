@@ -457,6 +457,12 @@ fn outcomes_are_recorded_only_on_a_route_that_says_record_outcomes() {
     let backend = EchoBackend::start("m1");
     register_service(&daemon, "fc", "forecast", &[&backend]);
     register_model(&daemon, "lin", 1);
+    // `best` picks among versions with a score, so lin v1 needs one to be chosen at all.
+    let seeded = daemon.post(
+        "/v1/models/lin/performance",
+        &json!({"points": [{"version": 1, "metric": "mae", "value": 0.5}]}),
+    );
+    assert_eq!(seeded.status, 201, "{}", seeded.text());
 
     // The same model-aware route without `record_outcomes`: the client sees the backend's
     // report, the registry does not.
@@ -481,7 +487,13 @@ fn outcomes_are_recorded_only_on_a_route_that_says_record_outcomes() {
             .contains(&(1, 0.9))
             .then_some(())
     });
-    assert_eq!(points(&daemon, "lin", "mae"), [(1, 0.9)]);
+    let mut recorded_points = points(&daemon, "lin", "mae");
+    recorded_points.sort_by(|a, b| a.1.total_cmp(&b.1));
+    assert_eq!(
+        recorded_points,
+        [(1, 0.5), (1, 0.9)],
+        "only the seed and the recorded outcome"
+    );
     assert_eq!(
         metric_line(&daemon, "evolve_route_outcomes_total{result=\"recorded\"}"),
         Some(1.0)

@@ -357,6 +357,11 @@ impl Daemon {
                     .is_some_and(|m| m.starts_with("evolve API listening"))
             });
         let addr = line["addr"].as_str().unwrap().to_string();
+        // A daemon listening on every address is reached on loopback, under a name it answers to.
+        let addr = match addr.strip_prefix("0.0.0.0:") {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => addr,
+        };
         *self.addr.lock().unwrap() = Some(addr);
     }
 

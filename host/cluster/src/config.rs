@@ -213,6 +213,11 @@ impl ClusterConfig {
         self.redis_url.is_some()
     }
 
+    /// Whether peers must sign with the shared key (a validated config with a `key_file`).
+    pub fn authenticated(&self) -> bool {
+        self.enabled() && self.key_file.is_some()
+    }
+
     /// Reads the secret files: the shared key, the Redis password, the CA. Each error names the
     /// key, the file and the fix.
     pub fn secrets(&self) -> Result<ClusterSecrets, (String, String)> {

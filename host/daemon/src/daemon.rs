@@ -177,8 +177,7 @@ impl Daemon {
         );
         agents.start();
         let audit = Arc::new(
-            api::audit::AuditLog::open(&config.log_dir())
-                .context("cannot open the audit log")?,
+            api::audit::AuditLog::open(&config.log_dir()).context("cannot open the audit log")?,
         );
 
         Ok(Daemon {
@@ -332,10 +331,15 @@ fn start_cluster(
 /// What the security auditor is told of the daemon's own guards (names, never secrets).
 fn security_posture(config: &HostConfig) -> evolve_runtime::bindings::inventory::SecurityPosture {
     evolve_runtime::bindings::inventory::SecurityPosture {
-        token_names: config.server.tokens.iter().map(|t| t.name.clone()).collect(),
+        token_names: config
+            .server
+            .tokens
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
         auth_reads: config.server.reads_need_token(),
-        cluster_enabled: config.cluster.redis_url.is_some(),
-        cluster_authenticated: false, // LEAD-FIXME wire to the cluster key
+        cluster_enabled: config.cluster.enabled(),
+        cluster_authenticated: config.cluster.authenticated(),
         allowed_dir_roots: config
             .runtime
             .allowed_dir_roots

@@ -811,7 +811,10 @@ fn a_streamed_export_comes_in_bounded_chunks_and_is_the_same_document() {
         serde_json::to_string(&whole).unwrap()
     );
     let parsed: RegistryExport = serde_json::from_slice(&streamed).unwrap();
-    assert_eq!(parsed.models[0].metrics.len(), whole.models[0].metrics.len());
+    assert_eq!(
+        parsed.models[0].metrics.len(),
+        whole.models[0].metrics.len()
+    );
 
     // The reader stops as soon as the consumer does.
     let mut emitted = 0;

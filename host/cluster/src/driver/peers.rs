@@ -460,3 +460,185 @@ impl Driver {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::config::ClusterConfig;
+    use crate::seal::{ClusterKey, Sealer};
+    use crate::status::SharedStatus;
+    use evolve_core::events::EventBus;
+
+    /// Holds what a test says this daemon already merged.
+    #[derive(Default)]
+    struct Held(Mutex<BTreeMap<String, BTreeMap<String, ServiceSpec>>>);
+
+    #[async_trait::async_trait]
+    impl crate::SharedCatalog for Held {
+        fn local_specs(&self) -> Vec<ServiceSpec> {
+            Vec::new()
+        }
+        fn health_seen(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+            BTreeMap::new()
+        }
+        fn remote_nodes(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn remote_count(&self) -> usize {
+            0
+        }
+        fn remote_specs(&self, node: &str) -> BTreeMap<String, ServiceSpec> {
+            let held = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.get(node).cloned().unwrap_or_default()
+        }
+        async fn set_remote_node(&self, _: &str, _: Vec<ServiceSpec>) -> MergeReport {
+            MergeReport::default()
+        }
+        async fn upsert_remote(&self, _: &str, _: ServiceSpec) -> MergeReport {
+            MergeReport::default()
+        }
+        async fn remove_remote(&self, _: &str, _: &str) -> MergeReport {
+            MergeReport::default()
+        }
+        async fn forget_remote_node(&self, _: &str) -> MergeReport {
+            MergeReport::default()
+        }
+    }
+
+    fn sealer() -> Sealer {
+        Sealer::new(Some(ClusterKey::new(vec![9; 32]).expect("key")), "evolve")
+    }
+
+    fn driver(held: Arc<Held>) -> Driver {
+        let config = ClusterConfig::default();
+        let status = SharedStatus::new("me".into(), Some("redis://x/".into()), 15, 10);
+        Driver::new(
+            config,
+            "me".into(),
+            "127.0.0.1:1".into(),
+            sealer(),
+            held,
+            EventBus::new(),
+            status,
+        )
+    }
+
+    fn spec(name: &str, endpoint: &str) -> ServiceSpec {
+        serde_json::from_value(json!({
+            "name": name,
+            "instances": [{"endpoint": endpoint}],
+        }))
+        .expect("spec")
+    }
+
+    /// A record of `node` listing `specs`, signed at `at` with sequence `seq`.
+    fn record(node: &str, seq: u64, at: chrono::DateTime<Utc>, specs: &[&ServiceSpec]) -> Vec<u8> {
+        let body = NodeRecord {
+            node: node.into(),
+            api: "127.0.0.1:2".into(),
+            started_at: at,
+            heartbeat_at: at,
+            services: specs.len(),
+            specs: specs
+                .iter()
+                .map(|s| (s.name.clone(), wire::spec_digest(s)))
+                .collect(),
+            health: BTreeMap::new(),
+        };
+        let body = serde_json::to_string(&body).expect("json");
+        sealer()
+            .seal(SealKind::Record, node, seq, &body)
+            .into_bytes()
+    }
+
+    fn hash(specs: &[&ServiceSpec]) -> HashMap<String, Vec<u8>> {
+        specs
+            .iter()
+            .map(|s| (s.name.clone(), wire::spec_json(s).into_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_record_signed_by_another_node_is_refused_under_this_node_s_key() {
+        let d = driver(Arc::default());
+        let fc = spec("fc", "http://127.0.0.1:9001");
+        let b_record = record("node-b", 5, Utc::now(), &[&fc]);
+        let refused = d.verify_node("node-a", &b_record, &hash(&[&fc]));
+        assert!(
+            matches!(&refused, Err(Refusal::NodeMismatch { signed, found }) if signed == "node-b" && found == "node-a"),
+            "{:?}",
+            refused.err()
+        );
+        let verified = d
+            .verify_node("node-b", &b_record, &hash(&[&fc]))
+            .expect("under its own key");
+        assert_eq!(verified.specs, vec![fc]);
+        assert_eq!(verified.seq, 5);
+    }
+
+    #[test]
+    fn stale_and_replayed_records_are_refused() {
+        let mut d = driver(Arc::default());
+        let old = Utc::now() - chrono::Duration::seconds(15 + 61);
+        assert!(matches!(
+            d.verify_node("node-a", &record("node-a", 5, old, &[]), &HashMap::new()),
+            Err(Refusal::Stale { .. })
+        ));
+        d.seqs.accept_record("node-a", 10);
+        assert_eq!(
+            d.verify_node(
+                "node-a",
+                &record("node-a", 9, Utc::now(), &[]),
+                &HashMap::new()
+            )
+            .err(),
+            Some(Refusal::Replayed { seq: 9, last: 10 })
+        );
+        assert!(
+            d.verify_node(
+                "node-a",
+                &record("node-a", 10, Utc::now(), &[]),
+                &HashMap::new()
+            )
+            .is_ok(),
+            "the same record read again"
+        );
+    }
+
+    #[test]
+    fn hash_entries_that_do_not_match_the_signed_record_are_refused_and_counted() {
+        let held = Arc::new(Held::default());
+        let fc = spec("fc", "http://127.0.0.1:9001");
+        let fd = spec("fd", "http://127.0.0.1:9002");
+        held.0
+            .lock()
+            .expect("lock")
+            .insert("node-a".into(), [("fc".to_string(), fc.clone())].into());
+        let d = driver(Arc::clone(&held));
+        let signed = record("node-a", 1, Utc::now(), &[&fc, &fd]);
+        let mut tampered = hash(&[&fc, &fd]);
+        // fc's endpoint replaced, fd's replaced too, and a service the record never listed.
+        let evil = spec("fc", "http://203.0.113.9:80");
+        tampered.insert("fc".into(), wire::spec_json(&evil).into_bytes());
+        tampered.insert(
+            "fd".into(),
+            wire::spec_json(&spec("fd", "http://203.0.113.9:80")).into_bytes(),
+        );
+        tampered.insert(
+            "extra".into(),
+            wire::spec_json(&spec("extra", "http://203.0.113.9:80")).into_bytes(),
+        );
+        let verified = d.verify_node("node-a", &signed, &tampered).expect("record");
+        // fc is what this daemon held and the record lists: kept; fd cannot be verified: left out.
+        assert_eq!(verified.specs, vec![fc]);
+        let auth = d.status.snapshot().auth;
+        assert_eq!(auth.bad_tag, 3, "{auth:?}");
+        assert_eq!(auth.refused, 3);
+    }
+}

@@ -187,7 +187,7 @@ impl Access {
             && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
             if self.cors_allowed(origin) {
-                return Err(Refusal::Preflight(preflight(origin)));
+                return Err(Refusal::Preflight(Box::new(preflight(origin))));
             }
             return Err(Refusal::Error(origin_refused(origin)));
         }
@@ -244,8 +244,9 @@ impl Access {
 enum Refusal {
     /// A refusal: audited.
     Error(ApiError),
-    /// A preflight answered for an allowed origin: not audited (it changes nothing).
-    Preflight(Response),
+    /// A preflight answered for an allowed origin: not audited (it changes nothing). Boxed:
+    /// a response is large and the refusal is returned on every request's path.
+    Preflight(Box<Response>),
 }
 
 fn origin_refused(origin: &str) -> ApiError {
@@ -368,7 +369,7 @@ pub async fn guard(State(state): State<ApiState>, mut request: Request, next: Ne
         };
     let caller = match state.access.check(&request, needed, traffic) {
         Ok(caller) => caller,
-        Err(Refusal::Preflight(response)) => return response,
+        Err(Refusal::Preflight(response)) => return *response,
         Err(Refusal::Error(error)) => {
             tracing::warn!(
                 method = %method, path = %path, remote = remote.as_deref().unwrap_or("-"),
@@ -523,12 +524,14 @@ mod tests {
 
     #[test]
     fn hosts_match_by_name_and_the_port_only_when_the_rule_names_one() {
-        let mut server = ServerConfig::default();
-        server.allowed_hosts = vec![
-            "Evolve.internal".into(),
-            "10.0.0.5:7070".into(),
-            "[::1]".into(),
-        ];
+        let server = ServerConfig {
+            allowed_hosts: vec![
+                "Evolve.internal".into(),
+                "10.0.0.5:7070".into(),
+                "[::1]".into(),
+            ],
+            ..ServerConfig::default()
+        };
         let access = Access::new(&server);
         assert!(access.host_allowed("evolve.internal:7070"));
         assert!(access.host_allowed("EVOLVE.INTERNAL."));
@@ -546,8 +549,10 @@ mod tests {
 
     #[test]
     fn the_daemons_own_origins_may_mutate_and_only_configured_ones_get_cors() {
-        let mut server = ServerConfig::default();
-        server.allowed_origins = vec!["https://console.example.com".into()];
+        let server = ServerConfig {
+            allowed_origins: vec!["https://console.example.com".into()],
+            ..ServerConfig::default()
+        };
         let access = Access::new(&server);
         assert!(access.origin_allowed("http://127.0.0.1:7070"));
         assert!(access.origin_allowed("http://localhost:7070"));

@@ -469,7 +469,7 @@ impl Collector for ClusterCollector {
             let family = encoder.encode_descriptor(name, help, None, gauge_type)?;
             ConstGauge::new(value).encode(family)?;
         }
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "evolve_cluster_events_published",
                 "Events published to Redis",
@@ -504,6 +504,16 @@ impl Collector for ClusterCollector {
                 "evolve_cluster_rejected",
                 "Peer messages or registrations skipped as malformed or refused",
                 status.catalog.rejected,
+            ),
+            (
+                "evolve_cluster_refused",
+                "Peer records and messages refused by the shared key: unsigned, bad signature, node id mismatch, replayed or stale (by reason in GET /v1/cluster)",
+                status.auth.refused,
+            ),
+            (
+                "evolve_cluster_capped",
+                "Peer registrations dropped by a cap (nodes, services per node, instances per service, remote services)",
+                status.catalog.capped,
             ),
             (
                 "evolve_cluster_peers_expired",

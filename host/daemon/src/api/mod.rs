@@ -230,12 +230,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/health",
         "the whole system's health: plugins, services, registry, agents, cluster",
     ),
-    read(
-        "GET",
-        "/metrics", "Prometheus metrics (text format)"),
-    read(
-        "GET",
-        "/v1/plugins", "serving, draining and failed plugins"),
+    read("GET", "/metrics", "Prometheus metrics (text format)"),
+    read("GET", "/v1/plugins", "serving, draining and failed plugins"),
     read(
         "GET",
         "/v1/plugins/{name}",
@@ -261,9 +257,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/agents",
         "meta agents with policy, schedule, health and run stats",
     ),
-    read(
-        "GET",
-        "/v1/agents/health", "every agent's health history"),
+    read("GET", "/v1/agents/health", "every agent's health history"),
     operate(
         "POST",
         "/v1/agents/{name}/run",
@@ -279,9 +273,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/agents/{name}/runs",
         "an agent's run history and stats",
     ),
-    read(
-        "GET",
-        "/v1/agents/{name}/runs/{id}", "one run"),
+    read("GET", "/v1/agents/{name}/runs/{id}", "one run"),
     operate(
         "POST",
         "/v1/agents/{name}/runs/{id}/cancel",
@@ -292,12 +284,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/system/integration-tests",
         "run the integration tester",
     ),
-    operate(
-        "POST",
-        "/v1/system/log-analysis", "run the log analyzer"),
-    operate(
-        "POST",
-        "/v1/system/documentation", "run the doc generator"),
+    operate("POST", "/v1/system/log-analysis", "run the log analyzer"),
+    operate("POST", "/v1/system/documentation", "run the doc generator"),
     operate(
         "POST",
         "/v1/system/security-audit",
@@ -308,23 +296,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/services",
         "services with instances, balancer, health, circuits, latency",
     ),
-    admin(
-        "POST",
-        "/v1/services", "register a service"),
+    admin("POST", "/v1/services", "register a service"),
     read(
         "GET",
         "/v1/services/health",
         "per service and instance health, breaker state, last check, EWMA latency",
     ),
-    read(
-        "GET",
-        "/v1/services/{name}", "one service"),
-    admin(
-        "PUT",
-        "/v1/services/{name}", "replace a service's spec"),
-    admin(
-        "DELETE",
-        "/v1/services/{name}", "remove a service"),
+    read("GET", "/v1/services/{name}", "one service"),
+    admin("PUT", "/v1/services/{name}", "replace a service's spec"),
+    admin("DELETE", "/v1/services/{name}", "remove a service"),
     operate(
         "POST",
         "/v1/services/{name}/probe",
@@ -345,9 +325,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/models",
         "models: list and search by task, tag, name",
     ),
-    admin(
-        "POST",
-        "/v1/models", "register a model"),
+    admin("POST", "/v1/models", "register a model"),
     read(
         "GET",
         "/v1/models/best",
@@ -358,28 +336,20 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/models/{name}",
         "one model with its versions and aliases",
     ),
-    read(
-        "GET",
-        "/v1/models/{name}/versions", "a model's versions"),
+    read("GET", "/v1/models/{name}/versions", "a model's versions"),
     admin(
         "POST",
         "/v1/models/{name}/versions",
         "create the next version",
     ),
-    read(
-        "GET",
-        "/v1/models/{name}/versions/{version}", "one version"),
+    read("GET", "/v1/models/{name}/versions/{version}", "one version"),
     admin(
         "POST",
         "/v1/models/{name}/versions/{version}/status",
         "set a version's status",
     ),
-    read(
-        "GET",
-        "/v1/models/{name}/aliases", "a model's aliases"),
-    read(
-        "GET",
-        "/v1/models/{name}/aliases/{alias}", "one alias"),
+    read("GET", "/v1/models/{name}/aliases", "a model's aliases"),
+    read("GET", "/v1/models/{name}/aliases/{alias}", "one alias"),
     admin(
         "PUT",
         "/v1/models/{name}/aliases/{alias}",
@@ -415,26 +385,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/registry",
         "the registry's health: counts, integrity, backups",
     ),
-    read(
-        "GET",
-        "/v1/registry/policies", "the named scoring policies"),
-    read(
-        "GET",
-        "/v1/registry/backups", "the registry's backups"),
-    admin(
-        "POST",
-        "/v1/registry/backups", "take an online backup now"),
+    read("GET", "/v1/registry/policies", "the named scoring policies"),
+    read("GET", "/v1/registry/backups", "the registry's backups"),
+    admin("POST", "/v1/registry/backups", "take an online backup now"),
     admin(
         "POST",
         "/v1/registry/restore",
         "restore the registry from a backup",
     ),
-    read(
-        "GET",
-        "/v1/registry/export", "the whole registry as JSON"),
-    admin(
-        "POST",
-        "/v1/registry/import", "import a JSON export"),
+    read("GET", "/v1/registry/export", "the whole registry as JSON"),
+    admin("POST", "/v1/registry/import", "import a JSON export"),
     read(
         "GET",
         "/v1/cluster",

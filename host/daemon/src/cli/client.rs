@@ -83,7 +83,9 @@ fn bearer_token(api: &ApiArgs) -> anyhow::Result<Option<String>> {
     if let Some(path) = &api.token_file {
         return read_token_file(path).map(Some);
     }
-    Ok(std::env::var("EVOLVE_AUTH_TOKEN").ok().filter(|t| !t.is_empty()))
+    Ok(std::env::var("EVOLVE_AUTH_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty()))
 }
 
 /// Longest token file read: a token is a line; this only stops a wrong path from being read.
@@ -105,7 +107,10 @@ fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
         }
     }
     if meta.len() > MAX_TOKEN_FILE_BYTES {
-        bail!("the token file {} is larger than a token file can be", path.display());
+        bail!(
+            "the token file {} is larger than a token file can be",
+            path.display()
+        );
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;

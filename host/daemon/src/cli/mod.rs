@@ -124,7 +124,12 @@ pub struct ApiArgs {
     pub token: Option<String>,
     /// A file holding the bearer token (its first line); refused when its group or others may
     /// read it.
-    #[arg(long, env = "EVOLVE_TOKEN_FILE", global = true, conflicts_with = "token")]
+    #[arg(
+        long,
+        env = "EVOLVE_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
     pub token_file: Option<PathBuf>,
     /// Print the API's JSON answer instead of a table.
     #[arg(long, global = true)]
