@@ -143,14 +143,6 @@ fn points(daemon: &Daemon, model: &str, metric: &str) -> Vec<(u64, f64)> {
         .collect()
 }
 
-fn metric_line(daemon: &Daemon, prefix: &str) -> Option<f64> {
-    let text = daemon.get("/metrics").text();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn the_routed_request_carries_the_champion_and_an_alias_move_reaches_the_next_request() {
     let (_env, daemon) = start();
@@ -302,7 +294,7 @@ fn outcome_metrics_land_in_the_registry_and_switch_the_best_model() {
     assert_eq!(routed.status, 200);
     assert_eq!(routed.json()["body"]["n"], 1);
     assert_eq!(
-        metric_line(&daemon, "evolve_route_outcomes_total{result=\"rejected\"}"),
+        daemon.metric("evolve_route_outcomes_total{result=\"rejected\"}"),
         Some(1.0)
     );
     daemon
@@ -426,25 +418,18 @@ fn fan_out_returns_every_healthy_part_marks_a_held_one_partial_and_aggregates() 
 
     // Parts are counted like single requests, and by result.
     assert!(
-        metric_line(
-            &daemon,
-            "evolve_route_fanout_parts_total{route=\"analysis\",result=\"timeout\"}"
-        )
-        .is_some_and(|n| n >= 1.0)
+        daemon
+            .metric("evolve_route_fanout_parts_total{route=\"analysis\",result=\"timeout\"}")
+            .is_some_and(|n| n >= 1.0)
     );
     assert_eq!(
-        metric_line(
-            &daemon,
-            "evolve_route_fanout_parts_total{route=\"analysis\",result=\"ok\"}"
-        ),
+        daemon.metric("evolve_route_fanout_parts_total{route=\"analysis\",result=\"ok\"}"),
         Some(5.0)
     );
     assert!(
-        metric_line(
-            &daemon,
-            "evolve_mesh_errors_total{service=\"an\",instance=\"c\",class=\"timeout\"}"
-        )
-        .is_some_and(|n| n >= 2.0),
+        daemon
+            .metric("evolve_mesh_errors_total{service=\"an\",instance=\"c\",class=\"timeout\"}")
+            .is_some_and(|n| n >= 2.0),
         "{}",
         daemon.get("/metrics").text()
     );
@@ -495,7 +480,7 @@ fn outcomes_are_recorded_only_on_a_route_that_says_record_outcomes() {
         "only the seed and the recorded outcome"
     );
     assert_eq!(
-        metric_line(&daemon, "evolve_route_outcomes_total{result=\"recorded\"}"),
+        daemon.metric("evolve_route_outcomes_total{result=\"recorded\"}"),
         Some(1.0)
     );
 }

@@ -370,6 +370,16 @@ impl Daemon {
         self.log.wait_event(kind, subject, pred)
     }
 
+    /// The value of the first `/metrics` line starting with `series` (a name, or a name with
+    /// its labels), if there is one.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics").text();
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr())

@@ -21,12 +21,12 @@ pub struct RedisServer {
     secured: Option<Secured>,
 }
 
-/// A server with TLS and ACLs: its TLS port, its CA, its ACL user, the default user's password.
+/// A server with TLS and ACLs: its TLS port and its ACL user (the default user's password is
+/// [`ADMIN_PASSWORD`]).
 struct Secured {
     tls_port: u16,
     user: String,
     password: String,
-    admin_password: String,
 }
 
 /// The default user's password of a secured server (the harness's own commands use it).
@@ -83,7 +83,6 @@ impl RedisServer {
                 tls_port: free_port(),
                 user: user.to_string(),
                 password: password.to_string(),
-                admin_password: ADMIN_PASSWORD.to_string(),
             }),
         };
         server.write_certificates();
@@ -175,7 +174,7 @@ impl RedisServer {
                 .arg("--tls-ca-cert-file")
                 .arg(dir.join("ca.pem"))
                 .args(["--tls-auth-clients", "no"])
-                .args(["--requirepass", &secured.admin_password])
+                .args(["--requirepass", ADMIN_PASSWORD])
                 .args(["--user", &secured.user, "on"])
                 .arg(format!(">{}", secured.password))
                 .args(["~evolve:*", "&evolve:*", "+@all"]);
@@ -242,8 +241,8 @@ impl RedisServer {
             request
         };
         let mut request = String::new();
-        if let Some(secured) = &self.secured {
-            request.push_str(&encode(&["AUTH", &secured.admin_password]));
+        if self.secured.is_some() {
+            request.push_str(&encode(&["AUTH", ADMIN_PASSWORD]));
         }
         request.push_str(&encode(args));
         stream.write_all(request.as_bytes()).ok()?;
