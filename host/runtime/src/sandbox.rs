@@ -148,8 +148,7 @@ impl CallLog {
     }
 
     fn emit_line(&self, stream: GuestStream, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
+        let text = guest_line_text(line);
         tracing::info!(target: "evolve::plugin", plugin = &*self.plugin, stream = stream.name(), "{text}");
     }
 
@@ -189,6 +188,14 @@ impl CallLog {
         bytes.extend_from_slice(b);
         String::from_utf8_lossy(&bytes).trim().to_string()
     }
+}
+
+/// One line a guest wrote to stdout/stderr, made safe for a log: a CRLF's CR is dropped and
+/// every other control character (a mid-line CR, ESC, bidi overrides) is escaped, so a guest
+/// cannot forge or hide a daemon log line.
+fn guest_line_text(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    evolve_core::untrusted::escape_untrusted_owned(text.trim_end_matches('\r').to_string())
 }
 
 impl CallLogInner {
@@ -326,6 +333,33 @@ impl Grants {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_lines_have_their_control_characters_escaped() {
+        let line = "ok\r2026-01-01 INFO forged \u{1b}[2K \u{202e}txt\r".as_bytes();
+        let text = guest_line_text(line);
+        assert!(
+            !text.contains('\r'),
+            "a mid-line CR must not reach the log: {text:?}"
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "ESC must not reach the log: {text:?}"
+        );
+        assert!(
+            !text.contains('\u{202e}'),
+            "a bidi override must not reach the log: {text:?}"
+        );
+        assert!(
+            text.starts_with("ok") && text.contains("forged"),
+            "the text itself is kept: {text:?}"
+        );
+        assert_eq!(
+            guest_line_text(b"plain line\r"),
+            "plain line",
+            "a CRLF's CR is dropped, not escaped"
+        );
+    }
 
     #[test]
     fn log_budget_drops_and_counts_excess() {
