@@ -33,10 +33,14 @@ fn the_daemon_token_never_reaches_a_backend_on_any_method() {
         Some(spec.to_string().as_bytes()),
     );
     assert_eq!(created.status, 201, "{}", created.text());
-    for (n, method) in ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    for (n, method) in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
         .into_iter()
         .enumerate()
     {
+        let body: Option<&[u8]> = match method {
+            "GET" | "HEAD" | "OPTIONS" => None,
+            _ => Some(b"{}"),
+        };
         let answer = request(
             &daemon.addr(),
             method,
@@ -46,7 +50,7 @@ fn the_daemon_token_never_reaches_a_backend_on_any_method() {
                 ("authorization", &bearer),
                 ("x-trace", method),
             ],
-            Some(b"{}"),
+            body,
         );
         assert_eq!(answer.status, 200, "{method}: {}", answer.text());
         backend.wait_requests(n + 1);
@@ -174,18 +178,25 @@ fn an_allowed_name_that_resolves_to_loopback_is_refused_but_the_target_is_not() 
     );
 }
 
-/// Plugins → the host: a manifest granting `../..` (out of the data dir) or the data dir itself
-/// is refused at load, with a message naming the grant, the allowed roots and the key to change;
-/// a grant inside the allowed root (file-sneak's `docs`) still loads.
+/// Plugins → the host: a directory grant that climbs out of the allowed roots (`../..`), names
+/// a system directory (`/etc`) or the daemon's own data dir, and an environment variable the
+/// operator did not allow, are each refused at load with a message naming the grant, the
+/// allowed list and the config key; a plugin granted what the operator allows serves.
 #[test]
 fn grants_out_of_the_allowed_roots_or_of_the_data_dir_are_refused_at_load() {
     let env = Env::new();
     let wasm =
         std::fs::read(evolve_e2e::built_plugin("testing", "file-sneak").join("file_sneak.wasm"))
             .unwrap();
+    std::fs::create_dir_all(env.data_dir.join("docs")).unwrap();
     let data_dir = env.data_dir.display().to_string();
-    let grabs = [("climber", "../.."), ("data-grab", data_dir.as_str())];
-    for (name, host) in grabs {
+    let root = env.data_dir.canonicalize().unwrap().display().to_string();
+    let dir_grabs = [
+        ("climber", "../..", "overlaps"),
+        ("data-grab", data_dir.as_str(), "the data dir"),
+        ("etc-grab", "/etc", "outside every allowed root"),
+    ];
+    for (name, host, _) in dir_grabs {
         env.install_raw(
             name,
             &format!(
@@ -195,35 +206,47 @@ fn grants_out_of_the_allowed_roots_or_of_the_data_dir_are_refused_at_load() {
             Some(("p.wasm", &wasm)),
         );
     }
+    env.install_raw(
+        "env-grab",
+        "name = \"env-grab\"\nversion = \"0.1.0\"\nkind = \"meta-agent\"\nwasm = \"p.wasm\"\n\
+         [permissions]\nenv = [\"HOME\"]\n",
+        Some(("p.wasm", &wasm)),
+    );
     env.install("testing", "file-sneak", |_| {});
-    std::fs::create_dir_all(env.data_dir.join("docs")).unwrap();
     let daemon = env.start();
     assert_eq!(daemon.plugin("file-sneak")["state"], "serving");
 
-    let root = env.data_dir.canonicalize().unwrap().display().to_string();
     let plugins = daemon.get("/v1/plugins").json();
-    for (name, host) in grabs {
-        let entry = plugins["plugins"]
+    let refused = |name: &str| {
+        plugins["plugins"]
             .as_array()
             .unwrap()
             .iter()
             .find(|p| p["state"] == "failed" && p["dir"].as_str().unwrap().ends_with(name))
-            .unwrap_or_else(|| panic!("{name} was not refused: {plugins:#}"));
-        let error = &entry["last_error"];
+            .unwrap_or_else(|| panic!("{name} was not refused: {plugins:#}"))["last_error"]
+            .clone()
+    };
+    for (name, host, why) in dir_grabs {
+        let error = refused(name);
         assert_eq!(error["code"], "dir_grant_refused", "{error:#}");
         let message = error["message"].as_str().unwrap();
         for needle in [
             format!("\"{host}\""),
             root.clone(),
             "runtime.allowed_dir_roots".to_string(),
-            "overlaps".to_string(),
-            "the data dir".to_string(),
+            why.to_string(),
         ] {
             assert!(
                 message.contains(&needle),
                 "{name}: {message:?} lacks {needle:?}"
             );
         }
+    }
+    let error = refused("env-grab");
+    assert_eq!(error["code"], "env_grant_refused", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    for needle in ["\"HOME\"", "runtime.allowed_env"] {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
     }
 }
 
@@ -281,4 +304,58 @@ fn a_group_writable_aot_cache_dir_is_refused_at_start() {
         log.contains("770") && log.contains("runtime.cache_dir"),
         "{log}"
     );
+}
+
+/// The auditor sees the daemon's own guards: a loopback API with no token is a finding; once a
+/// token is set it is not, and a cluster joined without a key (`allow_unauthenticated`) is
+/// critical.
+#[test]
+fn the_security_auditor_flags_a_missing_token_and_an_unauthenticated_cluster() {
+    let findings = |daemon: &evolve_e2e::Daemon, headers: &[(&str, &str)]| {
+        let answer = request(
+            &daemon.addr(),
+            "POST",
+            "/v1/system/security-audit",
+            &[&[("content-type", "application/json")], headers].concat(),
+            Some(b"{}"),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let output = answer.json()["outcome"]["output"].clone();
+        output["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["severity"].as_str().unwrap().to_string(),
+                    f["rule"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let no_token = ("medium".to_string(), "api.no-token".to_string());
+    let open_cluster = (
+        "critical".to_string(),
+        "cluster.unauthenticated".to_string(),
+    );
+
+    let env = Env::new();
+    env.install("bundled", "security-auditor", |_| {});
+    let open = env.start();
+    let seen = findings(&open, &[]);
+    assert!(seen.contains(&no_token), "{seen:?}");
+    assert!(!seen.contains(&open_cluster), "no cluster here: {seen:?}");
+    drop(open);
+
+    let redis = evolve_e2e::redis::RedisServer::start();
+    let mut env = Env::new();
+    env.extra_config.push_str(&format!(
+        "[cluster]\nredis_url = \"{}\"\nallow_unauthenticated = true\nnode_id = \"audited\"\n",
+        redis.url()
+    ));
+    env.install("bundled", "security-auditor", |_| {});
+    let guarded = env.start_with(&[], &[("EVOLVE_AUTH_TOKEN", TOKEN)]);
+    let seen = findings(&guarded, &[("authorization", &format!("Bearer {TOKEN}"))]);
+    assert!(seen.contains(&open_cluster), "{seen:?}");
+    assert!(!seen.contains(&no_token), "a token is set: {seen:?}");
 }

@@ -197,8 +197,14 @@ fn serve(stream: std::net::TcpStream, shared: &Shared, id: &str) {
             .unwrap_or_default();
         let written = write!(
             stream,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{outcome}\r\n{text}",
-            text.len()
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{outcome}\r\n{}",
+            text.len(),
+            // A HEAD answer has the length of the GET's body, and no body.
+            if request_line.starts_with("HEAD ") {
+                ""
+            } else {
+                &text
+            }
         );
         if written.is_err() {
             return;

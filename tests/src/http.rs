@@ -89,7 +89,9 @@ pub fn request(
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let mut body = Vec::new();
-    if chunked {
+    if method == "HEAD" || status == 204 || status == 304 {
+        // No body follows, whatever the headers say.
+    } else if chunked {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size).unwrap();

@@ -154,6 +154,17 @@ pub enum Refusal {
         "signed {age_s} s ago, longer than the TTL plus {MAX_CLOCK_SKEW_S} s of clock skew: a replay, or this node's clock is far off"
     )]
     Stale { age_s: i64 },
+    /// A signed `Upsert`/`Remove` that the node's own current record contradicts: a node writes
+    /// its record before it announces a change, so only a forger holding the key (or a Redis
+    /// writer that rewrote the record) can produce one.
+    #[error(
+        "a signed {op} of service \"{service}\" that the node's own record does not confirm ({why})"
+    )]
+    Unconfirmed {
+        op: &'static str,
+        service: String,
+        why: &'static str,
+    },
 }
 
 /// The counted reasons of [`Refusal`] (a stable name each, for status and logs).
@@ -166,6 +177,7 @@ pub enum Reason {
     Replayed,
     Superseded,
     Stale,
+    Unconfirmed,
 }
 
 impl Refusal {
@@ -178,6 +190,7 @@ impl Refusal {
             Refusal::Replayed { .. } => Reason::Replayed,
             Refusal::Superseded { .. } => Reason::Superseded,
             Refusal::Stale { .. } => Reason::Stale,
+            Refusal::Unconfirmed { .. } => Reason::Unconfirmed,
         }
     }
 }

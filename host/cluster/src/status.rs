@@ -99,6 +99,8 @@ pub struct AuthStats {
     pub replayed: u64,
     /// Signed longer ago than the TTL plus the allowed clock skew.
     pub stale: u64,
+    /// A signed upsert or remove that the node's own current record contradicts.
+    pub unconfirmed: u64,
     /// Valid updates older than the node's record already applied (pub/sub and the sync
     /// raced); not counted in `refused`, the record carries their change.
     pub superseded: u64,
@@ -118,6 +120,7 @@ impl AuthStats {
             Reason::NodeMismatch => &mut self.node_mismatch,
             Reason::Replayed => &mut self.replayed,
             Reason::Stale => &mut self.stale,
+            Reason::Unconfirmed => &mut self.unconfirmed,
         };
         *counter += 1;
         self.refused += 1;

@@ -287,6 +287,50 @@ pub struct ResolvedDir {
     pub host: PathBuf,
     pub guest: String,
     pub write: bool,
+    /// The directory as opened (and checked) at load. Every call preopens this handle, not the
+    /// path, so a path swapped for a link afterwards (by whoever can write its parent) changes
+    /// nothing a plugin can reach.
+    #[serde(skip)]
+    pub handle: Arc<std::fs::File>,
+}
+
+impl ResolvedDir {
+    /// The path a call preopens: the handle opened at load, reached through `/proc/self/fd`
+    /// where the kernel offers it; elsewhere the checked path.
+    pub fn preopen_path(&self) -> PathBuf {
+        #[cfg(target_os = "linux")]
+        if proc_fd_available() {
+            use std::os::fd::AsRawFd;
+            return PathBuf::from(format!("/proc/self/fd/{}", self.handle.as_raw_fd()));
+        }
+        self.host.clone()
+    }
+}
+
+/// Whether `/proc/self/fd` reaches this process's descriptors (not so in a sandbox without
+/// `/proc`); looked up once.
+#[cfg(target_os = "linux")]
+fn proc_fd_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| std::path::Path::new("/proc/self/fd").is_dir())
+}
+
+/// Opens the directory at `path` without following a link in its last component, and says
+/// where the opened directory really is (so the grant is checked on what was opened, not on a
+/// path that may change between the check and the open).
+pub fn open_grant_dir(path: &std::path::Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    #[cfg(target_os = "linux")]
+    if proc_fd_available() {
+        use std::os::fd::AsRawFd;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        return Ok((file, real));
+    }
+    Ok((file, path.canonicalize()?))
 }
 
 /// What a plugin is granted, resolved at load so a call only copies it into a fresh context.
@@ -323,7 +367,7 @@ impl Grants {
                 FsPerms::ReadOnly
             };
             builder
-                .preopened_dir(&dir.host, &dir.guest, perms)
+                .preopened_dir(dir.preopen_path(), &dir.guest, perms)
                 .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.host.display())))?;
         }
         Ok(builder.build())

@@ -391,13 +391,8 @@ impl Driver {
         match update.op {
             CatalogOp::Leave => self.confirm_leave(con, &node, opened.seq).await?,
             _ if !known => self.read_node(con, &node, "announce").await?,
-            CatalogOp::Upsert { spec } => {
-                let report = self.catalog.upsert_remote(&node, *spec).await;
-                self.report_merge(&node, "update", &report);
-            }
-            CatalogOp::Remove { service } => {
-                let report = self.catalog.remove_remote(&node, &service).await;
-                self.report_merge(&node, "update", &report);
+            op @ (CatalogOp::Upsert { .. } | CatalogOp::Remove { .. }) => {
+                self.confirm_change(con, &node, opened.seq, op).await?;
             }
             CatalogOp::Announce => self.read_node(con, &node, "announce").await?,
         }
@@ -426,6 +421,65 @@ impl Driver {
             Ok(verified) => self.merge_node(node, cause, verified).await,
             Err(refusal) => self.refuse(node, "node record", &refusal),
         }
+        Ok(())
+    }
+
+    /// A signed `Upsert`/`Remove` (sequence `seq`) of `node`, applied only when the node's own
+    /// record agrees: the node rewrites its record (the list of its registrations' digests)
+    /// before it announces a change. A record newer than the update carries the change itself
+    /// and is merged instead; a missing record means the node left or lapsed, so only a
+    /// removal can still be applied.
+    async fn confirm_change(
+        &mut self,
+        con: &mut MultiplexedConnection,
+        node: &str,
+        seq: u64,
+        op: CatalogOp,
+    ) -> RedisResult<()> {
+        let record: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.keys.node(node))
+            .query_async(con)
+            .await?;
+        let listed = match record {
+            None => None,
+            Some(bytes) => {
+                let opened = match self.sealer.open(SealKind::Record, &bytes) {
+                    Ok(opened) if opened.node == node => opened,
+                    Ok(opened) => {
+                        let refusal = Refusal::NodeMismatch {
+                            signed: opened.node,
+                            found: node.to_string(),
+                        };
+                        self.refuse(node, "node record", &refusal);
+                        return Ok(());
+                    }
+                    Err(refusal) => {
+                        self.refuse(node, "node record", &refusal);
+                        return Ok(());
+                    }
+                };
+                if opened.seq > seq {
+                    return self.read_node(con, node, "update").await;
+                }
+                match wire::parse_record(&opened.body) {
+                    Ok(record) => Some(record.specs),
+                    Err(error) => {
+                        self.refuse(node, "node record", &Refusal::from(error));
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        if let Err(refusal) = confirms(listed.as_ref(), &op) {
+            self.refuse(node, "catalog update", &refusal);
+            return Ok(());
+        }
+        let report = match op {
+            CatalogOp::Upsert { spec } => self.catalog.upsert_remote(node, *spec).await,
+            CatalogOp::Remove { service } => self.catalog.remove_remote(node, &service).await,
+            CatalogOp::Announce | CatalogOp::Leave => return Ok(()),
+        };
+        self.report_merge(node, "update", &report);
         Ok(())
     }
 
@@ -458,6 +512,38 @@ impl Driver {
         }
         self.expire_peer(node, "left the cluster").await;
         Ok(())
+    }
+}
+
+/// Whether a node's current record (its registrations' digests, `None` when the record is
+/// gone) confirms `op`: an upsert must be listed with its spec's digest, a removed service must
+/// no longer be listed.
+fn confirms(
+    listed: Option<&std::collections::BTreeMap<String, String>>,
+    op: &CatalogOp,
+) -> Result<(), Refusal> {
+    match op {
+        CatalogOp::Upsert { spec } => match listed.and_then(|l| l.get(&spec.name)) {
+            Some(digest) if *digest == wire::spec_digest(spec) => Ok(()),
+            Some(_) => Err(Refusal::Unconfirmed {
+                op: "upsert",
+                service: spec.name.clone(),
+                why: "its record lists another version of it",
+            }),
+            None => Err(Refusal::Unconfirmed {
+                op: "upsert",
+                service: spec.name.clone(),
+                why: "its record does not list it",
+            }),
+        },
+        CatalogOp::Remove { service } if listed.is_some_and(|l| l.contains_key(service)) => {
+            Err(Refusal::Unconfirmed {
+                op: "remove",
+                service: service.clone(),
+                why: "its record still lists it",
+            })
+        }
+        CatalogOp::Remove { .. } | CatalogOp::Announce | CatalogOp::Leave => Ok(()),
     }
 }
 
@@ -609,6 +695,33 @@ mod tests {
             .is_ok(),
             "the same record read again"
         );
+    }
+
+    #[test]
+    fn upserts_and_removes_apply_only_as_the_node_s_own_record_confirms() {
+        let fc = spec("fc", "http://127.0.0.1:9001");
+        let listed: BTreeMap<String, String> = [("fc".to_string(), wire::spec_digest(&fc))].into();
+        let remove = CatalogOp::Remove {
+            service: "fc".into(),
+        };
+        // A removal while the node's record still lists the service: forged.
+        assert!(matches!(
+            confirms(Some(&listed), &remove),
+            Err(Refusal::Unconfirmed { op: "remove", .. })
+        ));
+        assert_eq!(confirms(Some(&BTreeMap::new()), &remove), Ok(()));
+        assert_eq!(confirms(None, &remove), Ok(()), "the node's record is gone");
+        let upsert = |spec: &ServiceSpec| CatalogOp::Upsert {
+            spec: Box::new(spec.clone()),
+        };
+        assert_eq!(confirms(Some(&listed), &upsert(&fc)), Ok(()));
+        let evil = spec("fc", "http://203.0.113.9:80");
+        assert!(matches!(
+            confirms(Some(&listed), &upsert(&evil)),
+            Err(Refusal::Unconfirmed { op: "upsert", .. })
+        ));
+        assert!(confirms(None, &upsert(&fc)).is_err());
+        assert!(confirms(Some(&BTreeMap::new()), &upsert(&fc)).is_err());
     }
 
     #[test]

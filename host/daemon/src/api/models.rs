@@ -22,7 +22,9 @@
 //!
 //! Registry calls run on a blocking thread (SQLite); a write is answered only after it
 //! committed. The export is read on a blocking thread of its own and streamed in chunks
-//! ([`ExportBody`]), so its size costs the daemon a few chunks of memory, not the registry.
+//! ([`ExportBody`]), so its size costs the daemon a few chunks of memory, not the registry; at
+//! most [`MAX_EXPORTS`] run at once (the route is open to anonymous readers on a loopback
+//! listen), one more is refused with `503 too_many_exports`.
 
 use std::collections::BTreeMap;
 
@@ -541,6 +543,28 @@ async fn restore(
 /// Export chunks read ahead of a slow client before the reader waits for it.
 const EXPORT_QUEUE: usize = 4;
 
+/// Exports streaming at once. Each holds a blocking thread, a SQLite read transaction (which
+/// keeps the WAL from being checkpointed past it) and [`EXPORT_QUEUE`] chunks for as long as its
+/// client reads slowly; backups and migrations need one or two.
+pub const MAX_EXPORTS: usize = 4;
+
+/// Permits for exports, one daemon per process; a permit lives as long as its answer's body.
+static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_EXPORTS);
+
+/// A slot for one more export, or the refusal that says why there is none.
+fn export_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    EXPORTS.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_exports",
+            format!(
+                "{MAX_EXPORTS} registry exports are already streaming; retry once one has finished"
+            ),
+        )
+        .with("max_exports", MAX_EXPORTS)
+    })
+}
+
 /// `GET /v1/registry/export`: the document streamed as its chunks are read. An error before
 /// the first chunk is a JSON error answer; one after it ends the body early (the client sees a
 /// cut-off transfer, never a document that parses but misses models).
@@ -552,6 +576,7 @@ async fn export(State(state): State<ApiState>) -> Result<Response, ApiError> {
             "this daemon runs without a model registry",
         ));
     };
+    let permit = export_permit()?;
     let (chunks, mut queue) = tokio::sync::mpsc::channel(EXPORT_QUEUE);
     tokio::task::spawn_blocking(move || {
         let sender = chunks.clone();
@@ -577,6 +602,7 @@ async fn export(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let mut response = Response::new(axum::body::Body::new(ExportBody {
         first: Some(first),
         queue,
+        _permit: permit,
     }));
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
@@ -590,6 +616,8 @@ async fn export(State(state): State<ApiState>) -> Result<Response, ApiError> {
 struct ExportBody {
     first: Option<bytes::Bytes>,
     queue: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, RegistryError>>,
+    /// The export's slot, freed when the body is dropped (done, or the client went).
+    _permit: tokio::sync::SemaphorePermit<'static>,
 }
 
 impl hyper::body::Body for ExportBody {
@@ -624,4 +652,21 @@ async fn import(
     Ok(created(
         json!({ "imported_models": models, "imported_points": points }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_past_the_cap_are_refused_until_one_finishes() {
+        let held: Vec<_> = (0..MAX_EXPORTS)
+            .map(|n| export_permit().unwrap_or_else(|_| panic!("export {n} within the cap")))
+            .collect();
+        let refused = export_permit().expect_err("one export past the cap");
+        assert_eq!(refused.code, "too_many_exports");
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        assert!(export_permit().is_ok(), "a finished export frees its slot");
+    }
 }

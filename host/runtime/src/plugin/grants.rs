@@ -150,12 +150,21 @@ fn resolve_dir(
             format!("{e}; create it or grant `write = true` so the host creates it"),
         )
     })?;
-    // The real path, in case a link appeared where the planned one had a plain directory.
+    // Opened once, and checked where the opened directory really is: a link that appeared
+    // where the planned path had a plain directory, or between the check and the open, is
+    // caught here; after this, calls reach only this handle.
+    let (handle, host) = crate::sandbox::open_grant_dir(&host).map_err(|e| {
+        denied(
+            format!("dir {}", host.display()),
+            format!("cannot open it as a directory: {e}"),
+        )
+    })?;
     checker.check(grant, &host)?;
     Ok(ResolvedDir {
         host,
         guest: grant.guest.clone(),
         write: grant.write,
+        handle: Arc::new(handle),
     })
 }
 
@@ -351,6 +360,44 @@ mod tests {
         assert!(text.contains(&format!("\"{grant}\"")), "{text}");
         assert!(text.contains(&setup.root.display().to_string()), "{text}");
         assert!(text.contains(KEY), "{text}");
+    }
+
+    #[test]
+    fn a_grant_swapped_for_a_link_after_load_still_reaches_the_checked_directory() {
+        let setup = setup();
+        let granted = setup.root.join("in");
+        std::fs::create_dir_all(&granted).expect("granted dir");
+        std::fs::write(granted.join("note"), "granted").expect("note");
+        let (grants, _) = resolve_grants(
+            &dir_grant(Path::new("shared/in"), false),
+            &setup.data,
+            &setup.policy,
+        )
+        .expect("inside the root");
+        // Whoever can write data/shared swaps the granted path for a link to the mesh catalog.
+        let moved = setup.root.join("in.moved");
+        std::fs::rename(&granted, &moved).expect("move away");
+        std::os::unix::fs::symlink(setup.data.join("mesh"), &granted).expect("link");
+        let reached = grants.dirs[0]
+            .preopen_path()
+            .canonicalize()
+            .expect("the preopened path resolves");
+        assert_eq!(
+            reached, moved,
+            "a call must reach the directory checked at load"
+        );
+        assert_eq!(
+            std::fs::read_to_string(grants.dirs[0].preopen_path().join("note")).expect("note"),
+            "granted"
+        );
+    }
+
+    #[test]
+    fn a_grant_whose_last_component_is_a_link_is_checked_where_it_leads() {
+        let setup = setup();
+        std::os::unix::fs::symlink(setup.data.join("mesh"), setup.root.join("door")).expect("link");
+        let text = refused(&setup, &dir_grant(Path::new("shared/door"), false));
+        assert!(text.contains("the mesh catalog"), "{text}");
     }
 
     #[test]
