@@ -322,19 +322,19 @@ fn spawn_daemon(args: &UpArgs) -> anyhow::Result<Child> {
     })
 }
 
-/// Polls `GET /healthz` (the daemon answers only after its plugins loaded).
+/// Polls `GET /readyz` until every plugin dir has had its first load (the API answers before).
 async fn wait_ready(api: &Api, daemon: &mut Child) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = daemon.try_wait()? {
             bail!("the daemon exited during start-up ({status}); its log says why");
         }
-        if let Ok((StatusCode::OK, _)) = api.call(Method::GET, "/healthz", None).await {
+        if let Ok((StatusCode::OK, _)) = api.call(Method::GET, "/readyz", None).await {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "the daemon did not answer at {} within {READY_TIMEOUT:?}",
+                "the daemon at {} did not finish loading its plugins within {READY_TIMEOUT:?} (GET /readyz lists what is still loading)",
                 api.base()
             );
         }

@@ -277,6 +277,9 @@ fn plugin_text_cannot_forge_lines_in_the_daemons_text_log() {
             .collect();
         Some(addr)
     });
+    evolve_e2e::wait_until("the end of the plugins' first load", || {
+        daemon.log.text().contains("plugins loaded").then_some(())
+    });
     let run = |task: &str| {
         let body = json!({ "task": task }).to_string();
         evolve_e2e::http::request(

@@ -181,3 +181,131 @@ fn plugin_check_validates_without_a_daemon() {
     assert_ne!(code, 0);
     assert!(stderr.contains("no such plugin directory"), "{stderr}");
 }
+
+/// A plugin whose first load does not end on its own (its `describe()` spins until a long
+/// deadline) delays only itself: the API answers at once, a plugin beside it loads and serves,
+/// `/v1/health`, `/v1/plugins` and `/readyz` say which plugin is still loading, and a call to
+/// it answers `503 loading` rather than "no such plugin".
+#[test]
+fn the_api_and_other_plugins_serve_while_one_plugin_is_still_loading() {
+    let env = Env::new();
+    env.install("testing", "spin-forever", |m| {
+        // Far longer than the test: the load is still under way when the daemon is killed.
+        m["limits"]["deadline_ms"] = 120_000.into();
+        let mut config = toml::Table::new();
+        config.insert("spin_in_describe".into(), true.into());
+        m.insert("config".into(), config.into());
+    });
+    env.install("testing", "echo", |_| {});
+    let daemon = env.start_listening();
+    daemon.wait_event("plugin.loaded", "echo", |_| true);
+
+    assert_eq!(daemon.get("/healthz").status, 200);
+    let run = daemon.post(
+        "/v1/agents/echo/run",
+        &json!({"task": "t", "input": {"k": 1}}),
+    );
+    assert_eq!(run.status, 200, "{}", run.text());
+    assert_eq!(run.json()["outcome"]["output"], json!({"k": 1}));
+
+    let health = daemon.get("/v1/health");
+    assert_eq!(health.status, 200, "{}", health.text());
+    let health = health.json();
+    assert_eq!(
+        health["parts"]["plugins"]["status"], "degraded",
+        "{health:#}"
+    );
+    assert_eq!(
+        health["parts"]["plugins"]["detail"]["loading"][0]["name"], "spin-forever",
+        "{health:#}"
+    );
+    let reasons: Vec<&str> = health["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("plugins: plugin spin-forever is still loading")),
+        "{reasons:?}"
+    );
+
+    let ready = daemon.get("/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "loading");
+    assert_eq!(ready.json()["loading"][0]["name"], "spin-forever");
+    assert_eq!(daemon.plugin("spin-forever")["state"], "loading");
+
+    let refused = daemon.post("/v1/agents/spin-forever/run", &json!({"task": "t"}));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let error = refused.json()["error"].clone();
+    assert_eq!(error["code"], "loading", "{error:#}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("agent 'spin-forever' is still loading"),
+        "{error:#}"
+    );
+}
+
+/// The first load runs the canary a reload runs: a meta agent whose `health()` says unhealthy
+/// is refused with `canary_unhealthy`; `/readyz` turns ready once every dir had its first load.
+#[test]
+fn a_first_load_runs_the_health_canary_and_readyz_turns_ready() {
+    let env = Env::new();
+    env.install("testing", "versioned", |m| {
+        m["config"]["healthy"] = false.into();
+    });
+    env.install("testing", "echo", |_| {});
+    let daemon = env.start();
+    let refused = daemon.plugin("versioned");
+    assert_eq!(refused["state"], "failed", "{refused:#}");
+    assert_eq!(
+        refused["last_error"]["code"], "canary_unhealthy",
+        "{refused:#}"
+    );
+    assert_eq!(daemon.plugin("echo")["state"], "serving");
+    let ready = daemon.get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "ready");
+}
+
+/// Plugin dirs load side by side, yet two dirs that claim one name resolve as a one-by-one
+/// load would: the first dir in sorted order serves, the other is refused naming it.
+#[test]
+fn two_dirs_with_one_name_resolve_in_sorted_order() {
+    let env = Env::new();
+    for dir in ["b-echo", "a-echo"] {
+        let installed = env.install("testing", "echo", |_| {});
+        std::fs::rename(installed, env.plugins_dir.join(dir)).unwrap();
+    }
+    let daemon = env.start();
+    let echo = daemon.plugin("echo");
+    assert_eq!(echo["state"], "serving", "{echo:#}");
+    assert!(
+        echo["dir"].as_str().unwrap().ends_with("/a-echo"),
+        "{echo:#}"
+    );
+    let plugins = daemon.get("/v1/plugins").json();
+    let clash = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["state"] == "failed")
+        .unwrap_or_else(|| panic!("b-echo was not refused: {plugins:#}"));
+    assert!(
+        clash["dir"].as_str().unwrap().ends_with("/b-echo"),
+        "{clash:#}"
+    );
+    assert_eq!(clash["last_error"]["code"], "duplicate_name", "{clash:#}");
+    assert!(
+        clash["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a-echo"),
+        "{clash:#}"
+    );
+}

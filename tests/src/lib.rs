@@ -23,9 +23,9 @@ use serde_json::Value;
 /// test threads; normal waits end in milliseconds when the event arrives.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a daemon may take to listen: it answers only after its plugins loaded, and a cold
-/// AOT cache compiles each one (a Python or JavaScript component alone takes 15-45 s on a busy
-/// 2-core machine while other tests run).
+/// How long a daemon may take to listen and load its plugins: a cold AOT cache compiles each
+/// one (a Python or JavaScript component alone takes 15-45 s on a busy 2-core machine while
+/// other tests run).
 pub const START_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Held by the few tests that load the CPU for minutes (a nested `cargo test` building the
@@ -182,14 +182,23 @@ impl Env {
         dir
     }
 
-    /// Starts a daemon on a free loopback port and waits until its API listens.
+    /// Starts a daemon on a free loopback port and waits until its API listens and every
+    /// plugin dir has had its first load.
     pub fn start(&self) -> Daemon {
         self.start_with(&[], &[])
     }
 
     pub fn start_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let daemon = self.spawn(args, envs);
-        daemon.wait_ready();
+        daemon.wait_listening();
+        daemon.wait_plugins_loaded();
+        daemon
+    }
+
+    /// Starts a daemon and waits only until its API listens: its plugins may still be loading.
+    pub fn start_listening(&self) -> Daemon {
+        let daemon = self.spawn(&[], &[]);
+        daemon.wait_listening();
         daemon
     }
 
@@ -348,7 +357,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn wait_ready(&self) {
+    /// Waits for the end of the first load of every plugin dir (the API serves before it).
+    pub fn wait_plugins_loaded(&self) -> Value {
+        self.log.wait_for_nth_within(
+            "the end of the plugins' first load",
+            1,
+            START_TIMEOUT,
+            |v| v["message"] == "plugins loaded",
+        )
+    }
+
+    /// Waits until the API listens, and learns its address.
+    pub fn wait_listening(&self) {
         let line = self
             .log
             .wait_for_nth_within("its listen address", 1, START_TIMEOUT, |v| {

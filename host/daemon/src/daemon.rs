@@ -1,20 +1,25 @@
 //! The daemon as one value: [`Daemon::build`] turns a validated [`HostConfig`] into every part,
 //! [`Daemon::run`] serves until a stop signal and drains.
 //!
-//! Start-up, in order (each step fails with what to fix, before anything is served):
+//! Start-up, in order (steps 1-4 fail with what to fix, before anything is served):
 //! 1. **bind** the API listener, so a port conflict fails in milliseconds, not after compiles;
 //! 2. **open the stores**: the agent run history (runs left running by a killed process are
 //!    marked interrupted) and the model registry (a foreign or damaged file stops the daemon
 //!    with how to restore it), whose own [`Maintenance`] starts with it;
 //! 3. **build the parts**, lower first: runtime → agents → mesh (with the registry as its model
 //!    selector) → cluster (never waits for Redis) → the system view plugins see;
-//! 4. **load plugins**: the watcher first, then one scan, so a plugin written during the initial
-//!    load is not missed; the mesh's health checks start once the checkers are loaded, the
-//!    agent schedules after that.
+//! 4. **check the plugins dir** is readable (the plugins load in step 5).
 //!
-//! Then [`Daemon::run`] serves the API (and the mesh's data-plane listener when configured)
-//! until `stop` turns true, lets in-flight requests finish for `server.shutdown_grace_s`, and
-//! withdraws this node from the cluster.
+//! Then [`Daemon::run`] serves the API (and the mesh's data-plane listener when configured) at
+//! once and, beside it,
+//! 5. **loads plugins**: the watcher first, so a plugin written during the load is not missed,
+//!    then the first load of every dir, as many at once as there are cores. Until a plugin's
+//!    first load ends, calls by its name answer `503 loading` and `GET /v1/health` lists it;
+//!    `GET /readyz` turns 200 once every dir has had its first load. Agents follow plugins as
+//!    they load; the mesh's health checks start once every checker has had its first load.
+//!
+//! It serves until `stop` turns true, lets in-flight requests finish for
+//! `server.shutdown_grace_s`, and withdraws this node from the cluster.
 //!
 //! The one cycle in the wiring is the plugins' system view: the runtime serves plugins that
 //! read the agents, mesh and registry through [`DaemonInventory`] and probe them through
@@ -32,7 +37,7 @@ use tokio::sync::watch;
 use crate::agents::{AgentManager, RunHistory};
 use crate::api::{self, ApiState};
 use crate::config::HostConfig;
-use crate::reload::Reloader;
+use crate::reload::{self, Reloader};
 use crate::system::{DaemonInventory, DaemonProbes, PluginChecks, RegistrySelector};
 use evolve_cluster::Cluster;
 use evolve_core::events::EventBus;
@@ -45,7 +50,7 @@ use evolve_runtime::{Runtime, SystemView};
 /// peers expire them after the heartbeat TTL instead.
 const CLUSTER_LEAVE_WAIT: Duration = Duration::from_secs(2);
 
-/// A daemon whose parts are built and whose plugins are loaded, ready to [`run`](Daemon::run).
+/// A daemon whose parts are built, ready to [`run`](Daemon::run) (which loads the plugins).
 pub struct Daemon {
     config: Arc<HostConfig>,
     listener: TcpListener,
@@ -61,6 +66,8 @@ pub struct Daemon {
     reloader: Arc<Reloader>,
     /// Every mutation and refusal of the API (`<log dir>/audit.jsonl`).
     audit: Arc<api::audit::AuditLog>,
+    /// When start-up began, for the "plugins loaded" line's timing.
+    started: Instant,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -150,37 +157,22 @@ impl Daemon {
             }),
         });
 
-        // 4. plugins.
+        // 4. plugins: read the dir now, so a missing or unreadable one fails before serving;
+        // the loading itself happens while the API serves (see `run`).
+        reload::plugin_dirs(&plugins_dir)
+            .with_context(|| format!("cannot read plugins dir {}", plugins_dir.display()))?;
         let reloader = Reloader::new(
             runtime.clone(),
             events.clone(),
             plugins_dir.clone(),
             config.reload.clone(),
         );
-        if config.reload.watch {
-            reloader.spawn_watcher();
-        }
-        let summary = reloader
-            .reconcile_all(false)
-            .await
-            .with_context(|| format!("cannot read plugins dir {}", plugins_dir.display()))?;
-        mesh.start_health_checks();
-        let cache = runtime.cache_stats();
-        tracing::info!(
-            dir = %plugins_dir.display(),
-            loaded = summary.serving(),
-            failed = summary.failed(),
-            aot_hits = cache.hits,
-            aot_misses = cache.misses,
-            ms = started.elapsed().as_millis() as u64,
-            "plugins loaded"
-        );
-        agents.start();
         let audit = Arc::new(
             api::audit::AuditLog::open(&config.log_dir()).context("cannot open the audit log")?,
         );
 
         Ok(Daemon {
+            started,
             audit,
             config: Arc::new(config),
             listener,
@@ -204,6 +196,7 @@ impl Daemon {
     /// Serves until `stop` turns true, then drains (see the module docs).
     pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let Daemon {
+            started,
             audit,
             config,
             listener,
@@ -222,6 +215,20 @@ impl Daemon {
             .config()
             .listen
             .zip(mesh.config().listen_service.clone());
+        // 5. plugins load while the API serves: one whose describe() never returns delays
+        // only itself. The watcher starts first, so nothing written during the load is missed;
+        // agents follow the plugins as they load, the mesh's health checks start once every
+        // checker has had its first load.
+        if config.reload.watch {
+            reloader.spawn_watcher();
+        }
+        agents.start();
+        tokio::spawn(load_plugins(
+            Arc::clone(&reloader),
+            runtime.clone(),
+            mesh.clone(),
+            started,
+        ));
         let app = api::router(
             ApiState::new(runtime, reloader, events, config, agents)
                 .with_registry(registry)
@@ -264,6 +271,33 @@ impl Daemon {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Step 5: the first load of every plugin dir, as many at once as there are cores.
+async fn load_plugins(reloader: Arc<Reloader>, runtime: Runtime, mesh: Mesh, started: Instant) {
+    let parallelism = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+    let dir = reloader.plugins_dir().display().to_string();
+    match reloader.load_initial(parallelism).await {
+        Ok(summary) => {
+            let cache = runtime.cache_stats();
+            tracing::info!(
+                dir = %dir,
+                loaded = summary.serving(),
+                failed = summary.failed(),
+                parallelism,
+                aot_hits = cache.hits,
+                aot_misses = cache.misses,
+                ms = started.elapsed().as_millis() as u64,
+                "plugins loaded"
+            );
+        }
+        // Readable a moment ago (start-up checked): the watcher's rescan loads them once it is
+        // readable again.
+        Err(error) => {
+            tracing::error!(dir = %dir, %error, "cannot read the plugins dir; plugins load once it is readable again")
+        }
+    }
+    mesh.start_health_checks();
 }
 
 async fn open_run_history(config: &HostConfig) -> anyhow::Result<RunHistory> {

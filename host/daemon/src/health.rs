@@ -3,7 +3,7 @@
 //!
 //! | part | unhealthy when | degraded when |
 //! |---|---|---|
-//! | `plugins` | no plugin serves (none loaded, or every one quarantined) | a plugin failed to load or is quarantined |
+//! | `plugins` | no plugin serves (none loaded, or every one quarantined), whether or not some are still loading | a plugin failed to load, is quarantined, or its first load is under way |
 //! | `services` | never (the daemon still answers its own API) | a service has no routable instance, or an instance is unhealthy, ejected, or its circuit is open |
 //! | `registry` | the store is unusable: no registry, file gone, a read failed, or the last integrity check failed | never |
 //! | `agents` | never | an agent's latest `health()` said `unhealthy` or `degraded` |
@@ -94,6 +94,12 @@ pub async fn gather(sources: Sources<'_>) -> SystemHealth {
             .iter()
             .map(|f| (f.name.clone(), f.code.to_string(), f.error.clone()))
             .collect(),
+        loading: sources
+            .runtime
+            .loading()
+            .into_iter()
+            .map(|l| (l.name, l.since))
+            .collect(),
     };
     let services: Vec<ServiceInput> = sources
         .mesh
@@ -148,17 +154,30 @@ pub struct PluginsInput {
     pub quarantined: Vec<String>,
     /// (name, error code, message)
     pub failed: Vec<(String, String, String)>,
+    /// (name, when its first load began)
+    pub loading: Vec<(String, DateTime<Utc>)>,
 }
 
 pub fn plugins_part(input: &PluginsInput) -> Part {
     let mut unhealthy = Vec::new();
     let mut degraded = Vec::new();
     if input.serving.is_empty() {
-        unhealthy.push(if input.quarantined.is_empty() {
+        unhealthy.push(if !input.loading.is_empty() {
+            format!(
+                "no plugin serves yet: {} still loading",
+                input.loading.len()
+            )
+        } else if input.quarantined.is_empty() {
             "no plugin serves: none is loaded (check plugins.dir)".to_string()
         } else {
             "no plugin serves: every loaded plugin is quarantined".to_string()
         });
+    }
+    for (name, since) in &input.loading {
+        degraded.push(format!(
+            "plugin {name} is still loading (since {})",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ));
     }
     for (name, code, message) in &input.failed {
         degraded.push(format!("plugin {name} failed to load ({code}): {message}"));
@@ -172,6 +191,9 @@ pub fn plugins_part(input: &PluginsInput) -> Part {
         json!({
             "serving": input.serving.len(),
             "quarantined": input.quarantined,
+            "loading": input.loading.iter().map(|(name, since)| json!({
+                "name": name, "since": since,
+            })).collect::<Vec<_>>(),
             "failed": input.failed.iter().map(|(name, code, message)| json!({
                 "name": name, "code": code, "message": message,
             })).collect::<Vec<_>>(),
@@ -420,9 +442,34 @@ mod tests {
             serving: vec!["ok".into()],
             quarantined: vec![],
             failed: vec![("bad".into(), "manifest".into(), "line 2".into())],
+            ..Default::default()
         });
         assert_eq!(part.status, Status::Degraded);
         assert!(part.reasons[0].contains("bad"), "{:?}", part.reasons);
+    }
+
+    #[test]
+    fn a_plugin_still_loading_degrades_and_is_named() {
+        let since = Utc::now();
+        let part = plugins_part(&PluginsInput {
+            serving: vec!["ok".into()],
+            loading: vec![("slow".into(), since)],
+            ..Default::default()
+        });
+        assert_eq!(part.status, Status::Degraded);
+        assert!(
+            part.reasons[0].starts_with("plugin slow is still loading"),
+            "{:?}",
+            part.reasons
+        );
+        assert_eq!(part.detail["loading"][0]["name"], "slow");
+        // Nothing serves yet: unhealthy, and the reason says the load is under way.
+        let part = plugins_part(&PluginsInput {
+            loading: vec![("slow".into(), since)],
+            ..Default::default()
+        });
+        assert_eq!(part.status, Status::Unhealthy);
+        assert_eq!(part.reasons[0], "no plugin serves yet: 1 still loading");
     }
 
     #[test]

@@ -14,10 +14,21 @@ use crate::plugin::{Answer, Call, CallReport, Description, Plugin};
 use crate::supervision::QuarantineStart;
 
 impl Runtime {
+    /// Why nothing serves under `name`: still loading, or no such plugin.
+    fn not_serving(&self, name: &str) -> CallError {
+        match self.loading_since(name) {
+            Some(since) => CallError::Loading {
+                plugin: name.to_string(),
+                since,
+            },
+            None => CallError::NotFound {
+                plugin: name.to_string(),
+            },
+        }
+    }
+
     fn get_kind(&self, name: &str, kind: PluginKind) -> Result<Arc<Plugin>, CallError> {
-        let plugin = self.get(name).ok_or_else(|| CallError::NotFound {
-            plugin: name.to_string(),
-        })?;
+        let plugin = self.get(name).ok_or_else(|| self.not_serving(name))?;
         if plugin.kind() != kind {
             return Err(CallError::WrongKind {
                 plugin: name.to_string(),
@@ -136,9 +147,7 @@ impl Runtime {
 
     /// Calls `describe()` on a fresh instance.
     pub async fn describe(&self, name: &str) -> Result<CallReport<Description>, CallError> {
-        let plugin = self.get(name).ok_or_else(|| CallError::NotFound {
-            plugin: name.to_string(),
-        })?;
+        let plugin = self.get(name).ok_or_else(|| self.not_serving(name))?;
         let report = self.call(&plugin, Call::Describe).await?;
         map_report(report, |answer| match answer {
             Answer::Described { description, .. } => Some(description),

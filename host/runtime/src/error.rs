@@ -159,6 +159,14 @@ pub enum CallError {
     #[error("no plugin named '{plugin}' is loaded")]
     NotFound { plugin: String },
 
+    #[error(
+        "plugin '{plugin}' is still loading (its first load began at {since}); retry once it serves: GET /v1/health lists the plugins still loading"
+    )]
+    Loading {
+        plugin: String,
+        since: chrono::DateTime<chrono::Utc>,
+    },
+
     #[error("plugin '{plugin}' is a {actual}, not a {expected}")]
     WrongKind {
         plugin: String,
@@ -231,6 +239,7 @@ impl CallError {
     pub fn code(&self) -> &'static str {
         match self {
             CallError::NotFound { .. } => "not_found",
+            CallError::Loading { .. } => "loading",
             CallError::WrongKind { .. } => "wrong_kind",
             CallError::Overloaded { .. } => "overloaded",
             CallError::Quarantined { .. } => "quarantined",

@@ -62,7 +62,7 @@ pub use self::plugin::{
     Answer, Call, CallReport, DaemonPath, Description, GrantPolicy, Guard, Loaded, Plugin,
 };
 pub use self::probes::{DetachedProbes, ProbeTimer, SystemProbes};
-pub use self::serving::{LoadFailure, ReloadRecord, Swapped};
+pub use self::serving::{FirstLoad, LoadFailure, LoadingPlugin, ReloadRecord, Swapped};
 pub use self::supervision::SupervisionConfig;
 
 use self::bindings::health_checker::HealthChecker;
@@ -130,6 +130,8 @@ struct Shared {
     /// Highest generation handed out per plugin name.
     generations: Mutex<std::collections::HashMap<String, u64>>,
     failures: RwLock<BTreeMap<PathBuf, LoadFailure>>,
+    /// Directories whose first load is under way (see [`Runtime::begin_first_load`]).
+    loading: RwLock<BTreeMap<PathBuf, LoadingPlugin>>,
     pool: Arc<Semaphore>,
     events: EventBus,
     /// `config.grant_policy` with every daemon path the runtime knows of added.
@@ -215,6 +217,7 @@ impl Runtime {
                 draining: Mutex::default(),
                 generations: Mutex::default(),
                 failures: RwLock::default(),
+                loading: RwLock::default(),
                 system: RwLock::new(SystemView::detached()),
                 http_transport,
                 _ticker: ticker,

@@ -30,6 +30,41 @@ pub struct LoadFailure {
     pub at: DateTime<Utc>,
 }
 
+/// A plugin directory whose first load is under way: nothing serves from it yet, and calls
+/// by its name are told to retry rather than that it does not exist.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadingPlugin {
+    /// The plugin's name when its manifest parses, else the directory name.
+    pub name: String,
+    pub dir: PathBuf,
+    pub since: DateTime<Utc>,
+}
+
+/// Keeps a directory marked as loading while held; see [`Runtime::begin_first_load`].
+#[must_use = "the directory stops being marked as loading when this is dropped"]
+pub struct FirstLoad {
+    runtime: Runtime,
+    dir: PathBuf,
+    /// False when an outer mark already covered the directory: only the first one unmarks.
+    marked: bool,
+}
+
+impl Drop for FirstLoad {
+    fn drop(&mut self) {
+        if self.marked {
+            write(&self.runtime.shared.loading).remove(&self.dir);
+        }
+    }
+}
+
+impl std::fmt::Debug for FirstLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstLoad")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a swap took out of service; all of it is in the draining set.
 #[derive(Debug)]
 pub struct Swapped {
@@ -297,10 +332,7 @@ impl Runtime {
                 return;
             }
         }
-        let name = Manifest::load(dir).map(|m| m.name).unwrap_or_else(|_| {
-            dir.file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-        });
+        let name = name_of_dir(dir);
         write(&self.shared.failures).insert(
             dir.to_path_buf(),
             LoadFailure {
@@ -311,6 +343,49 @@ impl Runtime {
                 at: Utc::now(),
             },
         );
+    }
+
+    /// Marks `dir` as loading for the first time until the returned guard is dropped, so the
+    /// API and callers see "still loading" instead of "no such plugin". A directory that a
+    /// plugin already serves from is not marked: its serving generation answers meanwhile.
+    pub fn begin_first_load(&self, dir: &Path) -> FirstLoad {
+        let serving = read(&self.shared.plugins)
+            .values()
+            .any(|slot| slot.current.dir == dir);
+        let entry = (!serving).then(|| LoadingPlugin {
+            name: name_of_dir(dir),
+            dir: dir.to_path_buf(),
+            since: Utc::now(),
+        });
+        let marked = match entry {
+            Some(entry) => {
+                let mut loading = write(&self.shared.loading);
+                let fresh = !loading.contains_key(dir);
+                if fresh {
+                    loading.insert(dir.to_path_buf(), entry);
+                }
+                fresh
+            }
+            None => false,
+        };
+        FirstLoad {
+            runtime: self.clone(),
+            dir: dir.to_path_buf(),
+            marked,
+        }
+    }
+
+    /// Directories whose first load is under way.
+    pub fn loading(&self) -> Vec<LoadingPlugin> {
+        read(&self.shared.loading).values().cloned().collect()
+    }
+
+    /// When the first load of a plugin named `name` began, while it is under way.
+    pub fn loading_since(&self, name: &str) -> Option<DateTime<Utc>> {
+        read(&self.shared.loading)
+            .values()
+            .find(|entry| entry.name == name)
+            .map(|entry| entry.since)
     }
 
     /// Forgets a failed directory that no longer exists.
@@ -336,4 +411,13 @@ impl Runtime {
             .get(name)
             .map(|slot| Arc::clone(&slot.current))
     }
+}
+
+/// The plugin's name from the manifest in `dir`, else the directory's name (the manifest is
+/// what failed).
+fn name_of_dir(dir: &Path) -> String {
+    Manifest::load(dir).map(|m| m.name).unwrap_or_else(|_| {
+        dir.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    })
 }

@@ -100,6 +100,13 @@ impl AgentsConfig {
 pub enum AgentError {
     #[error("no meta agent named '{agent}' is loaded; see GET /v1/agents")]
     NotFound { agent: String },
+    #[error(
+        "agent '{agent}' is still loading (its first load began at {since}); retry once it serves: GET /v1/health lists the plugins still loading"
+    )]
+    Loading {
+        agent: String,
+        since: chrono::DateTime<chrono::Utc>,
+    },
     #[error("plugin '{agent}' is a {kind}, not a meta-agent")]
     NotAnAgent { agent: String, kind: &'static str },
     #[error(

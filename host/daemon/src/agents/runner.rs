@@ -39,7 +39,8 @@ pub trait AgentRunner: Send + Sync + 'static {
     fn agents(&self) -> Vec<LoadedAgent>;
 
     /// The meta agent named `name`; [`AgentError::NotFound`] when nothing by that name is
-    /// loaded, [`AgentError::NotAnAgent`] when it is a plugin of another kind.
+    /// loaded ([`AgentError::Loading`] while its first load is under way),
+    /// [`AgentError::NotAnAgent`] when it is a plugin of another kind.
     fn agent(&self, name: &str) -> Result<LoadedAgent, AgentError>;
 
     /// The generation serving `name`, whatever its kind.
@@ -99,8 +100,14 @@ impl AgentRunner for RuntimeAgents {
                 agent: name.to_string(),
                 kind: plugin.kind().world(),
             }),
-            None => Err(AgentError::NotFound {
-                agent: name.to_string(),
+            None => Err(match self.runtime.loading_since(name) {
+                Some(since) => AgentError::Loading {
+                    agent: name.to_string(),
+                    since,
+                },
+                None => AgentError::NotFound {
+                    agent: name.to_string(),
+                },
             }),
         }
     }

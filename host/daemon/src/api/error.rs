@@ -62,9 +62,9 @@ impl From<CallError> for ApiError {
         let status = match &error {
             CallError::NotFound { .. } => StatusCode::NOT_FOUND,
             CallError::WrongKind { .. } => StatusCode::CONFLICT,
-            CallError::Overloaded { .. } | CallError::Quarantined { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            CallError::Loading { .. }
+            | CallError::Overloaded { .. }
+            | CallError::Quarantined { .. } => StatusCode::SERVICE_UNAVAILABLE,
             CallError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             // The plugin, not the client, failed: a bad gateway in HTTP terms.
             CallError::MemoryLimit { .. }
@@ -84,6 +84,7 @@ impl From<AgentError> for ApiError {
             AgentError::NotFound { .. } | AgentError::RunNotFound { .. } => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
+            AgentError::Loading { .. } => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
             AgentError::NotAnAgent { .. } => (StatusCode::CONFLICT, "wrong_kind"),
             AgentError::AlreadyRunning { .. } => (StatusCode::CONFLICT, "already_running"),
             AgentError::RunFinished { .. } => (StatusCode::CONFLICT, "run_finished"),

@@ -4,8 +4,9 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | liveness |
+//! | `GET /readyz` | readiness: every plugin dir had its first load |
 //! | `GET /v1/health` | the whole system's health: see [`crate::health`] |
-//! | `GET /v1/plugins`, `GET /v1/plugins/{name}` | serving, draining and failed plugins |
+//! | `GET /v1/plugins`, `GET /v1/plugins/{name}` | serving, draining, loading and failed plugins |
 //! | `POST /v1/plugins/{name}/reload` | reconcile one plugin's dir now (`?force=true`: even if unchanged) |
 //! | `GET /v1/events` | recent events of the internal bus; `?follow=true` streams them (see [`events`]) |
 //! | `GET /v1/runtime` | pool, AOT cache, limits |
@@ -220,10 +221,11 @@ fn path_matches(pattern: &str, path: &str) -> bool {
 
 /// Every route [`router`] serves (an end-to-end test requests each one).
 pub const ENDPOINTS: &[Endpoint] = &[
+    read("GET", "/healthz", "liveness: status, version, uptime"),
     read(
         "GET",
-        "/healthz",
-        "liveness and a summary of loaded plugins",
+        "/readyz",
+        "readiness: 200 once every plugin dir had its first load, else 503 and what is loading",
     ),
     read(
         "GET",
@@ -231,7 +233,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "the whole system's health: plugins, services, registry, agents, cluster",
     ),
     read("GET", "/metrics", "Prometheus metrics (text format)"),
-    read("GET", "/v1/plugins", "serving, draining and failed plugins"),
+    read(
+        "GET",
+        "/v1/plugins",
+        "serving, draining, loading and failed plugins",
+    ),
     read(
         "GET",
         "/v1/plugins/{name}",
@@ -417,6 +423,7 @@ pub fn router(state: ApiState) -> Router {
     let body_limit = usize::try_from(state.config.server.body_limit_kb << 10).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(plugins::healthz))
+        .route("/readyz", get(plugins::readyz))
         .route("/v1/health", get(health::health))
         .route("/metrics", get(metrics::scrape))
         .route("/v1/plugins", get(plugins::list))

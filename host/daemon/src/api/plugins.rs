@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -15,7 +17,9 @@ use evolve_runtime::bindings::types::{HealthReport, Service};
 use evolve_runtime::plugin::LastError;
 use evolve_runtime::sandbox::ResolvedDir;
 use evolve_runtime::supervision::SupervisionView;
-use evolve_runtime::{Description, Limits, LoadFailure, Plugin, PluginKind, ReloadRecord};
+use evolve_runtime::{
+    Description, Limits, LoadFailure, LoadingPlugin, Plugin, PluginKind, ReloadRecord,
+};
 
 /// A loaded plugin as the API shows it.
 #[derive(Debug, Serialize)]
@@ -134,6 +138,45 @@ impl FailedView {
     }
 }
 
+/// A plugin directory whose first load is under way.
+#[derive(Debug, Serialize)]
+pub struct LoadingView {
+    pub name: String,
+    pub state: &'static str,
+    pub dir: String,
+    pub since: DateTime<Utc>,
+}
+
+impl LoadingView {
+    fn of(loading: &LoadingPlugin) -> LoadingView {
+        LoadingView {
+            name: loading.name.clone(),
+            state: "loading",
+            dir: loading.dir.display().to_string(),
+            since: loading.since,
+        }
+    }
+}
+
+/// `GET /readyz`: 200 once every plugin dir has had its first load (whether it serves or
+/// failed); 503 before, with the ones still loading. Liveness is `/healthz`.
+pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.reloader.is_ready() {
+        return (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response();
+    }
+    let loading: Vec<LoadingView> = state
+        .runtime
+        .loading()
+        .iter()
+        .map(LoadingView::of)
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": "loading", "loading": loading })),
+    )
+        .into_response()
+}
+
 pub(super) async fn healthz(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({
         "status": "ok",
@@ -183,6 +226,13 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<Value> {
             .iter()
             .map(|f| serde_json::to_value(FailedView::of(f)).unwrap_or(Value::Null)),
     );
+    plugins.extend(
+        state
+            .runtime
+            .loading()
+            .iter()
+            .map(|l| serde_json::to_value(LoadingView::of(l)).unwrap_or(Value::Null)),
+    );
     Json(json!({
         "plugins": plugins,
         "aot_cache": state.runtime.cache_stats(),
@@ -199,6 +249,11 @@ pub(super) async fn show(
     if let Some(failure) = state.runtime.failures().iter().find(|f| f.name == name) {
         return Ok(Json(
             serde_json::to_value(FailedView::of(failure)).unwrap_or(Value::Null),
+        ));
+    }
+    if let Some(loading) = state.runtime.loading().iter().find(|l| l.name == name) {
+        return Ok(Json(
+            serde_json::to_value(LoadingView::of(loading)).unwrap_or(Value::Null),
         ));
     }
     Err(ApiError::new(

@@ -15,7 +15,7 @@ pub mod pipeline;
 pub mod watcher;
 mod window;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::pipeline::{ReloadOutcome, StepTimings};
 use evolve_core::events::EventBus;
-use evolve_runtime::{LoadFailure, Runtime, manifest::MANIFEST_FILE};
+use evolve_runtime::{FirstLoad, LoadFailure, Manifest, Runtime, manifest::MANIFEST_FILE};
 
 /// `[reload]` config section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,8 +101,11 @@ pub struct Reloader {
     events: EventBus,
     plugins_dir: PathBuf,
     config: ReloadConfig,
-    /// One reconcile at a time: reloads are rare and ordering them keeps swaps simple.
-    serial: tokio::sync::Mutex<()>,
+    /// One reconcile of a directory at a time (a reload and a rollback of the same dir never
+    /// interleave); different dirs proceed side by side, so one slow plugin holds up no other.
+    dir_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Turns true once the first load of every plugin dir has finished (`GET /readyz`).
+    initial_load_done: tokio::sync::watch::Sender<bool>,
     /// Fingerprint of each dir at its last reconcile, so a rescan skips unchanged dirs.
     fingerprints: Mutex<HashMap<PathBuf, Fingerprint>>,
     /// Per dir, the digest of a version that was rolled back: not tried again until the files
@@ -130,7 +133,8 @@ impl Reloader {
             events,
             plugins_dir,
             config,
-            serial: tokio::sync::Mutex::new(()),
+            dir_locks: Mutex::default(),
+            initial_load_done: tokio::sync::watch::Sender::new(false),
             fingerprints: Mutex::default(),
             quarantined: Mutex::default(),
         })
@@ -183,10 +187,84 @@ impl Reloader {
         if let Ok(mut prints) = self.fingerprints.lock() {
             prints.retain(|dir, _| present.contains(dir));
         }
+        if let Ok(mut locks) = self.dir_locks.lock() {
+            // A lock someone holds or waits for stays, so its holder and waiters agree on it.
+            locks.retain(|dir, held| present.contains(dir) || Arc::strong_count(held) > 1);
+        }
         if let Ok(mut quarantined) = self.quarantined.lock() {
             quarantined.retain(|dir, _| present.contains(dir));
         }
         Ok(summary)
+    }
+
+    /// The first load of every plugin dir, while the API already serves: up to `parallelism`
+    /// dirs at once (compiling is CPU-bound, so the daemon passes its core count), each marked
+    /// as loading from the start so `GET /v1/health` lists the ones still waiting their turn.
+    /// Dirs that name the same plugin load one after another in sorted order, so the first dir
+    /// keeps the name exactly as a one-by-one load would give it. Ends [`Reloader::is_ready`].
+    pub async fn load_initial(
+        self: &Arc<Self>,
+        parallelism: usize,
+    ) -> std::io::Result<ReconcileSummary> {
+        let present = match plugin_dirs(&self.plugins_dir) {
+            Ok(present) => present,
+            Err(error) => {
+                self.initial_load_done.send_replace(true);
+                return Err(error);
+            }
+        };
+        let mut groups: BTreeMap<String, Vec<(PathBuf, FirstLoad)>> = BTreeMap::new();
+        for dir in present {
+            // A manifest that does not parse fails on its own: it groups with no other dir.
+            let key = Manifest::load(&dir).map_or_else(
+                |_| format!("dir:{}", dir.display()),
+                |manifest| format!("name:{}", manifest.name),
+            );
+            let mark = self.runtime.begin_first_load(&dir);
+            groups.entry(key).or_default().push((dir, mark));
+        }
+        let permits = Arc::new(tokio::sync::Semaphore::new(parallelism.max(1)));
+        let mut loads = tokio::task::JoinSet::new();
+        for (_, dirs) in groups {
+            let reloader = Arc::clone(self);
+            let permits = Arc::clone(&permits);
+            loads.spawn(async move {
+                let mut outcomes = Vec::with_capacity(dirs.len());
+                for (dir, mark) in dirs {
+                    // Never closed, so a permit always comes.
+                    let _permit = permits.acquire().await.ok();
+                    outcomes.push(reloader.reconcile(&dir, false).await);
+                    drop(mark);
+                }
+                outcomes
+            });
+        }
+        let mut summary = ReconcileSummary::default();
+        while let Some(joined) = loads.join_next().await {
+            match joined {
+                Ok(outcomes) => summary.outcomes.extend(outcomes),
+                Err(error) => tracing::error!(%error, "a plugin's first load ended abnormally"),
+            }
+        }
+        self.initial_load_done.send_replace(true);
+        Ok(summary)
+    }
+
+    /// Whether the first load of every plugin dir has finished (successfully or not).
+    pub fn is_ready(&self) -> bool {
+        *self.initial_load_done.borrow()
+    }
+
+    /// Waits until [`Reloader::is_ready`].
+    pub async fn ready(&self) {
+        let mut done = self.initial_load_done.subscribe();
+        let _ = done.wait_for(|done| *done).await;
+    }
+
+    /// The lock that keeps one reconcile of `dir` at a time.
+    fn dir_lock(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = evolve_core::sync::lock(&self.dir_locks);
+        Arc::clone(locks.entry(dir.to_path_buf()).or_default())
     }
 
     fn fingerprint_unchanged(&self, dir: &Path) -> bool {

@@ -4,8 +4,8 @@
 //!    nothing to do (unless forced).
 //! 2. **validate**: compile (through the AOT cache), world and version check, limits, grants.
 //! 3. **prepare**: pre-instance.
-//! 4. **canary**: `describe()` (and `health()` for a meta agent replacing a serving generation)
-//!    on a fresh instance of the new generation.
+//! 4. **canary**: `describe()` (and `health()` for a meta agent, on a first load as on a
+//!    reload) on a fresh instance of the new generation.
 //! 5. **swap**: new calls go to the new generation, atomically.
 //! 6. **drain**: calls already admitted to the old generation finish on its code.
 //! 7. **retire**: the old generation is dropped, once the new one has passed its rollback
@@ -88,7 +88,8 @@ fn micros(since: Instant) -> u64 {
 impl Reloader {
     /// Brings the plugin in `dir` in line with the files there.
     pub async fn reconcile(self: &Arc<Self>, dir: &Path, force: bool) -> ReloadOutcome {
-        let _serial = self.serial.lock().await;
+        let dir_lock = self.dir_lock(dir);
+        let _one_at_a_time = dir_lock.lock().await;
         let runtime = &self.runtime;
         let current = runtime.current_for_dir(dir);
 
@@ -119,6 +120,8 @@ impl Reloader {
             return outcome;
         }
 
+        // Until it serves (or fails), calls by its name are told it is loading.
+        let _first_load = current.is_none().then(|| runtime.begin_first_load(dir));
         let print = fingerprint(dir);
         let mut timings = StepTimings::default();
         // 1. load
@@ -150,7 +153,8 @@ impl Reloader {
         }
         // 2-4. validate → prepare → canary
         let step = Instant::now();
-        let plugin = match runtime.prepare(loaded, current.is_some()).await {
+        // A first load passes the same canary as a reload: describe() and health().
+        let plugin = match runtime.prepare(loaded, true).await {
             Ok(plugin) => Arc::new(plugin),
             Err(error) => return self.failed(dir, current.as_deref(), error, print),
         };
@@ -287,7 +291,8 @@ impl Reloader {
     /// Serves `old` again in place of `new`, quarantining `new`'s files. False when `new` no
     /// longer serves (replaced meanwhile), in which case nothing changes.
     async fn roll_back(&self, dir: &Path, new: &Arc<Plugin>, old: &Arc<Plugin>) -> bool {
-        let _serial = self.serial.lock().await;
+        let dir_lock = self.dir_lock(dir);
+        let _one_at_a_time = dir_lock.lock().await;
         let serving = self
             .runtime
             .get(new.name())

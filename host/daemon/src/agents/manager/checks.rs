@@ -29,7 +29,11 @@ impl AgentManager {
         let started = std::time::Instant::now();
         let answer = self.inner.runner.health(name).await;
         let sample = match &answer {
-            Err(CallError::NotFound { .. } | CallError::WrongKind { .. }) => return answer,
+            Err(
+                CallError::NotFound { .. }
+                | CallError::Loading { .. }
+                | CallError::WrongKind { .. },
+            ) => return answer,
             Ok(report) => HealthSample {
                 at: Utc::now(),
                 status: report.value.status.as_str(),
