@@ -185,6 +185,88 @@ fn log_floods_are_capped_and_counted_not_fatal() {
     );
 }
 
+/// Elements that carry no text are charged too: a million empty artifacts is refused as too
+/// many entries (naming the field and the host's cap), a flood of empty log records spends the
+/// log budget, and a `describe()` claiming 100,000 empty capabilities is refused at load, so
+/// `GET /v1/plugins` stays small; echo answers between each.
+#[test]
+fn empty_element_floods_are_charged_and_capped() {
+    let env = Env::new();
+    env.install("testing", "echo", |_| {});
+    let flood = env.install("testing", "output-flood", |m| {
+        m["name"] = "describe-flood".into();
+        let mut config = toml::Table::new();
+        config.insert("describe_capabilities".into(), 100_000.into());
+        m.insert("config".into(), config.into());
+    });
+    std::fs::rename(flood, env.plugins_dir.join("describe-flood")).unwrap();
+    env.install("testing", "output-flood", |_| {});
+    let daemon = env.start();
+    let addr = daemon.addr();
+    let run = |task: &str, count: usize| {
+        daemon.post(
+            "/v1/agents/output-flood/run",
+            &json!({"task": task, "input": {"count": count}}),
+        )
+    };
+
+    let refused = run("empty-artifacts", 1_000_000);
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    let error = error_of(&refused);
+    assert_eq!(error["code"], "too_many_entries", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    for needle in [
+        "1000000 entries",
+        "task-outcome.artifacts",
+        "MAX_ARTIFACTS",
+        "1024",
+    ] {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    echo_answers(&addr);
+    let within = run("empty-artifacts", 1_000);
+    assert_eq!(within.status, 200, "{}", within.text());
+    assert_eq!(
+        within.json()["outcome"]["artifacts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1_000
+    );
+
+    let logged = run("empty-fields", 200_000);
+    assert_eq!(logged.status, 200, "{}", logged.text());
+    let dropped = logged.json()["logs_dropped"].as_u64().unwrap();
+    assert!(
+        dropped > 1 << 20,
+        "200,000 empty records spent only {dropped} bytes past the budget"
+    );
+    echo_answers(&addr);
+
+    let plugins = daemon.get("/v1/plugins");
+    let describe_flood = plugins.json()["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "describe-flood")
+        .cloned()
+        .unwrap_or_else(|| panic!("describe-flood not listed: {}", plugins.text()));
+    assert_eq!(describe_flood["state"], "failed", "{describe_flood:#}");
+    let message = describe_flood["last_error"]["message"].as_str().unwrap();
+    for needle in [
+        "100001 entries",
+        "agent-info.capabilities",
+        "MAX_CAPABILITIES",
+    ] {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    assert!(
+        plugins.text().len() < 256 << 10,
+        "GET /v1/plugins answered {} bytes",
+        plugins.text().len()
+    );
+}
+
 #[test]
 fn a_full_plugin_answers_overloaded_with_retry_after() {
     let env = Env::new();

@@ -208,12 +208,28 @@ pub enum CallError {
     Trap { plugin: String, message: String },
 
     #[error(
-        "plugin '{plugin}' returned {size} bytes, more than its max_output_kb limit of {limit} bytes"
+        "plugin '{plugin}' returned {size} bytes (its text plus {} per field and list entry), more than {limit_name} of {limit} bytes",
+        crate::output::ELEMENT_COST_BYTES
     )]
     OutputTooLarge {
         plugin: String,
         size: u64,
         limit: u64,
+        /// Which limit: `its max_output_kb limit`, or the host's cap on a `describe()` answer.
+        limit_name: &'static str,
+    },
+
+    #[error(
+        "plugin '{plugin}' returned {count} entries in {field}, more than the {limit} the host accepts ({constant}); return fewer"
+    )]
+    TooManyEntries {
+        plugin: String,
+        /// The WIT field, e.g. `task-outcome.artifacts`.
+        field: &'static str,
+        count: usize,
+        limit: usize,
+        /// The host constant that sets `limit`, so the cap can be found in the docs.
+        constant: &'static str,
     },
 
     #[error("plugin '{plugin}' returned invalid JSON in {field}: {message}")]
@@ -247,6 +263,7 @@ impl CallError {
             CallError::MemoryLimit { .. } => "memory_limit",
             CallError::Trap { .. } => "trap",
             CallError::OutputTooLarge { .. } => "output_too_large",
+            CallError::TooManyEntries { .. } => "too_many_entries",
             CallError::InvalidOutput { .. } => "invalid_output",
             CallError::PermissionDenied { .. } => "permission_denied",
             CallError::Instantiate { .. } => "instantiate",

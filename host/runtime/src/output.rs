@@ -12,6 +12,28 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+/// What each string field and each list entry of an answer costs against `max_output_kb`
+/// besides its text: about what the host keeps per element once the answer is lifted out of
+/// the guest (a `String` is 24 bytes before its text), so a million empty strings cost what
+/// they make the host hold instead of nothing.
+pub const ELEMENT_COST_BYTES: u64 = 24;
+
+/// Capabilities one `describe()` may claim: a real plugin names a handful; the description is
+/// kept for the generation's life and shown in every `GET /v1/plugins`.
+pub const MAX_CAPABILITIES: usize = 64;
+
+/// Artifacts (paths of files a run wrote) one task outcome may list; each is recorded in the
+/// run history.
+pub const MAX_ARTIFACTS: usize = 1_024;
+
+/// Fields one `logging.log` record may carry; the rest are dropped and the record says how
+/// many were.
+pub const MAX_LOG_FIELDS: usize = 32;
+
+/// What a `describe()` answer may weigh (counted as [`ELEMENT_COST_BYTES`] describes), whatever
+/// `max_output_kb` allows: it is kept for the generation's life, not for one call.
+pub const MAX_DESCRIBE_BYTES: u64 = 64 * 1024;
+
 /// Arrays and objects nested deeper than this are refused. Real reports nest a few levels; the
 /// bound keeps every reader of the document (this walk, the API's serialiser, clients) far from
 /// stack exhaustion, and sits below serde_json's own recursion guard (128 levels) so the

@@ -19,6 +19,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use super::bindings::logging::Level;
+use super::output::ELEMENT_COST_BYTES;
 
 mod connect;
 pub(crate) mod destination;
@@ -90,10 +91,13 @@ impl CallLog {
 
     /// The `logging.log` import.
     pub fn record(&self, level: Level, message: &str, fields: &[(String, String)]) {
+        // A fixed cost per record and per field besides the text, so a flood of empty records
+        // spends the budget like any other.
         let size = message.len() as u64
+            + ELEMENT_COST_BYTES
             + fields
                 .iter()
-                .map(|(k, v)| (k.len() + v.len() + 2) as u64)
+                .map(|(k, v)| (k.len() + v.len()) as u64 + ELEMENT_COST_BYTES)
                 .sum::<u64>();
         if !self.lock().charge(size) {
             return;

@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::{config, inventory, logging, probes, types};
 use super::inventory::Snapshot;
 use super::limits::StoreLimiter;
+use super::output::MAX_LOG_FIELDS;
 use super::probes::{DetachedProbes, SystemProbes};
 use super::sandbox::{CallLog, HttpPolicy};
 
@@ -102,10 +103,15 @@ impl logging::Host for PluginState {
         // plugin's line and start one that looks like the daemon's own, in either log format.
         // The budget is charged for the escaped size, which is what the log receives.
         let message = escape_untrusted(&message);
-        let fields: Vec<(String, String)> = fields
+        let dropped = fields.len().saturating_sub(MAX_LOG_FIELDS);
+        let mut fields: Vec<(String, String)> = fields
             .into_iter()
+            .take(MAX_LOG_FIELDS)
             .map(|(key, value)| (escape_untrusted_owned(key), escape_untrusted_owned(value)))
             .collect();
+        if dropped > 0 {
+            fields.push(("fields_dropped".to_string(), dropped.to_string()));
+        }
         self.log.record(level, &message, &fields);
     }
 }

@@ -101,6 +101,7 @@ pub fn is_fault(error: &CallError) -> bool {
             | CallError::DeadlineExceeded { .. }
             | CallError::MemoryLimit { .. }
             | CallError::OutputTooLarge { .. }
+            | CallError::TooManyEntries { .. }
             | CallError::InvalidOutput { .. }
             | CallError::PermissionDenied { .. }
             | CallError::Instantiate { .. }

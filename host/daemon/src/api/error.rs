@@ -70,6 +70,7 @@ impl From<CallError> for ApiError {
             CallError::MemoryLimit { .. }
             | CallError::Trap { .. }
             | CallError::OutputTooLarge { .. }
+            | CallError::TooManyEntries { .. }
             | CallError::InvalidOutput { .. }
             | CallError::PermissionDenied { .. }
             | CallError::Instantiate { .. } => StatusCode::BAD_GATEWAY,

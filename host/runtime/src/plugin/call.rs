@@ -20,6 +20,7 @@ use super::{Description, Plugin, WorldPre};
 use crate::bindings::types::{HealthReport, PluginError, Service, Task, TaskOutcome};
 use crate::error::CallError;
 use crate::limits::StoreLimiter;
+use crate::output::{ELEMENT_COST_BYTES, MAX_ARTIFACTS, MAX_CAPABILITIES, MAX_DESCRIBE_BYTES};
 use crate::sandbox::{CallLog, HttpPolicy, uri_host_port};
 use crate::state::PluginState;
 use crate::supervision::SupervisionConfig;
@@ -337,12 +338,29 @@ impl Plugin {
 
     fn check_answer(&self, answer: &Answer, http: &HttpPolicy) -> Result<(), CallError> {
         let plugin = || self.name().to_string();
+        if let Some((field, count, limit, constant)) = overlong_list(answer) {
+            return Err(CallError::TooManyEntries {
+                plugin: plugin(),
+                field,
+                count,
+                limit,
+                constant,
+            });
+        }
         let size = answer_size(answer);
-        if size > self.limits.max_output_bytes {
+        let (limit, limit_name) = match answer {
+            Answer::Described { .. } => (
+                self.limits.max_output_bytes.min(MAX_DESCRIBE_BYTES),
+                "the host's cap on a describe() answer (or its max_output_kb limit, if lower)",
+            ),
+            _ => (self.limits.max_output_bytes, "its max_output_kb limit"),
+        };
+        if size > limit {
             return Err(CallError::OutputTooLarge {
                 plugin: plugin(),
                 size,
-                limit: self.limits.max_output_bytes,
+                limit,
+                limit_name,
             });
         }
         match answer {
@@ -400,31 +418,64 @@ impl Drop for ActiveCall<'_> {
     }
 }
 
-/// Bytes of guest-produced text in an answer.
-fn answer_size(answer: &Answer) -> u64 {
-    let error_size = |e: &PluginError| e.message.len();
-    let report_size = |r: &HealthReport| r.detail.len();
-    let info = |name: &str, version: &str, desc: &str, caps: &[String]| {
-        name.len() + version.len() + desc.len() + caps.iter().map(String::len).sum::<usize>()
+/// A list in `answer` longer than the host accepts: (field, entries, limit, constant).
+fn overlong_list(answer: &Answer) -> Option<(&'static str, usize, usize, &'static str)> {
+    let (field, count, limit, constant) = match answer {
+        Answer::Described {
+            description: Description::Agent(a),
+            ..
+        } => (
+            "agent-info.capabilities",
+            a.capabilities.len(),
+            MAX_CAPABILITIES,
+            "MAX_CAPABILITIES",
+        ),
+        Answer::Described {
+            description: Description::Checker(c),
+            ..
+        } => (
+            "checker-info.capabilities",
+            c.capabilities.len(),
+            MAX_CAPABILITIES,
+            "MAX_CAPABILITIES",
+        ),
+        Answer::Ran(Ok(o)) => (
+            "task-outcome.artifacts",
+            o.artifacts.len(),
+            MAX_ARTIFACTS,
+            "MAX_ARTIFACTS",
+        ),
+        _ => return None,
     };
-    (match answer {
+    (count > limit).then_some((field, count, limit, constant))
+}
+
+/// What an answer weighs against its output limit: the guest-produced text, plus
+/// [`ELEMENT_COST_BYTES`] for every string field and list entry, so no shape of answer is free.
+fn answer_size(answer: &Answer) -> u64 {
+    let text = |s: &str| s.len() as u64 + ELEMENT_COST_BYTES;
+    let texts = |list: &[String]| list.iter().map(|s| text(s)).sum::<u64>();
+    let error_size = |e: &PluginError| text(&e.message);
+    let report_size = |r: &HealthReport| text(&r.detail);
+    let info = |name: &str, version: &str, desc: &str, caps: &[String]| {
+        text(name) + text(version) + text(desc) + texts(caps)
+    };
+    match answer {
         Answer::Described {
             description: Description::Agent(a),
             ..
         } => {
             info(&a.name, &a.version, &a.description, &a.capabilities)
-                + a.schedule.as_ref().map_or(0, String::len)
+                + a.schedule.as_deref().map_or(0, text)
         }
         Answer::Described {
             description: Description::Checker(c),
             ..
         } => info(&c.name, &c.version, &c.description, &c.capabilities),
-        Answer::Ran(Ok(o)) => {
-            o.summary.len() + o.output.len() + o.artifacts.iter().map(String::len).sum::<usize>()
-        }
+        Answer::Ran(Ok(o)) => text(&o.summary) + text(&o.output) + texts(&o.artifacts),
         Answer::Ran(Err(e)) | Answer::Checked(Err(e)) => error_size(e),
         Answer::Health(r) | Answer::Checked(Ok(r)) => report_size(r),
-    }) as u64
+    }
 }
 
 /// Instantiates the world and calls the export `call` names.
@@ -465,5 +516,76 @@ async fn dispatch(
                 }
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::types::AgentInfo;
+
+    fn described(capabilities: Vec<String>, description: String) -> Answer {
+        Answer::Described {
+            description: Description::Agent(AgentInfo {
+                name: "a".into(),
+                version: "1".into(),
+                description,
+                capabilities,
+                schedule: None,
+            }),
+            claimed_name: None,
+        }
+    }
+
+    fn ran(artifacts: Vec<String>) -> Answer {
+        Answer::Ran(Ok(TaskOutcome {
+            summary: String::new(),
+            output: "null".into(),
+            artifacts,
+        }))
+    }
+
+    #[test]
+    fn every_field_and_list_entry_is_charged_besides_its_text() {
+        // summary, output ("null", 4 bytes) and two empty artifacts: four elements.
+        assert_eq!(
+            answer_size(&ran(vec![String::new(); 2])),
+            4 + 4 * ELEMENT_COST_BYTES
+        );
+        let empty = answer_size(&ran(Vec::new()));
+        assert_eq!(
+            answer_size(&ran(vec![String::new(); 1_000])) - empty,
+            1_000 * ELEMENT_COST_BYTES
+        );
+    }
+
+    #[test]
+    fn lists_past_their_cap_are_named_with_the_constant() {
+        assert_eq!(
+            overlong_list(&ran(vec![String::new(); MAX_ARTIFACTS])),
+            None
+        );
+        assert_eq!(
+            overlong_list(&ran(vec![String::new(); MAX_ARTIFACTS + 1])),
+            Some((
+                "task-outcome.artifacts",
+                MAX_ARTIFACTS + 1,
+                MAX_ARTIFACTS,
+                "MAX_ARTIFACTS"
+            ))
+        );
+        let claims = described(vec![String::new(); MAX_CAPABILITIES + 1], String::new());
+        assert_eq!(
+            overlong_list(&claims).map(|(field, ..)| field),
+            Some("agent-info.capabilities")
+        );
+    }
+
+    #[test]
+    fn a_describe_answer_within_the_entry_caps_can_still_outweigh_its_own_cap() {
+        // 64 capabilities of 1 KiB each: within MAX_CAPABILITIES, past MAX_DESCRIBE_BYTES.
+        let answer = described(vec!["c".repeat(1024); MAX_CAPABILITIES], String::new());
+        assert_eq!(overlong_list(&answer), None);
+        assert!(answer_size(&answer) > MAX_DESCRIBE_BYTES);
     }
 }

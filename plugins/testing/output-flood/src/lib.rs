@@ -5,11 +5,17 @@
 //!   `println!` writes to; written with `writeln!` so a host that closes or caps stdout does not
 //!   turn the flood into a panic), then returns normally.
 //!
-//! The size is `{"mib": N}` in the task input (default 8), so a test can also stay under a
-//! limit on purpose.
+//! - task `empty-artifacts`: returns an outcome listing `count` empty artifact paths;
+//! - task `empty-fields`: logs `count` empty records, then one record with `count` empty
+//!   fields: floods of elements that carry no text;
+//! - config `describe_capabilities = N`: `describe()` claims N empty capabilities.
+//!
+//! The size is `{"mib": N}` in the task input (default 8), the element count `{"count": N}`
+//! (default 1,000,000), so a test can also stay under a limit on purpose.
 
 use std::io::Write as _;
 
+use evolve_plugin_sdk::log::{Level, log, log_with_fields};
 use evolve_plugin_sdk::{
     AgentInfo, MetaAgent, PluginError, Task, TaskOutcome, export_meta_agent, info,
 };
@@ -23,24 +29,38 @@ const LINE: usize = 1024;
 struct Input {
     /// MiB to produce per channel.
     mib: usize,
+    /// Elements to produce for the element floods.
+    count: usize,
 }
 
 impl Default for Input {
     fn default() -> Self {
-        Input { mib: 8 }
+        Input {
+            mib: 8,
+            count: 1_000_000,
+        }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Config {
+    /// Empty capabilities `describe()` claims besides `testing`.
+    describe_capabilities: usize,
 }
 
 struct OutputFlood;
 
 impl MetaAgent for OutputFlood {
     fn describe() -> AgentInfo {
+        let extra = evolve_plugin_sdk::config::get::<Config>()
+            .map_or(0, |config| config.describe_capabilities);
         AgentInfo::new(
             env!("CARGO_PKG_NAME"),
             env!("CARGO_PKG_VERSION"),
             "Returns ~8 MiB of output (task `output`) or logs ~8 MiB (task `logs`)",
         )
-        .with_capabilities(["testing"])
+        .with_capabilities(std::iter::once("testing").chain(std::iter::repeat_n("", extra)))
     }
 
     fn run(task: Task) -> Result<TaskOutcome, PluginError> {
@@ -70,8 +90,21 @@ impl MetaAgent for OutputFlood {
                     "logged {lines} lines of {LINE} bytes to the log and to stdout"
                 )))
             }
+            "empty-artifacts" => {
+                let mut outcome = TaskOutcome::new("empty artifacts");
+                outcome.artifacts = vec![String::new(); input.count];
+                Ok(outcome)
+            }
+            "empty-fields" => {
+                for _ in 0..input.count {
+                    log(Level::Info, "");
+                }
+                let fields = vec![("", ""); input.count];
+                log_with_fields(Level::Info, "", &fields);
+                Ok(TaskOutcome::new("logged empty records and fields"))
+            }
             other => Err(PluginError::invalid_input(format!(
-                "unknown task `{other}`; expected `output` or `logs`"
+                "unknown task `{other}`; expected `output`, `logs`, `empty-artifacts` or `empty-fields`"
             ))),
         }
     }
