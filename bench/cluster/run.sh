@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
-cargo build --release -p evolve-host --bin evolve -p evolve-e2e --bin cluster-bench
+cargo build --release -p evolve-daemon --bin evolve -p evolve-e2e --bin cluster-bench
 exec target/release/cluster-bench "$@"

@@ -142,6 +142,8 @@ impl KitBuilder {
         let runtime = Runtime::with_http_transport(
             RuntimeConfig {
                 pool_instances: POOL_INSTANCES,
+                // One plugin under test: every slot may hold the ceiling's memory.
+                max_total_memory_mb: LimitValues::CEILINGS.memory_mb * u64::from(POOL_INSTANCES),
                 defaults: LimitValues::DEFAULTS,
                 ceilings: LimitValues::CEILINGS,
                 cache_dir: cache_dir.clone(),

@@ -608,3 +608,80 @@ fn a_plugin_claiming_another_name_is_known_by_its_manifest_name_with_one_warning
         .count();
     assert_eq!(warnings, 1);
 }
+
+/// The host memory budget bounds the linear memory of all calls in flight together: with a
+/// 64 MiB budget, two 32 MiB calls hold it all, a third call waits for its deadline and is
+/// refused `503 memory_budget` naming the budget and its key, and answers once they end; a
+/// plugin asking more than the whole budget is refused at load.
+#[test]
+fn calls_past_the_host_memory_budget_wait_then_are_refused_naming_it() {
+    let mut env = Env::new();
+    env.extra_config.push_str("max_total_memory_mb = 64\n");
+    env.install("testing", "spin-forever", |m| {
+        m["limits"]["memory_mb"] = 32.into();
+        m["limits"]["deadline_ms"] = 4_000.into();
+        m["limits"]["max_concurrency"] = 2.into();
+    });
+    let big = env.install("testing", "echo", |m| {
+        m["name"] = "big-echo".into();
+        m["limits"]["memory_mb"] = 128.into();
+    });
+    std::fs::rename(big, env.plugins_dir.join("big-echo")).unwrap();
+    env.install("testing", "echo", |m| {
+        m["limits"]["memory_mb"] = 32.into();
+        m["limits"]["deadline_ms"] = 300.into();
+    });
+    let daemon = env.start();
+    let budget = daemon.get("/v1/runtime").json()["memory_budget"].clone();
+    assert_eq!(budget["total_mb"], 64, "{budget:#}");
+
+    std::thread::scope(|scope| {
+        let spins: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| daemon.post("/v1/agents/spin-forever/run", &json!({}))))
+            .collect();
+        // Both spinning calls hold their reservation (an observed state, not a sleep).
+        evolve_e2e::wait_until("both 32 MiB calls reserved", || {
+            (daemon.get("/v1/runtime").json()["memory_budget"]["reserved_mb"] == 64).then_some(())
+        });
+        let refused = daemon.post("/v1/agents/echo/run", &json!({"task": "t", "input": {}}));
+        assert_eq!(refused.status, 503, "{}", refused.text());
+        let error = error_of(&refused);
+        assert_eq!(error["code"], "memory_budget", "{error:#}");
+        let message = error["message"].as_str().unwrap();
+        for needle in [
+            "32 MiB",
+            "runtime.max_total_memory_mb = 64 MiB",
+            "64 MiB by calls in flight",
+        ] {
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        }
+        assert_eq!(
+            daemon.metric("evolve_memory_budget_reserved_mb"),
+            Some(64.0)
+        );
+        for spin in spins {
+            assert_eq!(error_of(&spin.join().unwrap())["code"], "deadline_exceeded");
+        }
+    });
+    let answered = daemon.post(
+        "/v1/agents/echo/run",
+        &json!({"task": "t", "input": {"k": 1}}),
+    );
+    assert_eq!(answered.status, 200, "{}", answered.text());
+
+    let plugins = daemon.get("/v1/plugins").json();
+    let big = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "big-echo")
+        .cloned()
+        .unwrap_or_else(|| panic!("big-echo not listed: {plugins:#}"));
+    assert_eq!(big["state"], "failed", "{big:#}");
+    assert_eq!(big["last_error"]["code"], "limit_above_budget", "{big:#}");
+    let message = big["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("runtime.max_total_memory_mb") && message.contains("64 MiB"),
+        "{message}"
+    );
+}

@@ -52,9 +52,9 @@ fn bundled_plugins_are_ready_and_doc_generator_writes_the_inventory() {
     );
 
     let stats = daemon.plugin("doc-generator");
-    // The load-time canary (describe) plus the two runs; the agent manager's first health
-    // check is a day away.
-    assert_eq!(stats["calls"]["ok"], 3, "{stats:#}");
+    // The load-time canary (describe and health) plus the two runs; the agent manager's
+    // first health check is a day away.
+    assert_eq!(stats["calls"]["ok"], 4, "{stats:#}");
     assert!(
         daemon.terminate(),
         "SIGTERM should stop the daemon with success"

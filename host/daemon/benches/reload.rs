@@ -89,6 +89,8 @@ async fn run() {
     let runtime = Runtime::new(
         RuntimeConfig {
             pool_instances: 64,
+            // Room for every slot at the ceiling: the budget's cost is measured, not its refusals.
+            max_total_memory_mb: LimitValues::CEILINGS.memory_mb * 128,
             defaults: LimitValues::DEFAULTS,
             ceilings: LimitValues::CEILINGS,
             cache_dir: scratch.path().join("cache"),

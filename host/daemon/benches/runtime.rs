@@ -38,6 +38,8 @@ fn echo_dir() -> PathBuf {
 fn runtime_config(root: &Path) -> RuntimeConfig {
     RuntimeConfig {
         pool_instances: 128,
+        // Room for every slot at the ceiling: the budget's cost is measured, not its refusals.
+        max_total_memory_mb: LimitValues::CEILINGS.memory_mb * 128,
         defaults: LimitValues::DEFAULTS,
         ceilings: LimitValues::CEILINGS,
         cache_dir: root.join("cache"),

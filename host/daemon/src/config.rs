@@ -103,6 +103,22 @@ pub struct ServerConfig {
 pub struct PluginsConfig {
     /// Directory of plugin directories; default `<data_dir>/plugins`.
     pub dir: Option<PathBuf>,
+    /// Plugin dirs loading at once at start-up; 0, the default, means one per core.
+    pub load_parallelism: u32,
+}
+
+/// Most plugin dirs loading at once at start-up: loading is CPU-bound (compiling on an AOT
+/// cache miss, the canary), so more than the cores of any real machine only adds contention.
+pub const MAX_LOAD_PARALLELISM: u32 = 256;
+
+impl PluginsConfig {
+    /// Dirs loading at once: `load_parallelism`, or one per core when it is 0.
+    pub fn load_parallelism(&self) -> usize {
+        match self.load_parallelism {
+            0 => std::thread::available_parallelism().map_or(2, |cores| cores.get()),
+            n => n as usize,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +126,9 @@ pub struct PluginsConfig {
 pub struct RuntimeSection {
     /// Component instances alive at once across all plugins.
     pub pool_instances: u32,
+    /// The host memory budget: linear memory all calls in flight may reserve together (each
+    /// its plugin's whole `memory_mb`), MiB; 0, the default, means half the machine's memory.
+    pub max_total_memory_mb: u64,
     /// AOT cache directory; default `<data_dir>/cache/aot`.
     pub cache_dir: Option<PathBuf>,
     /// Limits a plugin gets when its manifest is silent.
@@ -133,6 +152,35 @@ pub struct RuntimeSection {
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
 }
+
+/// The budget when none is configured: half of the machine's memory (`MemTotal` in
+/// `/proc/meminfo`), leaving the rest to the daemon's own heap, the page cache and the stores;
+/// at least [`MIN_DEFAULT_MEMORY_BUDGET_MB`]. Where the machine's memory cannot be read,
+/// [`FALLBACK_MEMORY_BUDGET_MB`].
+pub fn default_memory_budget_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        });
+    match total_kb {
+        Some(kb) => (kb / 1024 / 2).max(MIN_DEFAULT_MEMORY_BUDGET_MB),
+        None => FALLBACK_MEMORY_BUDGET_MB,
+    }
+}
+
+/// Floor of the derived budget: room for a few default (64 MiB) calls on a tiny machine.
+pub const MIN_DEFAULT_MEMORY_BUDGET_MB: u64 = 512;
+/// The derived budget where `/proc/meminfo` is unreadable (not Linux).
+pub const FALLBACK_MEMORY_BUDGET_MB: u64 = 4_096;
 
 /// Most entries of `runtime.allowed_dir_roots` / `runtime.allowed_env`: each grant is checked
 /// against every one at load, and a list longer than this is a policy nobody reviews.
@@ -321,6 +369,7 @@ impl Default for RuntimeSection {
     fn default() -> Self {
         RuntimeSection {
             pool_instances: 128,
+            max_total_memory_mb: 0,
             cache_dir: None,
             defaults: LimitValues::DEFAULTS,
             ceilings: LimitValues::CEILINGS,
@@ -496,6 +545,18 @@ impl HostConfig {
             key: key.into(),
             message: message.into(),
         };
+        if self.plugins.load_parallelism > MAX_LOAD_PARALLELISM {
+            return Err(invalid(
+                "plugins.load_parallelism",
+                "must be at most 256 (0 = one per core)",
+            ));
+        }
+        if self.runtime.max_total_memory_mb > u64::from(u32::MAX) {
+            return Err(invalid(
+                "runtime.max_total_memory_mb",
+                "must be at most 4294967295 MiB (0 = half the machine's memory)",
+            ));
+        }
         if self.runtime.pool_instances == 0 || self.runtime.pool_instances > 10_000 {
             return Err(invalid(
                 "runtime.pool_instances",
@@ -649,9 +710,18 @@ impl HostConfig {
             .unwrap_or_else(|| self.data_dir.join("mesh").join("catalog.json"))
     }
 
+    /// `runtime.max_total_memory_mb`, or half the machine's memory when it is 0.
+    pub fn memory_budget_mb(&self) -> u64 {
+        match self.runtime.max_total_memory_mb {
+            0 => default_memory_budget_mb(),
+            mb => mb,
+        }
+    }
+
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             pool_instances: self.runtime.pool_instances,
+            max_total_memory_mb: self.memory_budget_mb(),
             defaults: self.runtime.defaults,
             ceilings: self.runtime.ceilings,
             cache_dir: self
@@ -744,6 +814,38 @@ mod tests {
         assert_eq!(config.reload.watch_window_s, 2);
         let typo = "[runtime.supervision]\nquarantine_bsae_ms = 5\n";
         assert!(HostConfig::parse(typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn the_memory_budget_defaults_to_half_the_machine_and_is_capped() {
+        let config = HostConfig::parse("", Path::new("c.toml")).expect("valid");
+        let derived = config.memory_budget_mb();
+        assert!(derived >= MIN_DEFAULT_MEMORY_BUDGET_MB, "{derived}");
+        assert_eq!(derived, default_memory_budget_mb());
+        let set = HostConfig::parse("[runtime]\nmax_total_memory_mb = 64\n", Path::new("c.toml"))
+            .expect("valid");
+        assert_eq!(set.runtime_config().max_total_memory_mb, 64);
+        let huge = HostConfig::parse(
+            "[runtime]\nmax_total_memory_mb = 99999999999\n",
+            Path::new("c.toml"),
+        )
+        .expect("parses");
+        let error = huge.validate().expect_err("above the cap").to_string();
+        assert!(error.contains("runtime.max_total_memory_mb"), "{error}");
+    }
+
+    #[test]
+    fn load_parallelism_is_one_per_core_by_default_and_capped() {
+        let config = HostConfig::parse("", Path::new("c.toml")).expect("valid");
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(config.plugins.load_parallelism(), cores);
+        let one = HostConfig::parse("[plugins]\nload_parallelism = 1\n", Path::new("c.toml"))
+            .expect("valid");
+        assert_eq!(one.plugins.load_parallelism(), 1);
+        let many = HostConfig::parse("[plugins]\nload_parallelism = 257\n", Path::new("c.toml"))
+            .expect("parses");
+        let error = many.validate().expect_err("above the cap").to_string();
+        assert!(error.contains("plugins.load_parallelism"), "{error}");
     }
 
     #[test]

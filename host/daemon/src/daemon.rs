@@ -13,7 +13,8 @@
 //! Then [`Daemon::run`] serves the API (and the mesh's data-plane listener when configured) at
 //! once and, beside it,
 //! 5. **loads plugins**: the watcher first, so a plugin written during the load is not missed,
-//!    then the first load of every dir, as many at once as there are cores. Until a plugin's
+//!    then the first load of every dir, as many at once as there are cores
+//!    (`plugins.load_parallelism`). Until a plugin's
 //!    first load ends, calls by its name answer `503 loading` and `GET /v1/health` lists it;
 //!    `GET /readyz` turns 200 once every dir has had its first load. Agents follow plugins as
 //!    they load; the mesh's health checks start once every checker has had its first load.
@@ -227,6 +228,7 @@ impl Daemon {
             Arc::clone(&reloader),
             runtime.clone(),
             mesh.clone(),
+            config.plugins.load_parallelism(),
             started,
         ));
         let app = api::router(
@@ -273,9 +275,14 @@ impl Daemon {
     }
 }
 
-/// Step 5: the first load of every plugin dir, as many at once as there are cores.
-async fn load_plugins(reloader: Arc<Reloader>, runtime: Runtime, mesh: Mesh, started: Instant) {
-    let parallelism = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+/// Step 5: the first load of every plugin dir, `parallelism` at once.
+async fn load_plugins(
+    reloader: Arc<Reloader>,
+    runtime: Runtime,
+    mesh: Mesh,
+    parallelism: usize,
+    started: Instant,
+) {
     let dir = reloader.plugins_dir().display().to_string();
     match reloader.load_initial(parallelism).await {
         Ok(summary) => {

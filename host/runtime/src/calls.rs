@@ -47,7 +47,7 @@ impl Runtime {
         call: Call,
     ) -> Result<CallReport<Answer>, CallError> {
         let result = plugin
-            .invoke(&self.shared.pool, call, &self.shared.config.supervision)
+            .invoke(&self.shared.capacity, call, &self.shared.config.supervision)
             .await;
         if let Some(start) = plugin.supervision.take_started() {
             self.supervise(Arc::clone(plugin), start);

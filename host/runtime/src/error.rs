@@ -77,6 +77,15 @@ pub enum LoadError {
         ceiling: u64,
     },
 
+    #[error(
+        "plugin '{plugin}': limits.memory_mb = {memory_mb} is above the host memory budget of {budget_mb} MiB, so no call of it could ever run; lower it in plugin.toml or raise runtime.max_total_memory_mb in the host config"
+    )]
+    MemoryAboveBudget {
+        plugin: String,
+        memory_mb: u64,
+        budget_mb: u64,
+    },
+
     #[error("plugin '{plugin}': permission {what} cannot be granted: {reason}")]
     Permission {
         plugin: String,
@@ -142,6 +151,7 @@ impl LoadError {
             LoadError::VersionMismatch { .. } => "version_mismatch",
             LoadError::WorldMismatch { .. } => "world_mismatch",
             LoadError::LimitAboveCeiling { .. } => "limit_above_ceiling",
+            LoadError::MemoryAboveBudget { .. } => "limit_above_budget",
             LoadError::Permission { .. } => "permission",
             LoadError::DirGrantRefused { .. } => "dir_grant_refused",
             LoadError::EnvGrantRefused { .. } => "env_grant_refused",
@@ -172,6 +182,16 @@ pub enum CallError {
         plugin: String,
         expected: &'static str,
         actual: &'static str,
+    },
+
+    #[error(
+        "plugin '{plugin}' needs {wanted_mb} MiB of linear memory (its memory_mb) and the host memory budget (runtime.max_total_memory_mb = {budget_mb} MiB) stayed fully reserved for its deadline ({reserved_mb} MiB by calls in flight); retry later, or raise the budget"
+    )]
+    MemoryBudget {
+        plugin: String,
+        wanted_mb: u64,
+        budget_mb: u64,
+        reserved_mb: u64,
     },
 
     #[error(
@@ -258,6 +278,7 @@ impl CallError {
             CallError::Loading { .. } => "loading",
             CallError::WrongKind { .. } => "wrong_kind",
             CallError::Overloaded { .. } => "overloaded",
+            CallError::MemoryBudget { .. } => "memory_budget",
             CallError::Quarantined { .. } => "quarantined",
             CallError::DeadlineExceeded { .. } => "deadline_exceeded",
             CallError::MemoryLimit { .. } => "memory_limit",

@@ -56,8 +56,9 @@ pub use self::aot::{AotCache, CacheStats};
 pub use self::error::{CallError, LoadError};
 pub use self::inventory::SystemView;
 pub use self::inventory::{DetachedInventory, Snapshot, SystemInventory};
-pub use self::limits::{LimitValues, Limits};
+pub use self::limits::{LimitValues, Limits, MemoryBudget};
 pub use self::manifest::{Manifest, PluginKind};
+pub use self::plugin::Capacity;
 pub use self::plugin::{
     Answer, Call, CallReport, DaemonPath, Description, GrantPolicy, Guard, Loaded, Plugin,
 };
@@ -74,6 +75,9 @@ use self::state::PluginState;
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub pool_instances: u32,
+    /// The host memory budget: the linear memory (each call's whole `memory_mb`) all calls in
+    /// flight may reserve together, MiB.
+    pub max_total_memory_mb: u64,
     pub defaults: LimitValues,
     pub ceilings: LimitValues,
     pub cache_dir: PathBuf,
@@ -132,7 +136,7 @@ struct Shared {
     failures: RwLock<BTreeMap<PathBuf, LoadFailure>>,
     /// Directories whose first load is under way (see [`Runtime::begin_first_load`]).
     loading: RwLock<BTreeMap<PathBuf, LoadingPlugin>>,
-    pool: Arc<Semaphore>,
+    capacity: Capacity,
     events: EventBus,
     /// `config.grant_policy` with every daemon path the runtime knows of added.
     grant_policy: GrantPolicy,
@@ -170,6 +174,8 @@ impl Runtime {
                 "runtime.pool_instances must be at least 1".into(),
             ));
         }
+        let memory_budget =
+            MemoryBudget::new(config.max_total_memory_mb).map_err(RuntimeError::Config)?;
         let engine = build_engine(EngineSettings {
             pool_instances: config.pool_instances,
             max_memory_bytes: config.ceilings.memory_mb << 20,
@@ -205,7 +211,10 @@ impl Runtime {
         let ticker = EpochTicker::start(&engine).map_err(RuntimeError::Ticker)?;
         Ok(Runtime {
             shared: Arc::new(Shared {
-                pool: Arc::new(Semaphore::new(config.pool_instances as usize)),
+                capacity: Capacity {
+                    pool: Arc::new(Semaphore::new(config.pool_instances as usize)),
+                    memory: Arc::new(memory_budget),
+                },
                 grant_policy,
                 events,
                 engine,
@@ -249,7 +258,12 @@ impl Runtime {
     /// Pool slots in use now.
     pub fn pool_in_use(&self) -> u32 {
         self.shared.config.pool_instances
-            - u32::try_from(self.shared.pool.available_permits()).unwrap_or(0)
+            - u32::try_from(self.shared.capacity.pool.available_permits()).unwrap_or(0)
+    }
+
+    /// The host memory budget, and what calls in flight reserve of it now.
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.shared.capacity.memory
     }
 
     /// The event bus the runtime publishes on.

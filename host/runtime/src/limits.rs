@@ -157,6 +157,11 @@ impl Limits {
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
     }
+
+    /// `memory_mb`: what one call reserves of the host memory budget.
+    pub fn memory_mb(&self) -> u64 {
+        self.memory_bytes >> 20
+    }
 }
 
 /// Admission control for one plugin: at most `max_concurrency` calls run, at most `max_queue`
@@ -294,6 +299,28 @@ impl wasmtime::ResourceLimiter for StoreLimiter {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_budget_admits_up_to_its_total_then_waits_and_times_out() {
+        let budget = MemoryBudget::new(64).expect("valid");
+        let wait = Duration::from_millis(500);
+        let first = budget.reserve(32, wait).await.expect("32 of 64");
+        let second = budget.reserve(32, wait).await.expect("64 of 64");
+        assert_eq!(budget.reserved_mb(), 64);
+        // Full: the third waits its whole deadline (paused time jumps ahead) and is refused.
+        let started = tokio::time::Instant::now();
+        assert!(budget.reserve(1, wait).await.is_none());
+        assert_eq!(started.elapsed(), wait);
+        // A finished call frees its share for the next one.
+        drop(first);
+        assert_eq!(budget.reserved_mb(), 32);
+        assert!(budget.reserve(32, wait).await.is_some());
+        drop(second);
+        // Past the whole budget can never be admitted; 0 and oversized budgets are refused.
+        assert!(budget.reserve(65, wait).await.is_none());
+        assert!(MemoryBudget::new(0).is_err());
+        assert!(MemoryBudget::new(u64::from(u32::MAX) + 1).is_err());
+    }
+
     fn limits(max_concurrency: u32, max_queue: u32) -> Limits {
         Limits {
             memory_bytes: 1 << 20,
@@ -368,5 +395,54 @@ mod tests {
                 .table_growing(0, MAX_TABLE_ELEMENTS + 1, None)
                 .expect("no trap")
         );
+    }
+}
+
+/// The host memory budget (`runtime.max_total_memory_mb`): each call reserves its plugin's
+/// whole `memory_mb` (what its linear memory may grow to) while it runs, so the linear memory
+/// all calls in flight may hold together never exceeds the budget, whatever each plugin's
+/// limits times its concurrency would allow.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    total_mb: u64,
+    /// One permit per MiB.
+    free: Arc<Semaphore>,
+}
+
+/// Largest budget: a permit per MiB, and a call reserves at most `u32::MAX` of them at once.
+const MAX_BUDGET_MB: u64 = u32::MAX as u64;
+
+impl MemoryBudget {
+    pub fn new(total_mb: u64) -> Result<MemoryBudget, String> {
+        if total_mb == 0 || total_mb > MAX_BUDGET_MB {
+            return Err(format!(
+                "runtime.max_total_memory_mb must be between 1 and {MAX_BUDGET_MB} (MiB), not {total_mb}"
+            ));
+        }
+        Ok(MemoryBudget {
+            total_mb,
+            free: Arc::new(Semaphore::new(total_mb as usize)),
+        })
+    }
+
+    pub fn total_mb(&self) -> u64 {
+        self.total_mb
+    }
+
+    /// MiB reserved by calls in flight now.
+    pub fn reserved_mb(&self) -> u64 {
+        self.total_mb
+            .saturating_sub(self.free.available_permits() as u64)
+    }
+
+    /// Reserves `mb` for one call until the permit is dropped, waiting at most `wait` for
+    /// calls in flight to release enough; `None` when they did not. Waiters are served in
+    /// order, so a large reservation is not starved by a stream of small ones.
+    pub async fn reserve(&self, mb: u64, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        let mb = u32::try_from(mb).ok()?;
+        match tokio::time::timeout(wait, Arc::clone(&self.free).acquire_many_owned(mb)).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => None,
+        }
     }
 }

@@ -151,6 +151,7 @@ impl Runtime {
             data_dir: &shared.config.data_dir,
             grant_policy: &shared.grant_policy,
             snapshot_source: Arc::downgrade(&self.shared) as Weak<dyn SnapshotSource>,
+            memory_budget_mb: shared.capacity.memory.total_mb(),
             generation,
         };
         let plugin = Plugin::from_loaded(&env, loaded)?;
@@ -162,7 +163,7 @@ impl Runtime {
     /// meta agent when `check_health`, `health()`, which must not report unhealthy. Bypasses
     /// quarantine: it is what releases one.
     pub async fn canary(&self, plugin: &Plugin, check_health: bool) -> Result<(), LoadError> {
-        let pool = &self.shared.pool;
+        let pool = &self.shared.capacity;
         let failed = |e| LoadError::Canary {
             plugin: plugin.name().to_string(),
             source: Box::new(e),

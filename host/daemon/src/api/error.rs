@@ -63,6 +63,7 @@ impl From<CallError> for ApiError {
             CallError::NotFound { .. } => StatusCode::NOT_FOUND,
             CallError::WrongKind { .. } => StatusCode::CONFLICT,
             CallError::Loading { .. }
+            | CallError::MemoryBudget { .. }
             | CallError::Overloaded { .. }
             | CallError::Quarantined { .. } => StatusCode::SERVICE_UNAVAILABLE,
             CallError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,

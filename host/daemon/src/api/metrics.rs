@@ -128,6 +128,16 @@ impl Collector for RuntimeCollector {
                 "Instance pool slots in use",
                 i64::from(self.runtime.pool_in_use()),
             ),
+            (
+                "evolve_memory_budget_reserved_mb",
+                "MiB of the host memory budget reserved by calls in flight",
+                i64::try_from(self.runtime.memory_budget().reserved_mb()).unwrap_or(i64::MAX),
+            ),
+            (
+                "evolve_memory_budget_mb",
+                "The host memory budget (runtime.max_total_memory_mb), MiB",
+                i64::try_from(self.runtime.memory_budget().total_mb()).unwrap_or(i64::MAX),
+            ),
         ] {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;

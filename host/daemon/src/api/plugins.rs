@@ -319,6 +319,10 @@ pub(super) async fn runtime(State(state): State<ApiState>) -> Json<Value> {
         "wit_version": evolve_runtime::bindings::WIT_VERSION,
         "pool_instances": config.pool_instances,
         "pool_in_use": state.runtime.pool_in_use(),
+        "memory_budget": {
+            "total_mb": state.runtime.memory_budget().total_mb(),
+            "reserved_mb": state.runtime.memory_budget().reserved_mb(),
+        },
         "epoch_tick_ms": evolve_runtime::engine::EPOCH_TICK.as_millis() as u64,
         "aot_cache": state.runtime.cache_stats(),
         "aot_cache_dir": config.cache_dir.display().to_string(),

@@ -84,7 +84,7 @@ impl Plugin {
     /// limits; the outcome feeds supervision.
     pub async fn invoke(
         &self,
-        pool: &Arc<Semaphore>,
+        pool: &Capacity,
         call: Call,
         supervision: &SupervisionConfig,
     ) -> Result<CallReport<Answer>, CallError> {
@@ -106,7 +106,7 @@ impl Plugin {
     /// Serves one call without the quarantine check or supervision accounting: the canary path.
     pub async fn probe(
         &self,
-        pool: &Arc<Semaphore>,
+        pool: &Capacity,
         call: Call,
     ) -> Result<CallReport<Answer>, CallError> {
         let started = Instant::now();
@@ -137,7 +137,7 @@ impl Plugin {
 
     async fn invoke_inner(
         &self,
-        pool: &Arc<Semaphore>,
+        pool: &Capacity,
         call: Call,
     ) -> Result<(Answer, u64), (CallError, u64)> {
         let name = self.name();
@@ -147,7 +147,10 @@ impl Plugin {
         let _permit = self.gate.enter(name).await.map_err(|e| (e, 0))?;
         // The wait for a pool slot is bounded by the call's deadline: when every slot is held
         // by slow plugins, a caller gets Overloaded instead of hanging behind them.
-        let slot = tokio::time::timeout(self.limits.deadline(), Arc::clone(pool).acquire_owned());
+        let slot = tokio::time::timeout(
+            self.limits.deadline(),
+            Arc::clone(&pool.pool).acquire_owned(),
+        );
         let _slot = match slot.await {
             Ok(Ok(slot)) => slot,
             Ok(Err(_closed)) => {
@@ -167,6 +170,20 @@ impl Plugin {
                     0,
                 ));
             }
+        };
+
+        // Then its whole memory_mb of the host memory budget, waited for as long as a slot.
+        let wanted_mb = self.limits.memory_mb();
+        let Some(_memory) = pool.memory.reserve(wanted_mb, self.limits.deadline()).await else {
+            return Err((
+                CallError::MemoryBudget {
+                    plugin: name.to_string(),
+                    wanted_mb,
+                    budget_mb: pool.memory.total_mb(),
+                    reserved_mb: pool.memory.reserved_mb(),
+                },
+                0,
+            ));
         };
 
         // 2. A fresh store with exactly the plugin's grants.
@@ -397,6 +414,14 @@ impl Plugin {
         }
         Ok(())
     }
+}
+
+/// What every call draws on besides its plugin's own gate: a slot of the shared instance pool,
+/// then its plugin's `memory_mb` of the host memory budget.
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    pub pool: Arc<Semaphore>,
+    pub memory: Arc<crate::limits::MemoryBudget>,
 }
 
 /// Counts a call on its generation from admission to return, even if the caller's future is

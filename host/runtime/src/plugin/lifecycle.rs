@@ -47,6 +47,8 @@ pub(crate) struct LoadEnv<'a> {
     pub grant_policy: &'a GrantPolicy,
     pub snapshot_source: Weak<dyn SnapshotSource>,
     pub generation: u64,
+    /// `runtime.max_total_memory_mb`: a plugin asking more could never run.
+    pub memory_budget_mb: u64,
 }
 
 /// Step 1 output: the manifest and the component bytes, hashed and pin-checked.
@@ -167,6 +169,13 @@ fn validate(env: &LoadEnv<'_>, loaded: Loaded) -> Result<Validated, LoadError> {
         });
     }
     let limits = Limits::resolve(&name, &loaded.manifest.limits, env.defaults, env.ceilings)?;
+    if limits.memory_mb() > env.memory_budget_mb {
+        return Err(LoadError::MemoryAboveBudget {
+            plugin: name,
+            memory_mb: limits.memory_mb(),
+            budget_mb: env.memory_budget_mb,
+        });
+    }
     let (grants, http_hosts) = resolve_grants(&loaded.manifest, env.data_dir, env.grant_policy)?;
     let (component, cache) = env
         .aot

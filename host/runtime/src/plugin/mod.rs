@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-pub use self::call::{Answer, Call, CallReport};
+pub use self::call::{Answer, Call, CallReport, Capacity};
 pub use self::grants::{ALLOWED_DIR_ROOTS_KEY, ALLOWED_ENV_KEY, DaemonPath, GrantPolicy, Guard};
 pub(crate) use self::lifecycle::LoadEnv;
 pub use self::lifecycle::{Loaded, hex_sha256};
