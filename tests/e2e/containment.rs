@@ -685,3 +685,48 @@ fn calls_past_the_host_memory_budget_wait_then_are_refused_naming_it() {
         "{message}"
     );
 }
+
+/// Failures below a plugin's own error handling get errors its author can act on: a stack that
+/// runs out says which stack and how to grow it, an exit is `exited` with its status, and a
+/// full resource table is `resource_limit` naming the host's cap; echo answers between each.
+#[test]
+fn stack_exhaustion_exits_and_resource_floods_name_their_cause() {
+    let env = Env::new();
+    env.install("testing", "trapper", |_| {});
+    env.install("testing", "echo", |_| {});
+    let daemon = env.start();
+    let addr = daemon.addr();
+    let run = |task: &str| daemon.post("/v1/agents/trapper/run", &json!({"task": task}));
+
+    let recursed = run("recurse");
+    assert_eq!(recursed.status, 502, "{}", recursed.text());
+    let error = error_of(&recursed);
+    assert_eq!(error["code"], "trap", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("shadow stack") || message.contains("max_wasm_stack"),
+        "a stack overflow that does not say so: {message}"
+    );
+    echo_answers(&addr);
+
+    let exited = run("exit");
+    assert_eq!(exited.status, 502, "{}", exited.text());
+    let error = error_of(&exited);
+    assert_eq!(error["code"], "exited", "{error:#}");
+    assert!(
+        error["message"].as_str().unwrap().contains("wasi:cli/exit"),
+        "{error:#}"
+    );
+    echo_answers(&addr);
+
+    let flooded = run("resources");
+    assert_eq!(flooded.status, 502, "{}", flooded.text());
+    let error = error_of(&flooded);
+    assert_eq!(error["code"], "resource_limit", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("1024") && message.contains("MAX_RESOURCES"),
+        "{message}"
+    );
+    echo_answers(&addr);
+}

@@ -228,6 +228,16 @@ pub enum CallError {
     Trap { plugin: String, message: String },
 
     #[error(
+        "plugin '{plugin}' called exit (wasi:cli/exit) with status {status} instead of returning from its export; return an answer or a plugin-error"
+    )]
+    Exited { plugin: String, status: i32 },
+
+    #[error(
+        "plugin '{plugin}' held more than {limit} resources at once (streams, pollables, HTTP requests and responses: the host's MAX_RESOURCES cap per call); drop each one when done with it"
+    )]
+    TooManyResources { plugin: String, limit: usize },
+
+    #[error(
         "plugin '{plugin}' returned {size} bytes (its text plus {} per field and list entry), more than {limit_name} of {limit} bytes",
         crate::output::ELEMENT_COST_BYTES
     )]
@@ -283,6 +293,8 @@ impl CallError {
             CallError::DeadlineExceeded { .. } => "deadline_exceeded",
             CallError::MemoryLimit { .. } => "memory_limit",
             CallError::Trap { .. } => "trap",
+            CallError::Exited { .. } => "exited",
+            CallError::TooManyResources { .. } => "resource_limit",
             CallError::OutputTooLarge { .. } => "output_too_large",
             CallError::TooManyEntries { .. } => "too_many_entries",
             CallError::InvalidOutput { .. } => "invalid_output",

@@ -98,6 +98,8 @@ pub fn is_fault(error: &CallError) -> bool {
     matches!(
         error,
         CallError::Trap { .. }
+            | CallError::Exited { .. }
+            | CallError::TooManyResources { .. }
             | CallError::DeadlineExceeded { .. }
             | CallError::MemoryLimit { .. }
             | CallError::OutputTooLarge { .. }

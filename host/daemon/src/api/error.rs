@@ -70,6 +70,8 @@ impl From<CallError> for ApiError {
             // The plugin, not the client, failed: a bad gateway in HTTP terms.
             CallError::MemoryLimit { .. }
             | CallError::Trap { .. }
+            | CallError::Exited { .. }
+            | CallError::TooManyResources { .. }
             | CallError::OutputTooLarge { .. }
             | CallError::TooManyEntries { .. }
             | CallError::InvalidOutput { .. }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use evolve_core::untrusted::{escape_untrusted, escape_untrusted_owned};
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::ResourceTable;
 use wasmtime_wasi_http::WasiHttpCtx;
@@ -336,10 +337,29 @@ impl Plugin {
                 deadline_ms: self.limits.deadline_ms,
             };
         }
+        if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return CallError::Exited {
+                plugin,
+                status: exit.0,
+            };
+        }
+        let table_full = error.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<ResourceTableError>(),
+                Some(ResourceTableError::Full)
+            )
+        });
+        if table_full {
+            return CallError::TooManyResources {
+                plugin,
+                limit: MAX_RESOURCES,
+            };
+        }
         if let Some(trap) = error.downcast_ref::<Trap>() {
             let stderr = log.stderr_tail();
+            let trap = format!("{trap}{}", trap_hint(trap));
             let message = if stderr.is_empty() {
-                trap.to_string()
+                trap
             } else {
                 // The guest wrote these bytes: a panic message can hold any text.
                 format!("{trap}; stderr: {}", escape_untrusted(&stderr))
@@ -440,6 +460,21 @@ impl Drop for ActiveCall<'_> {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// What a trap's own text does not tell a plugin author: which stack ran out.
+fn trap_hint(trap: &Trap) -> &'static str {
+    match trap {
+        // LLVM-built guests (Rust, C, Zig) keep their shadow stack at the bottom of linear
+        // memory, so running out of it shows as an access below address 0.
+        Trap::MemoryOutOfBounds => {
+            " (after deep recursion this is the guest's shadow stack overflowing: LLVM-built guests keep it at the bottom of linear memory, 1 MiB for Rust on wasm32 unless linked with `-C link-arg=-zstack-size=BYTES`; otherwise a wild pointer)"
+        }
+        Trap::StackOverflow => {
+            " (the guest's call depth exceeded the host's wasm stack, wasmtime's max_wasm_stack of 512 KiB: recurse less deeply)"
+        }
+        _ => "",
     }
 }
 
