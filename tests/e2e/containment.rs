@@ -730,3 +730,40 @@ fn stack_exhaustion_exits_and_resource_floods_name_their_cause() {
     );
     echo_answers(&addr);
 }
+
+/// A call's requests through `probes` are capped: within `max_probes` they reach the system
+/// (and fail there: no such service), past it they are refused without reaching it and the
+/// call fails `probe_quota` naming the limit.
+#[test]
+fn a_call_past_its_probe_quota_fails_naming_it() {
+    let env = Env::new();
+    env.install("testing", "output-flood", |m| {
+        let limits = m["limits"].as_table_mut().unwrap();
+        limits.insert("max_probes".into(), 8.into());
+    });
+    env.install("testing", "echo", |_| {});
+    let daemon = env.start();
+    let run = |count: usize| {
+        daemon.post(
+            "/v1/agents/output-flood/run",
+            &json!({"task": "probe-flood", "input": {"count": count}}),
+        )
+    };
+    let within = run(8);
+    assert_eq!(within.status, 200, "{}", within.text());
+    assert_eq!(within.json()["outcome"]["summary"], "8 of 8 probes failed");
+
+    let flooded = run(4_000);
+    assert_eq!(flooded.status, 502, "{}", flooded.text());
+    let error = error_of(&flooded);
+    assert_eq!(error["code"], "probe_quota", "{error:#}");
+    let message = error["message"].as_str().unwrap();
+    for needle in [
+        "more than 8 requests",
+        "max_probes",
+        "3992 more were refused",
+    ] {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    echo_answers(&daemon.addr());
+}

@@ -228,6 +228,15 @@ pub enum CallError {
     Trap { plugin: String, message: String },
 
     #[error(
+        "plugin '{plugin}' made more than {limit} requests through the probes import in one call (its max_probes limit; {refused} more were refused); probe less, or raise limits.max_probes"
+    )]
+    ProbeQuota {
+        plugin: String,
+        limit: u32,
+        refused: u32,
+    },
+
+    #[error(
         "plugin '{plugin}' called exit (wasi:cli/exit) with status {status} instead of returning from its export; return an answer or a plugin-error"
     )]
     Exited { plugin: String, status: i32 },
@@ -294,6 +303,7 @@ impl CallError {
             CallError::MemoryLimit { .. } => "memory_limit",
             CallError::Trap { .. } => "trap",
             CallError::Exited { .. } => "exited",
+            CallError::ProbeQuota { .. } => "probe_quota",
             CallError::TooManyResources { .. } => "resource_limit",
             CallError::OutputTooLarge { .. } => "output_too_large",
             CallError::TooManyEntries { .. } => "too_many_entries",

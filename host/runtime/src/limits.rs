@@ -33,6 +33,8 @@ pub struct LimitValues {
     pub max_output_kb: u64,
     /// Log bytes (log import + stdout + stderr) per call, KiB.
     pub max_log_kb: u64,
+    /// Requests through the `probes` import per call (0: the plugin probes nothing).
+    pub max_probes: u64,
 }
 
 impl LimitValues {
@@ -43,6 +45,9 @@ impl LimitValues {
         max_queue: 32,
         max_output_kb: 1_024,
         max_log_kb: 256,
+        // An integration test probes every service and agent once or twice: tens, not
+        // thousands, and each probe is a request to a real backend.
+        max_probes: 64,
     };
 
     pub const CEILINGS: LimitValues = LimitValues {
@@ -52,9 +57,10 @@ impl LimitValues {
         max_queue: 1_024,
         max_output_kb: 16_384,
         max_log_kb: 4_096,
+        max_probes: 4_096,
     };
 
-    fn entries(&self) -> [(&'static str, u64); 6] {
+    fn entries(&self) -> [(&'static str, u64); 7] {
         [
             ("memory_mb", self.memory_mb),
             ("deadline_ms", self.deadline_ms),
@@ -62,6 +68,7 @@ impl LimitValues {
             ("max_queue", self.max_queue),
             ("max_output_kb", self.max_output_kb),
             ("max_log_kb", self.max_log_kb),
+            ("max_probes", self.max_probes),
         ]
     }
 
@@ -73,12 +80,17 @@ impl LimitValues {
                     "runtime.defaults.{key} = {value} is above runtime.ceilings.{key} = {ceiling}"
                 ));
             }
-            if value == 0 && key != "max_queue" {
+            if value == 0 && !may_be_zero(key) {
                 return Err(format!("runtime.defaults.{key} must be at least 1"));
             }
         }
         Ok(())
     }
+}
+
+/// Limits where 0 means "none of it" rather than nothing works: no queue, no probes.
+fn may_be_zero(key: &str) -> bool {
+    matches!(key, "max_queue" | "max_probes")
 }
 
 impl Default for LimitValues {
@@ -96,6 +108,7 @@ pub struct Limits {
     pub max_queue: u32,
     pub max_output_bytes: u64,
     pub max_log_bytes: u64,
+    pub max_probes: u32,
 }
 
 impl Limits {
@@ -116,7 +129,7 @@ impl Limits {
                     ceiling,
                 });
             }
-            if value == 0 && key != "max_queue" {
+            if value == 0 && !may_be_zero(key) {
                 return Err(LoadError::Manifest {
                     file: super::manifest::MANIFEST_FILE.into(),
                     message: format!("plugin '{plugin}': limits.{key} must be at least 1"),
@@ -151,6 +164,12 @@ impl Limits {
                 c.max_output_kb,
             )? << 10,
             max_log_bytes: pick("max_log_kb", spec.max_log_kb, d.max_log_kb, c.max_log_kb)? << 10,
+            max_probes: narrow(pick(
+                "max_probes",
+                spec.max_probes,
+                d.max_probes,
+                c.max_probes,
+            )?),
         })
     }
 
@@ -329,7 +348,35 @@ mod tests {
             max_queue,
             max_output_bytes: 1024,
             max_log_bytes: 1024,
+            max_probes: 0,
         }
+    }
+
+    #[test]
+    fn max_probes_may_be_zero_and_is_held_under_its_ceiling() {
+        let resolve = |max_probes| {
+            let spec = LimitsSpec {
+                max_probes: Some(max_probes),
+                ..LimitsSpec::default()
+            };
+            Limits::resolve("p", &spec, &LimitValues::DEFAULTS, &LimitValues::CEILINGS)
+        };
+        assert_eq!(resolve(0).expect("none at all").max_probes, 0);
+        assert!(matches!(
+            resolve(LimitValues::CEILINGS.max_probes + 1),
+            Err(LoadError::LimitAboveCeiling {
+                key: "max_probes",
+                ..
+            })
+        ));
+        let default = Limits::resolve(
+            "p",
+            &LimitsSpec::default(),
+            &LimitValues::DEFAULTS,
+            &LimitValues::CEILINGS,
+        )
+        .expect("defaults");
+        assert_eq!(default.max_probes, 64);
     }
 
     #[test]

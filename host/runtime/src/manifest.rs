@@ -58,6 +58,7 @@ pub struct LimitsSpec {
     pub max_queue: Option<u64>,
     pub max_output_kb: Option<u64>,
     pub max_log_kb: Option<u64>,
+    pub max_probes: Option<u64>,
 }
 
 /// A directory grant: `host` is mapped at `guest`, read-only unless `write`.

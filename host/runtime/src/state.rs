@@ -47,6 +47,44 @@ pub struct PluginState {
     pub(crate) snapshot_source: Weak<dyn SnapshotSource>,
     pub(crate) snapshot: Option<Arc<Snapshot>>,
     pub(crate) deadline_hit: bool,
+    /// What this call may still ask through `probes`, and how many it was refused.
+    pub(crate) probe_quota: ProbeQuota,
+}
+
+/// A call's `probes` budget: each probe is a request to a real backend or another plugin, so a
+/// loop of them is bounded per call (`max_probes`), not only by the deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProbeQuota {
+    pub(crate) left: u32,
+    pub(crate) limit: u32,
+    pub(crate) refused: u32,
+}
+
+impl ProbeQuota {
+    pub(crate) fn new(limit: u32) -> ProbeQuota {
+        ProbeQuota {
+            left: limit,
+            limit,
+            refused: 0,
+        }
+    }
+
+    /// Spends one probe; the refusal the guest sees once none is left.
+    fn spend(&mut self) -> Option<probes::ProbeResult> {
+        if self.left > 0 {
+            self.left -= 1;
+            return None;
+        }
+        self.refused = self.refused.saturating_add(1);
+        Some(probes::ProbeResult {
+            ok: false,
+            detail: format!(
+                "refused: this call already made its {} probes (limits.max_probes); the call fails with probe_quota",
+                self.limit
+            ),
+            latency_us: 0,
+        })
+    }
 }
 
 impl PluginState {
@@ -175,18 +213,30 @@ impl PluginState {
 
 impl probes::Host for PluginState {
     async fn probe_service(&mut self, name: String) -> probes::ProbeResult {
+        if let Some(refused) = self.probe_quota.spend() {
+            return refused;
+        }
         self.probes().service(&name).await
     }
 
     async fn probe_checker(&mut self, name: String) -> probes::ProbeResult {
+        if let Some(refused) = self.probe_quota.spend() {
+            return refused;
+        }
         self.probes().checker(&name).await
     }
 
     async fn probe_best_model(&mut self, task_type: String) -> probes::ProbeResult {
+        if let Some(refused) = self.probe_quota.spend() {
+            return refused;
+        }
         self.probes().best_model(&task_type).await
     }
 
     async fn probe_agent(&mut self, name: String) -> probes::ProbeResult {
+        if let Some(refused) = self.probe_quota.spend() {
+            return refused;
+        }
         let caller = Arc::clone(&self.plugin.name);
         self.probes().agent(&caller, &name).await
     }

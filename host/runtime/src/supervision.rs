@@ -99,6 +99,7 @@ pub fn is_fault(error: &CallError) -> bool {
         error,
         CallError::Trap { .. }
             | CallError::Exited { .. }
+            | CallError::ProbeQuota { .. }
             | CallError::TooManyResources { .. }
             | CallError::DeadlineExceeded { .. }
             | CallError::MemoryLimit { .. }

@@ -71,6 +71,7 @@ impl From<CallError> for ApiError {
             CallError::MemoryLimit { .. }
             | CallError::Trap { .. }
             | CallError::Exited { .. }
+            | CallError::ProbeQuota { .. }
             | CallError::TooManyResources { .. }
             | CallError::OutputTooLarge { .. }
             | CallError::TooManyEntries { .. }

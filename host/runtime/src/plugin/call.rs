@@ -23,7 +23,7 @@ use crate::error::CallError;
 use crate::limits::StoreLimiter;
 use crate::output::{ELEMENT_COST_BYTES, MAX_ARTIFACTS, MAX_CAPABILITIES, MAX_DESCRIBE_BYTES};
 use crate::sandbox::{CallLog, HttpPolicy, uri_host_port};
-use crate::state::PluginState;
+use crate::state::{PluginState, ProbeQuota};
 use crate::supervision::SupervisionConfig;
 
 /// Resources (open files, streams, HTTP requests...) a call may hold at once. Each can pin host
@@ -233,6 +233,7 @@ impl Plugin {
             snapshot_source: self.snapshot_source.clone(),
             snapshot: None,
             deadline_hit: false,
+            probe_quota: ProbeQuota::new(self.limits.max_probes),
         };
         let mut store = Store::new(self.engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -270,6 +271,18 @@ impl Plugin {
             Ok(Err(error)) => return Err((self.classify(error, &store, &log), logs_dropped)),
             Ok(Ok(answer)) => answer,
         };
+        // A call that went past its probe quota fails, whatever it made of the refusals.
+        let quota = store.data().probe_quota;
+        if quota.refused > 0 {
+            return Err((
+                CallError::ProbeQuota {
+                    plugin: name.to_string(),
+                    limit: quota.limit,
+                    refused: quota.refused,
+                },
+                logs_dropped,
+            ));
+        }
 
         // 6. The answer must fit the output budget and carry valid JSON.
         self.check_answer(&answer, &http_policy)

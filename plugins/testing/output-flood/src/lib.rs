@@ -8,6 +8,8 @@
 //! - task `empty-artifacts`: returns an outcome listing `count` empty artifact paths;
 //! - task `empty-fields`: logs `count` empty records, then one record with `count` empty
 //!   fields: floods of elements that carry no text;
+//! - task `probe-flood`: probes the service `nowhere` `count` times through the `probes`
+//!   import and answers with how many probes were refused;
 //! - config `describe_capabilities = N`: `describe()` claims N empty capabilities.
 //!
 //! The size is `{"mib": N}` in the task input (default 8), the element count `{"count": N}`
@@ -95,6 +97,15 @@ impl MetaAgent for OutputFlood {
                 outcome.artifacts = vec![String::new(); input.count];
                 Ok(outcome)
             }
+            "probe-flood" => {
+                let refused = (0..input.count)
+                    .filter(|_| !evolve_plugin_sdk::probes::service("nowhere").ok)
+                    .count();
+                Ok(TaskOutcome::new(format!(
+                    "{refused} of {} probes failed",
+                    input.count
+                )))
+            }
             "empty-fields" => {
                 for _ in 0..input.count {
                     log(Level::Info, "");
@@ -104,7 +115,7 @@ impl MetaAgent for OutputFlood {
                 Ok(TaskOutcome::new("logged empty records and fields"))
             }
             other => Err(PluginError::invalid_input(format!(
-                "unknown task `{other}`; expected `output`, `logs`, `empty-artifacts` or `empty-fields`"
+                "unknown task `{other}`; expected `output`, `logs`, `empty-artifacts`, `empty-fields` or `probe-flood`"
             ))),
         }
     }
