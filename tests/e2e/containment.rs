@@ -11,6 +11,18 @@ fn error_of(response: &evolve_e2e::http::Response) -> Value {
     response.json()["error"].clone()
 }
 
+/// Asserts that `response` is the error `code` with `status` and that its message holds every
+/// one of `needles`.
+fn expect_error(response: &evolve_e2e::http::Response, status: u16, code: &str, needles: &[&str]) {
+    assert_eq!(response.status, status, "{}", response.text());
+    let error = error_of(response);
+    assert_eq!(error["code"], code, "{error:#}");
+    let message = error["message"].as_str().unwrap_or_default();
+    for needle in needles {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+}
+
 #[test]
 fn hostile_guests_fail_with_their_own_errors_while_echo_keeps_answering() {
     let env = Env::new();
@@ -210,19 +222,17 @@ fn empty_element_floods_are_charged_and_capped() {
         )
     };
 
-    let refused = run("empty-artifacts", 1_000_000);
-    assert_eq!(refused.status, 502, "{}", refused.text());
-    let error = error_of(&refused);
-    assert_eq!(error["code"], "too_many_entries", "{error:#}");
-    let message = error["message"].as_str().unwrap();
-    for needle in [
-        "1000000 entries",
-        "task-outcome.artifacts",
-        "MAX_ARTIFACTS",
-        "1024",
-    ] {
-        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
-    }
+    expect_error(
+        &run("empty-artifacts", 1_000_000),
+        502,
+        "too_many_entries",
+        &[
+            "1000000 entries",
+            "task-outcome.artifacts",
+            "MAX_ARTIFACTS",
+            "1024",
+        ],
+    );
     echo_answers(&addr);
     let within = run("empty-artifacts", 1_000);
     assert_eq!(within.status, 200, "{}", within.text());
@@ -643,18 +653,16 @@ fn calls_past_the_host_memory_budget_wait_then_are_refused_naming_it() {
         evolve_e2e::wait_until("both 32 MiB calls reserved", || {
             (daemon.get("/v1/runtime").json()["memory_budget"]["reserved_mb"] == 64).then_some(())
         });
-        let refused = daemon.post("/v1/agents/echo/run", &json!({"task": "t", "input": {}}));
-        assert_eq!(refused.status, 503, "{}", refused.text());
-        let error = error_of(&refused);
-        assert_eq!(error["code"], "memory_budget", "{error:#}");
-        let message = error["message"].as_str().unwrap();
-        for needle in [
-            "32 MiB",
-            "runtime.max_total_memory_mb = 64 MiB",
-            "64 MiB by calls in flight",
-        ] {
-            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
-        }
+        expect_error(
+            &daemon.post("/v1/agents/echo/run", &json!({"task": "t", "input": {}})),
+            503,
+            "memory_budget",
+            &[
+                "32 MiB",
+                "runtime.max_total_memory_mb = 64 MiB",
+                "64 MiB by calls in flight",
+            ],
+        );
         assert_eq!(
             daemon.metric("evolve_memory_budget_reserved_mb"),
             Some(64.0)
@@ -709,24 +717,14 @@ fn stack_exhaustion_exits_and_resource_floods_name_their_cause() {
     );
     echo_answers(&addr);
 
-    let exited = run("exit");
-    assert_eq!(exited.status, 502, "{}", exited.text());
-    let error = error_of(&exited);
-    assert_eq!(error["code"], "exited", "{error:#}");
-    assert!(
-        error["message"].as_str().unwrap().contains("wasi:cli/exit"),
-        "{error:#}"
-    );
+    expect_error(&run("exit"), 502, "exited", &["wasi:cli/exit", "status 1"]);
     echo_answers(&addr);
 
-    let flooded = run("resources");
-    assert_eq!(flooded.status, 502, "{}", flooded.text());
-    let error = error_of(&flooded);
-    assert_eq!(error["code"], "resource_limit", "{error:#}");
-    let message = error["message"].as_str().unwrap();
-    assert!(
-        message.contains("1024") && message.contains("MAX_RESOURCES"),
-        "{message}"
+    expect_error(
+        &run("resources"),
+        502,
+        "resource_limit",
+        &["1024", "MAX_RESOURCES"],
     );
     echo_answers(&addr);
 }
@@ -753,17 +751,15 @@ fn a_call_past_its_probe_quota_fails_naming_it() {
     assert_eq!(within.status, 200, "{}", within.text());
     assert_eq!(within.json()["outcome"]["summary"], "8 of 8 probes failed");
 
-    let flooded = run(4_000);
-    assert_eq!(flooded.status, 502, "{}", flooded.text());
-    let error = error_of(&flooded);
-    assert_eq!(error["code"], "probe_quota", "{error:#}");
-    let message = error["message"].as_str().unwrap();
-    for needle in [
-        "more than 8 requests",
-        "max_probes",
-        "3992 more were refused",
-    ] {
-        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
-    }
+    expect_error(
+        &run(4_000),
+        502,
+        "probe_quota",
+        &[
+            "more than 8 requests",
+            "max_probes",
+            "3992 more were refused",
+        ],
+    );
     echo_answers(&daemon.addr());
 }
