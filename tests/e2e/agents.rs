@@ -523,18 +523,7 @@ fn the_security_auditor_flags_a_wildcard_host_and_a_public_api_without_auth() {
     let response = daemon.post("/v1/system/security-audit", &json!({}));
     assert_eq!(response.status, 200, "{}", response.text());
     let output = &response.json()["outcome"]["output"];
-    let findings: Vec<(String, String, String)> = output["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["severity"].as_str().unwrap().to_string(),
-                f["rule"].as_str().unwrap().to_string(),
-                f["subject"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let findings = evolve_e2e::audit_findings(output);
     assert_eq!(
         findings
             .iter()

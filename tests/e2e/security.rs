@@ -320,17 +320,9 @@ fn the_security_auditor_flags_a_missing_token_and_an_unauthenticated_cluster() {
             Some(b"{}"),
         );
         assert_eq!(answer.status, 200, "{}", answer.text());
-        let output = answer.json()["outcome"]["output"].clone();
-        output["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| {
-                (
-                    f["severity"].as_str().unwrap().to_string(),
-                    f["rule"].as_str().unwrap().to_string(),
-                )
-            })
+        evolve_e2e::audit_findings(&answer.json()["outcome"]["output"])
+            .into_iter()
+            .map(|(severity, rule, _)| (severity, rule))
             .collect::<Vec<_>>()
     };
     let no_token = ("medium".to_string(), "api.no-token".to_string());

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test with its reason
 
+pub mod bench;
 pub mod demo;
 pub mod echo;
 pub mod http;
@@ -532,4 +533,18 @@ pub fn cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// The findings of a security-audit run's output, as (severity, rule, subject).
+pub fn audit_findings(output: &Value) -> Vec<(String, String, String)> {
+    let text = |finding: &Value, key: &str| finding[key].as_str().unwrap_or_default().to_string();
+    output["findings"]
+        .as_array()
+        .map(|findings| {
+            findings
+                .iter()
+                .map(|f| (text(f, "severity"), text(f, "rule"), text(f, "subject")))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -304,11 +304,17 @@ impl ResolvedDir {
     pub fn preopen_path(&self) -> PathBuf {
         #[cfg(target_os = "linux")]
         if proc_fd_available() {
-            use std::os::fd::AsRawFd;
-            return PathBuf::from(format!("/proc/self/fd/{}", self.handle.as_raw_fd()));
+            return fd_path(&self.handle);
         }
         self.host.clone()
     }
+}
+
+/// Where `/proc/self/fd` shows the open `file`.
+#[cfg(target_os = "linux")]
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// Whether `/proc/self/fd` reaches this process's descriptors (not so in a sandbox without
@@ -330,8 +336,7 @@ pub fn open_grant_dir(path: &std::path::Path) -> std::io::Result<(std::fs::File,
         .open(path)?;
     #[cfg(target_os = "linux")]
     if proc_fd_available() {
-        use std::os::fd::AsRawFd;
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        let real = std::fs::read_link(fd_path(&file))?;
         return Ok((file, real));
     }
     Ok((file, path.canonicalize()?))

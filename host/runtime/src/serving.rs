@@ -45,8 +45,17 @@ pub struct LoadingPlugin {
 pub struct FirstLoad {
     runtime: Runtime,
     dir: PathBuf,
+    /// The name the directory is listed under, when this call read it.
+    name: Option<String>,
     /// False when an outer mark already covered the directory: only the first one unmarks.
     marked: bool,
+}
+
+impl FirstLoad {
+    /// The plugin's name (from its manifest, else the directory's) when this mark read it.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
 }
 
 impl Drop for FirstLoad {
@@ -350,29 +359,37 @@ impl Runtime {
     /// API and callers see "still loading" instead of "no such plugin". A directory that a
     /// plugin already serves from is not marked: its serving generation answers meanwhile.
     pub fn begin_first_load(&self, dir: &Path) -> FirstLoad {
+        let unmarked = |name| FirstLoad {
+            runtime: self.clone(),
+            dir: dir.to_path_buf(),
+            name,
+            marked: false,
+        };
         let serving = read(&self.shared.plugins)
             .values()
             .any(|slot| slot.current.dir == dir);
-        let entry = (!serving).then(|| LoadingPlugin {
-            name: name_of_dir(dir),
-            dir: dir.to_path_buf(),
-            since: Utc::now(),
-        });
-        let marked = match entry {
-            Some(entry) => {
-                let mut loading = write(&self.shared.loading);
-                let fresh = !loading.contains_key(dir);
-                if fresh {
-                    loading.insert(dir.to_path_buf(), entry);
-                }
-                fresh
-            }
-            None => false,
-        };
+        if serving || read(&self.shared.loading).contains_key(dir) {
+            // Already covered: no manifest read for a name nobody will show.
+            return unmarked(None);
+        }
+        let name = name_of_dir(dir);
+        let mut loading = write(&self.shared.loading);
+        if loading.contains_key(dir) {
+            return unmarked(Some(name));
+        }
+        loading.insert(
+            dir.to_path_buf(),
+            LoadingPlugin {
+                name: name.clone(),
+                dir: dir.to_path_buf(),
+                since: Utc::now(),
+            },
+        );
         FirstLoad {
             runtime: self.clone(),
             dir: dir.to_path_buf(),
-            marked,
+            name: Some(name),
+            marked: true,
         }
     }
 

@@ -15,19 +15,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use evolve_e2e::bench::{arg, percentile};
 use evolve_e2e::http::Backend;
 use evolve_e2e::redis::RedisServer;
 use evolve_e2e::{Daemon, EVENT_TIMEOUT, Env, evolve_bin};
 use serde_json::{Value, json};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn node(redis: &RedisServer, id: &str, extra: &str) -> Env {
     let mut env = Env::new();
@@ -69,11 +61,6 @@ fn follow(
         std::thread::sleep(Duration::from_millis(10));
     }
     (child, rx)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn summary(name: &str, mut ms: Vec<f64>) {

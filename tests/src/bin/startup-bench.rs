@@ -14,20 +14,12 @@
 
 use std::time::{Duration, Instant};
 
+use evolve_e2e::bench::{arg, percentile};
 use evolve_e2e::{Env, START_TIMEOUT};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn median(mut ms: Vec<f64>) -> f64 {
     ms.sort_by(f64::total_cmp);
-    ms[ms.len() / 2]
+    percentile(&ms, 0.5)
 }
 
 /// Polls `path` every millisecond until it answers `200`; the time since `spawned`.

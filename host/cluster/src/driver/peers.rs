@@ -150,12 +150,9 @@ impl Driver {
     /// Opens `peer`'s record and keeps the registrations of its hash that match the digests it
     /// lists; a listed one that does not match (tampered, or gone) is taken from what this
     /// daemon holds if that is exactly it. Nothing is merged here.
-    fn verify_node(
-        &self,
-        peer: &str,
-        bytes: &[u8],
-        hash: &HashMap<String, Vec<u8>>,
-    ) -> Result<Verified, Refusal> {
+    /// A node record stored under `peer`'s key, opened under the cluster key: signed for
+    /// `peer` and naming it inside. Its sequence, and the record.
+    fn open_record(&self, peer: &str, bytes: &[u8]) -> Result<(u64, wire::NodeRecord), Refusal> {
         let opened = self.sealer.open(SealKind::Record, bytes)?;
         if opened.node != peer {
             return Err(Refusal::NodeMismatch {
@@ -170,8 +167,18 @@ impl Driver {
                 found: record.node,
             });
         }
+        Ok((opened.seq, record))
+    }
+
+    fn verify_node(
+        &self,
+        peer: &str,
+        bytes: &[u8],
+        hash: &HashMap<String, Vec<u8>>,
+    ) -> Result<Verified, Refusal> {
+        let (seq, record) = self.open_record(peer, bytes)?;
         seal::fresh(record.heartbeat_at, self.config.heartbeat_ttl_s, Utc::now())?;
-        self.seqs.check_record(peer, opened.seq)?;
+        self.seqs.check_record(peer, seq)?;
         if record.specs.len() > MAX_REMOTE_SPECS_PER_NODE {
             let over = (record.specs.len() - MAX_REMOTE_SPECS_PER_NODE) as u64;
             tracing::warn!(node = %peer, listed = record.specs.len(), "a peer's record lists more services than any node may hold; the rest are dropped");
@@ -208,11 +215,7 @@ impl Driver {
                 }
             });
         }
-        Ok(Verified {
-            record,
-            seq: opened.seq,
-            specs,
-        })
+        Ok(Verified { record, seq, specs })
     }
 
     /// Merges a verified node and records it alive.
@@ -440,35 +443,17 @@ impl Driver {
             .arg(self.keys.node(node))
             .query_async(con)
             .await?;
-        let listed = match record {
+        let listed = match record.map(|bytes| self.open_record(node, &bytes)) {
             None => None,
-            Some(bytes) => {
-                let opened = match self.sealer.open(SealKind::Record, &bytes) {
-                    Ok(opened) if opened.node == node => opened,
-                    Ok(opened) => {
-                        let refusal = Refusal::NodeMismatch {
-                            signed: opened.node,
-                            found: node.to_string(),
-                        };
-                        self.refuse(node, "node record", &refusal);
-                        return Ok(());
-                    }
-                    Err(refusal) => {
-                        self.refuse(node, "node record", &refusal);
-                        return Ok(());
-                    }
-                };
-                if opened.seq > seq {
-                    return self.read_node(con, node, "update").await;
-                }
-                match wire::parse_record(&opened.body) {
-                    Ok(record) => Some(record.specs),
-                    Err(error) => {
-                        self.refuse(node, "node record", &Refusal::from(error));
-                        return Ok(());
-                    }
-                }
+            Some(Err(refusal)) => {
+                self.refuse(node, "node record", &refusal);
+                return Ok(());
             }
+            // A newer record carries this change (and perhaps later ones): merge it instead.
+            Some(Ok((record_seq, _))) if record_seq > seq => {
+                return self.read_node(con, node, "update").await;
+            }
+            Some(Ok((_, record))) => Some(record.specs),
         };
         if let Err(refusal) = confirms(listed.as_ref(), &op) {
             self.refuse(node, "catalog update", &refusal);

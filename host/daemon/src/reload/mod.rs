@@ -17,6 +17,7 @@ mod window;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::pipeline::{ReloadOutcome, StepTimings};
 use evolve_core::events::EventBus;
-use evolve_runtime::{FirstLoad, LoadFailure, Manifest, Runtime, manifest::MANIFEST_FILE};
+use evolve_runtime::{FirstLoad, LoadFailure, Runtime, manifest::MANIFEST_FILE};
 
 /// `[reload]` config section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +106,7 @@ pub struct Reloader {
     /// interleave); different dirs proceed side by side, so one slow plugin holds up no other.
     dir_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Turns true once the first load of every plugin dir has finished (`GET /readyz`).
-    initial_load_done: tokio::sync::watch::Sender<bool>,
+    initial_load_done: AtomicBool,
     /// Fingerprint of each dir at its last reconcile, so a rescan skips unchanged dirs.
     fingerprints: Mutex<HashMap<PathBuf, Fingerprint>>,
     /// Per dir, the digest of a version that was rolled back: not tried again until the files
@@ -134,7 +135,7 @@ impl Reloader {
             plugins_dir,
             config,
             dir_locks: Mutex::default(),
-            initial_load_done: tokio::sync::watch::Sender::new(false),
+            initial_load_done: AtomicBool::new(false),
             fingerprints: Mutex::default(),
             quarantined: Mutex::default(),
         })
@@ -209,18 +210,19 @@ impl Reloader {
         let present = match plugin_dirs(&self.plugins_dir) {
             Ok(present) => present,
             Err(error) => {
-                self.initial_load_done.send_replace(true);
+                self.initial_load_done.store(true, Ordering::Release);
                 return Err(error);
             }
         };
         let mut groups: BTreeMap<String, Vec<(PathBuf, FirstLoad)>> = BTreeMap::new();
         for dir in present {
-            // A manifest that does not parse fails on its own: it groups with no other dir.
-            let key = Manifest::load(&dir).map_or_else(
-                |_| format!("dir:{}", dir.display()),
-                |manifest| format!("name:{}", manifest.name),
-            );
             let mark = self.runtime.begin_first_load(&dir);
+            // Grouped by the name the mark read (a broken manifest's is its dir's name: it then
+            // merely waits its turn behind a namesake, and fails on its own).
+            let key = mark.name().map_or_else(
+                || format!("dir:{}", dir.display()),
+                |name| format!("name:{name}"),
+            );
             groups.entry(key).or_default().push((dir, mark));
         }
         let permits = Arc::new(tokio::sync::Semaphore::new(parallelism.max(1)));
@@ -246,19 +248,13 @@ impl Reloader {
                 Err(error) => tracing::error!(%error, "a plugin's first load ended abnormally"),
             }
         }
-        self.initial_load_done.send_replace(true);
+        self.initial_load_done.store(true, Ordering::Release);
         Ok(summary)
     }
 
     /// Whether the first load of every plugin dir has finished (successfully or not).
     pub fn is_ready(&self) -> bool {
-        *self.initial_load_done.borrow()
-    }
-
-    /// Waits until [`Reloader::is_ready`].
-    pub async fn ready(&self) {
-        let mut done = self.initial_load_done.subscribe();
-        let _ = done.wait_for(|done| *done).await;
+        self.initial_load_done.load(Ordering::Acquire)
     }
 
     /// The lock that keeps one reconcile of `dir` at a time.

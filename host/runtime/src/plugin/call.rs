@@ -18,7 +18,9 @@ use wasmtime_wasi::ResourceTable;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::{Description, Plugin, WorldPre};
-use crate::bindings::types::{HealthReport, PluginError, Service, Task, TaskOutcome};
+use crate::bindings::types::{
+    AgentInfo, CheckerInfo, HealthReport, PluginError, Service, Task, TaskOutcome,
+};
 use crate::error::CallError;
 use crate::limits::StoreLimiter;
 use crate::output::{ELEMENT_COST_BYTES, MAX_ARTIFACTS, MAX_CAPABILITIES, MAX_DESCRIBE_BYTES};
@@ -146,12 +148,11 @@ impl Plugin {
         //    queues bound how many wait for the pool, and the pool never sees more concurrent
         //    instances than it has slots, so it cannot fail with a raw exhaustion error.
         let _permit = self.gate.enter(name).await.map_err(|e| (e, 0))?;
-        // The wait for a pool slot is bounded by the call's deadline: when every slot is held
-        // by slow plugins, a caller gets Overloaded instead of hanging behind them.
-        let slot = tokio::time::timeout(
-            self.limits.deadline(),
-            Arc::clone(&pool.pool).acquire_owned(),
-        );
+        // The waits for a pool slot and for memory are bounded together by the call's
+        // deadline: when slow plugins hold them, a caller gets Overloaded (or MemoryBudget)
+        // instead of hanging behind them.
+        let admit_by = tokio::time::Instant::now() + self.limits.deadline();
+        let slot = tokio::time::timeout_at(admit_by, Arc::clone(&pool.pool).acquire_owned());
         let _slot = match slot.await {
             Ok(Ok(slot)) => slot,
             Ok(Err(_closed)) => {
@@ -173,9 +174,10 @@ impl Plugin {
             }
         };
 
-        // Then its whole memory_mb of the host memory budget, waited for as long as a slot.
+        // Then its whole memory_mb of the host memory budget, within what is left of the wait.
         let wanted_mb = self.limits.memory_mb();
-        let Some(_memory) = pool.memory.reserve(wanted_mb, self.limits.deadline()).await else {
+        let left = admit_by.saturating_duration_since(tokio::time::Instant::now());
+        let Some(_memory) = pool.memory.reserve(wanted_mb, left).await else {
             return Err((
                 CallError::MemoryBudget {
                     plugin: name.to_string(),
@@ -388,14 +390,8 @@ impl Plugin {
 
     fn check_answer(&self, answer: &Answer, http: &HttpPolicy) -> Result<(), CallError> {
         let plugin = || self.name().to_string();
-        if let Some((field, count, limit, constant)) = overlong_list(answer) {
-            return Err(CallError::TooManyEntries {
-                plugin: plugin(),
-                field,
-                count,
-                limit,
-                constant,
-            });
+        if let Some(refusal) = overlong_list(self.name(), answer) {
+            return Err(refusal);
         }
         let size = answer_size(answer);
         let (limit, limit_name) = match answer {
@@ -491,36 +487,42 @@ fn trap_hint(trap: &Trap) -> &'static str {
     }
 }
 
-/// A list in `answer` longer than the host accepts: (field, entries, limit, constant).
-fn overlong_list(answer: &Answer) -> Option<(&'static str, usize, usize, &'static str)> {
+/// The refusal of a list in `answer` longer than the host accepts, if there is one.
+fn overlong_list(plugin: &str, answer: &Answer) -> Option<CallError> {
     let (field, count, limit, constant) = match answer {
         Answer::Described {
-            description: Description::Agent(a),
+            description: Description::Agent(AgentInfo { capabilities, .. }),
             ..
         } => (
             "agent-info.capabilities",
-            a.capabilities.len(),
+            capabilities.len(),
             MAX_CAPABILITIES,
             "MAX_CAPABILITIES",
         ),
         Answer::Described {
-            description: Description::Checker(c),
+            description: Description::Checker(CheckerInfo { capabilities, .. }),
             ..
         } => (
             "checker-info.capabilities",
-            c.capabilities.len(),
+            capabilities.len(),
             MAX_CAPABILITIES,
             "MAX_CAPABILITIES",
         ),
-        Answer::Ran(Ok(o)) => (
+        Answer::Ran(Ok(outcome)) => (
             "task-outcome.artifacts",
-            o.artifacts.len(),
+            outcome.artifacts.len(),
             MAX_ARTIFACTS,
             "MAX_ARTIFACTS",
         ),
         _ => return None,
     };
-    (count > limit).then_some((field, count, limit, constant))
+    (count > limit).then(|| CallError::TooManyEntries {
+        plugin: plugin.to_string(),
+        field,
+        count,
+        limit,
+        constant,
+    })
 }
 
 /// What an answer weighs against its output limit: the guest-produced text, plus
@@ -595,7 +597,6 @@ async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::AgentInfo;
 
     fn described(capabilities: Vec<String>, description: String) -> Answer {
         Answer::Described {
@@ -634,31 +635,32 @@ mod tests {
 
     #[test]
     fn lists_past_their_cap_are_named_with_the_constant() {
-        assert_eq!(
-            overlong_list(&ran(vec![String::new(); MAX_ARTIFACTS])),
-            None
-        );
-        assert_eq!(
-            overlong_list(&ran(vec![String::new(); MAX_ARTIFACTS + 1])),
-            Some((
-                "task-outcome.artifacts",
-                MAX_ARTIFACTS + 1,
-                MAX_ARTIFACTS,
-                "MAX_ARTIFACTS"
-            ))
-        );
+        assert!(overlong_list("p", &ran(vec![String::new(); MAX_ARTIFACTS])).is_none());
+        assert!(matches!(
+            overlong_list("p", &ran(vec![String::new(); MAX_ARTIFACTS + 1])),
+            Some(CallError::TooManyEntries {
+                field: "task-outcome.artifacts",
+                count,
+                limit: MAX_ARTIFACTS,
+                constant: "MAX_ARTIFACTS",
+                ..
+            }) if count == MAX_ARTIFACTS + 1
+        ));
         let claims = described(vec![String::new(); MAX_CAPABILITIES + 1], String::new());
-        assert_eq!(
-            overlong_list(&claims).map(|(field, ..)| field),
-            Some("agent-info.capabilities")
-        );
+        assert!(matches!(
+            overlong_list("p", &claims),
+            Some(CallError::TooManyEntries {
+                field: "agent-info.capabilities",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn a_describe_answer_within_the_entry_caps_can_still_outweigh_its_own_cap() {
         // 64 capabilities of 1 KiB each: within MAX_CAPABILITIES, past MAX_DESCRIBE_BYTES.
         let answer = described(vec!["c".repeat(1024); MAX_CAPABILITIES], String::new());
-        assert_eq!(overlong_list(&answer), None);
+        assert!(overlong_list("p", &answer).is_none());
         assert!(answer_size(&answer) > MAX_DESCRIBE_BYTES);
     }
 }
